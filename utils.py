@@ -1,0 +1,203 @@
+"""Small helpers shared by the entry points: dequantization, flag parsing, summaries,
+gradient plumbing, atomic file writes and one-line user errors."""
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+
+class UsageError(Exception):
+  """A mistake the user can fix (bad flag, path, file, checkpoint).
+
+  Entry points print its message as one line and exit non-zero, without a traceback.
+  """
+
+
+def quiet_tensorflow():
+  """Silences TensorFlow's C++ start-up chatter unless the user asked for it."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  tf1.logging.set_verbosity(tf1.logging.ERROR)
+
+
+def run_main(main, argv=None):
+  """Parses flags and runs `main(argv)`; user mistakes become one line on stderr.
+
+  Exit codes: 0 success, 2 usage error (bad flag, file or checkpoint), 130 interrupted.
+  """
+  argv = list(sys.argv if argv is None else argv)
+  prog = os.path.basename(argv[0])
+  try:
+    remaining = FLAGS(argv)
+  except flags.Error as e:
+    print("%s: error: %s" % (prog, str(e).splitlines()[0]), file=sys.stderr)
+    sys.exit(2)
+  try:
+    sys.exit(main(remaining) or 0)
+  except UsageError as e:
+    print("%s: error: %s" % (prog, e), file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("%s: interrupted" % prog, file=sys.stderr)
+    sys.exit(130)
+
+
+def Dequantize(feat_vector, max_quantized_value=2, min_quantized_value=-2):
+  """Maps uint8 bucket ids (0..255, any shape) back to floats in about [-2, 2].
+
+  x = q * (max - min) / 255 + (max - min) / 512 + min: the half-bucket bias is part of
+  the YouTube-8M formula. Works on numpy arrays and tensors alike.
+  """
+  quantized_range = max_quantized_value - min_quantized_value
+  scalar = quantized_range / 255.0
+  bias = (quantized_range / 512.0) + min_quantized_value
+  return feat_vector * scalar + bias
+
+
+def Quantize(features, max_quantized_value=2, min_quantized_value=-2):
+  """Inverse of Dequantize up to rounding: floats -> uint8 numpy array (same shape)."""
+  import numpy as np
+  quantized_range = max_quantized_value - min_quantized_value
+  clipped = np.clip(features, min_quantized_value, max_quantized_value)
+  return np.round((clipped - min_quantized_value) * 255.0 / quantized_range).astype(np.uint8)
+
+
+def GetListOfFeatureNamesAndSizes(feature_names, feature_sizes):
+  """Parses `--feature_names="rgb,audio"` and `--feature_sizes="1024,128"`.
+
+  Returns:
+    (names, sizes): a list of str and a list of int of equal length.
+  Raises:
+    UsageError naming the flags when the lists differ in length or a size is bad.
+  """
+  names = [n.strip() for n in feature_names.split(",") if n.strip()]
+  raw_sizes = [s.strip() for s in str(feature_sizes).split(",") if s.strip()]
+  if not names:
+    raise UsageError("--feature_names is empty")
+  if len(names) != len(raw_sizes):
+    raise UsageError(
+        "--feature_names has %d entries (%s) but --feature_sizes has %d (%s); give one "
+        "size per feature" % (len(names), ",".join(names), len(raw_sizes),
+                              ",".join(raw_sizes)))
+  sizes = []
+  for name, size in zip(names, raw_sizes):
+    try:
+      value = int(size)
+    except ValueError:
+      value = 0
+    if value <= 0:
+      raise UsageError("--feature_sizes: size %r of feature %r is not a positive integer"
+                       % (size, name))
+    sizes.append(value)
+  if len(set(names)) != len(names):
+    raise UsageError("--feature_names lists a feature twice: %s" % ",".join(names))
+  return names, sizes
+
+
+def MakeSummary(name, value):
+  """Creates a tf.Summary proto with one scalar `value` under tag `name`."""
+  summary = tf1.Summary()
+  val = summary.value.add()
+  val.tag = str(name)
+  val.simple_value = float(value)
+  return summary
+
+
+def AddScalarSummaries(summary_writer, scalars, global_step):
+  """Writes a dict {tag: float} of scalars for `global_step` and flushes."""
+  for tag, value in sorted(scalars.items()):
+    summary_writer.add_summary(MakeSummary(tag, value), global_step)
+  summary_writer.flush()
+
+
+def FormatEvalInfo(global_step, metrics, examples_per_second=None):
+  """The starter's one-line evaluation summary (Hit@1, PERR, MAP, GAP, loss)."""
+  info = ("global_step {0} | Avg_Hit@1: {1:.4f} | Avg_PERR: {2:.4f} | MAP: {3:.4f} | "
+          "GAP: {4:.4f} | Avg_Loss: {5:.6f}").format(
+              global_step, metrics["avg_hit_at_one"], metrics["avg_perr"],
+              metrics["map"], metrics["gap"], metrics["avg_loss"])
+  if examples_per_second is not None:
+    info += " | Examples_per_sec: {0:.1f}".format(examples_per_second)
+  return info
+
+
+def combine_gradients(tower_grads):
+  """Averages per-tower gradient lists into one list of (gradient, variable).
+
+  Args:
+    tower_grads: one list of (gradient or None, variable) per tower, same variable order.
+  Returns:
+    list of (mean gradient, variable) for the variables that have a gradient.
+  """
+  combined = []
+  for pairs in zip(*tower_grads):
+    grads = [g for g, _ in pairs if g is not None]
+    if not grads:
+      continue
+    variable = pairs[0][1]
+    if len(grads) == 1:
+      combined.append((grads[0], variable))
+    else:
+      combined.append((tf.add_n(grads) / float(len(grads)), variable))
+  return combined
+
+
+def clip_gradient_norms(gradients_to_variables, max_norm):
+  """Clips each gradient tensor to L2 norm `max_norm` (per tensor, as the starter)."""
+  clipped = []
+  for grad, var in gradients_to_variables:
+    if grad is not None:
+      if isinstance(grad, tf.IndexedSlices):
+        grad = tf.IndexedSlices(tf.clip_by_norm(grad.values, max_norm), grad.indices,
+                                grad.dense_shape)
+      else:
+        grad = tf.clip_by_norm(grad, max_norm)
+    clipped.append((grad, var))
+  return clipped
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="w"):
+  """Opens a temporary file next to `path`; renames it to `path` only on success.
+
+  A crash or exception leaves `path` untouched (either absent or the old version).
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                             dir=directory)
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path, obj):
+  """Writes `obj` as pretty JSON to `path` atomically."""
+  with atomic_output(path) as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+def read_json(path):
+  """Reads a JSON file; a missing or malformed file is a UsageError naming it."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise UsageError("%s does not exist" % path)
+  except ValueError as e:
+    raise UsageError("%s is not valid JSON: %s" % (path, e))
