@@ -21,12 +21,6 @@ class UsageError(Exception):
   """
 
 
-def quiet_tensorflow():
-  """Silences TensorFlow's C++ start-up chatter unless the user asked for it."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  tf1.logging.set_verbosity(tf1.logging.ERROR)
-
-
 def run_main(main, argv=None):
   """Parses flags and runs `main(argv)`; user mistakes become one line on stderr.
 
@@ -201,3 +195,27 @@ def read_json(path):
     raise UsageError("%s does not exist" % path)
   except ValueError as e:
     raise UsageError("%s is not valid JSON: %s" % (path, e))
+
+
+def append_jsonl(path, record):
+  """Appends `record` as one JSON line with a single write (no torn lines)."""
+  line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    os.write(fd, line)
+  finally:
+    os.close(fd)
+
+
+def read_jsonl(path):
+  """Records of a JSON-lines file; a torn or malformed line is skipped."""
+  records = []
+  if not os.path.exists(path):
+    return records
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records

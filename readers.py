@@ -1,0 +1,413 @@
+"""YouTube-8M readers as tf.data pipelines (graph mode), and k-frame selection.
+
+Every reader turns a batch of serialized records into a dict of tensors:
+  video_ids    [B] string
+  video_matrix [B, max_frames, F] float32 (frame level) or [B, F] (video level)
+  num_frames   [B] int32 (frames before padding, at most max_frames; 1 for video level)
+  labels       [B, num_classes] float32, 0/1
+Frame-level features are concatenated in `feature_names` order. Records are parsed a
+whole batch at a time (one `parse_sequence_example` call), which is what lets the
+reader keep up with the model on two cores.
+"""
+
+import tensorflow as tf
+
+import utils
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+flags.DEFINE_string("feature_names", "rgb,audio", "Name of the feature to use for "
+                    "training; several as a comma-separated list.")
+flags.DEFINE_string("feature_sizes", "1024,128", "Length of the feature vectors, one per "
+                    "name in --feature_names.")
+flags.DEFINE_bool("frame_features", True, "If set, then --train_data_pattern must be "
+                  "frame-level features. Otherwise video-level features.")
+flags.DEFINE_integer("num_classes", 3862, "Number of classes (YouTube-8M 2018: 3862).")
+flags.DEFINE_integer("max_frames", 300, "Frames kept per video (YouTube-8M: 300).")
+
+FRAME_SELECTION_STRATEGIES = ("uniform", "padded_stride", "random", "first", "middle",
+                              "last", "first_middle_last")
+
+
+def _labels_to_dense(sparse_labels, num_classes):
+  """[B, ?] SparseTensor of class ids -> [B, num_classes] float32 0/1 (duplicates ok)."""
+  batch_size = tf.cast(sparse_labels.dense_shape[0], tf.int32)
+  ids = tf.cast(sparse_labels.values, tf.int32)
+  rows = tf.cast(sparse_labels.indices[:, 0], tf.int32)
+  check = tf.debugging.assert_less(
+      ids, num_classes, message="label id >= num_classes (--num_classes)")
+  check_nonneg = tf.debugging.assert_non_negative(ids, message="negative label id")
+  with tf.control_dependencies([check, check_nonneg]):
+    indices = tf.stack([rows, ids], axis=1)
+  dense = tf.scatter_nd(indices, tf.ones_like(ids, tf.float32),
+                        tf.stack([batch_size, num_classes]))
+  return tf.minimum(dense, 1.0)
+
+
+class YT8MAggregatedFeatureReader(object):
+  """Reads video-level `tf.train.Example` records (`mean_rgb`, `mean_audio`)."""
+
+  def __init__(self, num_classes=3862, feature_sizes=[1024, 128],
+               feature_names=["mean_rgb", "mean_audio"], require_labels=True):
+    """
+    Args:
+      num_classes: size of the dense label vector.
+      feature_sizes, feature_names: lists of equal length; float features per video.
+      require_labels: every record must have at least one label (train/eval); set
+        False for the unlabeled test partition.
+    """
+    if len(feature_names) != len(feature_sizes):
+      raise utils.UsageError(
+          "--feature_names has %d entries but --feature_sizes has %d"
+          % (len(feature_names), len(feature_sizes)))
+    self.num_classes = num_classes
+    self.feature_names = list(feature_names)
+    self.feature_sizes = list(feature_sizes)
+    self.require_labels = require_labels
+
+  def parse_batch(self, serialized):
+    """[B] serialized Examples -> batch dict (video_matrix [B, sum(feature_sizes)])."""
+    spec = {"id": tf.io.FixedLenFeature([], tf.string),
+            "labels": tf.io.VarLenFeature(tf.int64)}
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      spec[name] = tf.io.FixedLenFeature([size], tf.float32)
+    features = tf.io.parse_example(serialized, spec)
+    labels = features["labels"]
+    checks = []
+    if self.require_labels:
+      counts = tf.math.bincount(tf.cast(labels.indices[:, 0], tf.int32),
+                                minlength=tf.shape(serialized)[0])
+      checks.append(tf.debugging.assert_positive(counts, message="video without labels"))
+    with tf.control_dependencies(checks):
+      video_matrix = tf.concat([features[n] for n in self.feature_names], axis=1)
+    batch_size = tf.shape(video_matrix)[0]
+    return {
+        "video_ids": features["id"],
+        "video_matrix": video_matrix,
+        "num_frames": tf.ones([batch_size], tf.int32),
+        "labels": _labels_to_dense(labels, self.num_classes),
+    }
+
+
+class YT8MFrameFeatureReader(object):
+  """Reads frame-level `tf.train.SequenceExample` records (one byte string per frame)."""
+
+  def __init__(self, num_classes=3862, feature_sizes=[1024, 128],
+               feature_names=["rgb", "audio"], max_frames=300, dequantize=True,
+               require_labels=True):
+    """
+    Args:
+      num_classes: size of the dense label vector.
+      feature_sizes, feature_names: lists of equal length; uint8 values per frame.
+      max_frames: frames kept per video; longer videos are truncated, shorter padded.
+      dequantize: True gives float32 features (padding 0.0). False gives the raw uint8
+        buckets (padding 0) so a k-frame model can dequantize only the frames it uses
+        (see `dequantize_frames`).
+      require_labels: every record must have at least one label (train/eval); set
+        False for the unlabeled test partition.
+    """
+    if len(feature_names) != len(feature_sizes):
+      raise utils.UsageError(
+          "--feature_names has %d entries but --feature_sizes has %d"
+          % (len(feature_names), len(feature_sizes)))
+    self.num_classes = num_classes
+    self.feature_names = list(feature_names)
+    self.feature_sizes = list(feature_sizes)
+    self.max_frames = max_frames
+    self.dequantize = dequantize
+    self.require_labels = require_labels
+
+  def parse_batch(self, serialized):
+    """[B] serialized SequenceExamples -> batch dict.
+
+    video_matrix is [B, max_frames, sum(feature_sizes)], float32 or uint8 (see
+    `dequantize`). Malformed records (wrong bytes per frame, no frames, label id out of
+    range, missing labels) fail the batch with InvalidArgumentError; `find_bad_record`
+    then names the file and record.
+    """
+    context, frames, lengths = tf.io.parse_sequence_example(
+        serialized,
+        context_features={"id": tf.io.FixedLenFeature([], tf.string),
+                          "labels": tf.io.VarLenFeature(tf.int64)},
+        sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string)
+                           for name in self.feature_names})
+    num_frames = None
+    matrices = []
+    checks = []
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      frame_bytes = frames[name][:, :self.max_frames]
+      length = tf.cast(tf.minimum(lengths[name], self.max_frames), tf.int32)
+      num_frames = length if num_frames is None else tf.minimum(num_frames, length)
+      # Padding entries are b"", real frames must have exactly `size` bytes.
+      byte_counts = tf.strings.length(frame_bytes)
+      is_real = tf.sequence_mask(length, tf.shape(frame_bytes)[1])
+      checks.append(tf.debugging.assert_equal(
+          tf.logical_or(tf.equal(byte_counts, size), tf.logical_not(is_real)), True,
+          message="frame of feature '%s' does not have %d bytes (--feature_sizes)"
+          % (name, size)))
+      matrices.append(tf.io.decode_raw(frame_bytes, tf.uint8, fixed_length=size))
+    checks.append(tf.debugging.assert_positive(num_frames, message="video with 0 frames"))
+    if self.require_labels:
+      label_counts = tf.math.bincount(tf.cast(context["labels"].indices[:, 0], tf.int32),
+                                      minlength=tf.shape(serialized)[0])
+      checks.append(tf.debugging.assert_positive(label_counts,
+                                                 message="video without labels"))
+    with tf.control_dependencies(checks):
+      video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
+    padding = self.max_frames - tf.shape(video_matrix)[1]
+    video_matrix = tf.pad(video_matrix, [[0, 0], [0, padding], [0, 0]])
+    video_matrix.set_shape([None, self.max_frames, sum(self.feature_sizes)])
+    if self.dequantize:
+      video_matrix = dequantize_frames(video_matrix, num_frames)
+    return {
+        "video_ids": context["id"],
+        "video_matrix": video_matrix,
+        "num_frames": num_frames,
+        "labels": _labels_to_dense(context["labels"], self.num_classes),
+    }
+
+
+def get_reader(require_labels=True, dequantize=True):
+  """The reader the flags describe: --frame_features, --feature_names/_sizes,
+  --num_classes, --max_frames."""
+  names, sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
+                                                     FLAGS.feature_sizes)
+  if FLAGS.num_classes <= 0:
+    raise utils.UsageError("--num_classes must be positive, got %d" % FLAGS.num_classes)
+  if FLAGS.frame_features:
+    if not 1 <= FLAGS.max_frames:
+      raise utils.UsageError("--max_frames must be positive, got %d" % FLAGS.max_frames)
+    return YT8MFrameFeatureReader(num_classes=FLAGS.num_classes, feature_sizes=sizes,
+                                  feature_names=names, max_frames=FLAGS.max_frames,
+                                  dequantize=dequantize, require_labels=require_labels)
+  return YT8MAggregatedFeatureReader(num_classes=FLAGS.num_classes, feature_sizes=sizes,
+                                     feature_names=names, require_labels=require_labels)
+
+
+def dequantize_frames(quantized, num_frames):
+  """uint8 buckets [B, T, F] -> float32 features [B, T, F]; frames >= num_frames are 0."""
+  mask = tf.sequence_mask(num_frames, tf.shape(quantized)[1], dtype=tf.float32)
+  return utils.Dequantize(tf.cast(quantized, tf.float32)) * mask[:, :, None]
+
+
+def list_data_files(data_pattern, flag_name="data pattern"):
+  """Sorted files matching a comma-separated list of glob patterns.
+
+  Raises:
+    UsageError naming the flag and the pattern when nothing matches.
+  """
+  files = []
+  for pattern in [p for p in data_pattern.split(",") if p.strip()]:
+    files.extend(tf.io.gfile.glob(pattern.strip()))
+  files = sorted(set(files))
+  if not files:
+    raise utils.UsageError("%s %r matches no file" % (flag_name, data_pattern))
+  return files
+
+
+def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
+                           num_epochs=None, shuffle=True, seed=None,
+                           drop_remainder=None, flag_name="data pattern"):
+  """Builds the tf.data pipeline over `data_pattern` and returns one batch of tensors.
+
+  Args:
+    reader: a YT8MFrameFeatureReader or YT8MAggregatedFeatureReader.
+    data_pattern: glob (or comma-separated globs) of TFRecord files.
+    batch_size: videos per batch.
+    num_readers: files read in parallel (interleaved).
+    num_epochs: passes over the data; None repeats forever.
+    shuffle: shuffle files and records (training). False reads every record exactly
+      once per epoch in a deterministic order (eval, inference).
+    seed: shuffling seed; with a seed the order of records is reproducible (None:
+      nondeterministic, and faster: parallel reads deliver whatever is ready first).
+    drop_remainder: drop a final partial batch; default: True when shuffling (training
+      needs fixed batches to split across towers), False otherwise.
+  Returns:
+    dict of batch tensors (see the module docstring).
+  """
+  dataset = make_dataset(reader, data_pattern, batch_size, num_readers, num_epochs,
+                         shuffle, seed, drop_remainder, flag_name)
+  return tf1.data.make_one_shot_iterator(dataset).get_next()
+
+
+def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epochs=None,
+                 shuffle=True, seed=None, drop_remainder=None, flag_name="data pattern"):
+  """The tf.data.Dataset behind `get_input_data_tensors` (same arguments)."""
+  if batch_size <= 0:
+    raise utils.UsageError("--batch_size must be positive, got %d" % batch_size)
+  files = list_data_files(data_pattern, flag_name)
+  num_readers = max(1, min(num_readers, len(files)))
+  if drop_remainder is None:
+    drop_remainder = shuffle
+  deterministic = not shuffle or seed is not None
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if shuffle:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.repeat(num_epochs)
+  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=num_readers,
+                               block_length=1, num_parallel_calls=num_readers,
+                               deterministic=deterministic)
+  if shuffle:
+    dataset = dataset.shuffle(max(5 * batch_size, 256), seed=seed)
+  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  dataset = dataset.map(reader.parse_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic)
+  return dataset.prefetch(2)
+
+
+def _uniform_indices(num_frames, k):
+  """[B] frame counts -> [B, k] indices floor(j * n / k): every (n/k)-th frame from 0."""
+  steps = tf.range(k, dtype=tf.int32)[None, :]
+  return (steps * num_frames[:, None]) // k
+
+
+def select_frames(model_input, num_frames, k, strategy="uniform", seed=None):
+  """Picks k frames of each video.
+
+  Args:
+    model_input: [B, T, F] frames (any dtype), padded beyond num_frames.
+    num_frames: [B] int32 real frames per video, 1..T.
+    k: frames to keep, 1..T.
+    strategy: one of FRAME_SELECTION_STRATEGIES.
+      uniform: frames floor(j*n/k), j = 0..k-1: exactly k frames spread over the real
+        frames, repeating frames when n < k (the default).
+      padded_stride: the original KD write-up, x[:, 0:T:T//k] over the padded tensor;
+        gives ceil(T / (T//k)) frames, padded ones masked through the new num_frames.
+      random: k distinct real frames at random, in time order.
+      first / middle / last: k consecutive real frames at the start / centre / end.
+      first_middle_last: about k/3 consecutive frames at each of start, centre and end.
+      For n < k every strategy but padded_stride falls back to uniform (all real
+      frames, repeated).
+    seed: op seed for `random`.
+  Returns:
+    (frames [B, k', F], new num_frames [B] int32); k' = k except for padded_stride.
+  """
+  if strategy not in FRAME_SELECTION_STRATEGIES:
+    raise utils.UsageError("--frame_sampling must be one of %s, got %r"
+                           % (", ".join(FRAME_SELECTION_STRATEGIES), strategy))
+  max_frames = model_input.shape[1]
+  if max_frames is not None and not 1 <= k <= max_frames:
+    raise utils.UsageError("--k_frame must be in 1..%d, got %d" % (max_frames, k))
+  num_frames = tf.cast(num_frames, tf.int32)
+  if strategy == "padded_stride":
+    stride = max_frames // k
+    selected = model_input[:, 0:max_frames:stride]
+    new_num_frames = (num_frames + stride - 1) // stride
+    return selected, new_num_frames
+  uniform = _uniform_indices(num_frames, k)
+  steps = tf.range(k, dtype=tf.int32)[None, :]
+  if strategy == "uniform":
+    indices = uniform
+  elif strategy == "first":
+    indices = steps + 0 * num_frames[:, None]
+  elif strategy == "last":
+    indices = num_frames[:, None] - k + steps
+  elif strategy == "middle":
+    indices = (num_frames[:, None] - k) // 2 + steps
+  elif strategy == "first_middle_last":
+    indices = _first_middle_last_indices(num_frames, k)
+  else:  # random
+    scores = tf.random.uniform(tf.shape(model_input)[:2], seed=seed)
+    is_real = tf.sequence_mask(num_frames, tf.shape(model_input)[1])
+    scores = tf.where(is_real, scores, -tf.ones_like(scores))
+    _, picked = tf.math.top_k(scores, k=k, sorted=False)
+    indices = tf.sort(picked, axis=1)
+  indices = tf.where((num_frames >= k)[:, None], indices, uniform)
+  selected = tf.gather(model_input, indices, batch_dims=1)
+  return selected, tf.fill(tf.shape(num_frames), k)
+
+
+def _first_middle_last_indices(num_frames, k):
+  """[B] frame counts (>= k) -> [B, k]: blocks of sizes a, b, c (a >= b >= c, sum k)."""
+  a = k // 3 + (1 if k % 3 > 0 else 0)
+  b = k // 3 + (1 if k % 3 > 1 else 0)
+  c = k // 3
+  n = num_frames[:, None]
+  middle_start = tf.maximum(a, tf.minimum((n - b) // 2, n - c - b))
+  first = tf.range(a, dtype=tf.int32)[None, :] + 0 * n
+  middle = middle_start + tf.range(b, dtype=tf.int32)[None, :]
+  last = n - c + tf.range(c, dtype=tf.int32)[None, :]
+  return tf.concat([first, middle, last], axis=1)
+
+
+def find_bad_record(reader, files):
+  """Scans `files` record by record in Python and describes the first bad one.
+
+  Used after the graph pipeline failed, to turn a TensorFlow error into one line that
+  names the file and the record index. Returns None when every record is well formed.
+  """
+  frame_level = isinstance(reader, YT8MFrameFeatureReader)
+  for path in files:
+    index = -1
+    try:
+      for index, serialized in enumerate(tf1.io.tf_record_iterator(path)):
+        problem = (_frame_record_problem(reader, serialized) if frame_level
+                   else _video_record_problem(reader, serialized))
+        if problem:
+          return "%s: record %d: %s" % (path, index, problem)
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+      return "%s: record %d: truncated or corrupted TFRecord (%s)" % (
+          path, index + 1, str(e).splitlines()[0])
+    except tf.errors.NotFoundError:
+      return "%s: file not found" % path
+  return None
+
+
+def _label_problem(reader, labels_feature, present):
+  if not present:
+    return "no 'labels' feature" if reader.require_labels else None
+  labels = list(labels_feature.int64_list.value)
+  if reader.require_labels and not labels:
+    return "empty 'labels' list"
+  bad = [l for l in labels if not 0 <= l < reader.num_classes]
+  if bad:
+    return "label id %d outside 0..%d (--num_classes=%d)" % (
+        bad[0], reader.num_classes - 1, reader.num_classes)
+  return None
+
+
+def _frame_record_problem(reader, serialized):
+  try:
+    example = tf.train.SequenceExample.FromString(serialized)
+  except Exception:  # protobuf raises its own DecodeError type
+    return "not a tf.train.SequenceExample"
+  context = example.context.feature
+  if "id" not in context:
+    return "no 'id' feature"
+  problem = _label_problem(reader, context.get("labels"), "labels" in context)
+  if problem:
+    return problem
+  lists = example.feature_lists.feature_list
+  for name, size in zip(reader.feature_names, reader.feature_sizes):
+    if name not in lists:
+      return "no '%s' feature list (--feature_names)" % name
+    frames = lists[name].feature
+    if not frames:
+      return "video with 0 frames in '%s'" % name
+    for i, frame in enumerate(frames):
+      values = frame.bytes_list.value
+      if len(values) != 1 or len(values[0]) != size:
+        return "frame %d of '%s' has %d bytes, expected %d (--feature_sizes)" % (
+            i, name, len(values[0]) if values else 0, size)
+  return None
+
+
+def _video_record_problem(reader, serialized):
+  try:
+    example = tf.train.Example.FromString(serialized)
+  except Exception:  # protobuf raises its own DecodeError type
+    return "not a tf.train.Example"
+  features = example.features.feature
+  if "id" not in features:
+    return "no 'id' feature"
+  problem = _label_problem(reader, features.get("labels"), "labels" in features)
+  if problem:
+    return problem
+  for name, size in zip(reader.feature_names, reader.feature_sizes):
+    if name not in features:
+      return "no '%s' feature (--feature_names)" % name
+    found = len(features[name].float_list.value)
+    if found != size:
+      return "'%s' has %d values, expected %d (--feature_sizes)" % (name, found, size)
+  return None
