@@ -1,0 +1,377 @@
+"""Frame-level models: [B, T, F] frames (zero-padded beyond num_frames) -> classes.
+
+Every model derives model_utils.BaseModel and returns {"predictions" [B, vocab],
+"logits" (where the classifier defines them), "representation" [B, H]}, the vector that
+enters the video-level classifier (--video_level_classifier_model). Padded frames never
+change the output: they are masked out of pooling and batch statistics, or the
+recurrent state stops at the last real frame.
+
+  FrameLevelLogisticModel  mean of the real frames -> logistic regression
+  DbofModel                deep bag of frames (starter code)
+  LstmModel                stacked LSTM, final state (starter code)
+  NetVLADModel             learnable NetVLAD per modality + context gating (Willow)
+  HRNNModel                hierarchical LSTM over blocks of frames (H-RNN teacher)
+  NeXtVLADModel            re-exported from nextvlad.py
+"""
+
+import tensorflow as tf
+
+import model_utils
+import readers
+import utils
+import video_level_models
+from nextvlad import NeXtVLADModel, get_classifier
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("iterations", 30, "Frames DbofModel samples per video (0: all "
+                     "real frames).")
+flags.DEFINE_bool("dbof_add_batch_norm", True, "Adds batch normalization to the DBoF "
+                  "model.")
+flags.DEFINE_bool("sample_random_frames", True, "DbofModel samples --iterations random "
+                  "frames if True, uniformly spread frames if False.")
+flags.DEFINE_integer("dbof_cluster_size", 8192, "Number of units in the DBoF cluster "
+                     "layer.")
+flags.DEFINE_integer("dbof_hidden_size", 1024, "Number of units in the DBoF hidden "
+                     "layer.")
+flags.DEFINE_string("dbof_pooling_method", "max", "Pooling of the DBoF cluster layer "
+                    "over frames: max or average.")
+flags.DEFINE_integer("lstm_cells", 1024, "Number of LSTM cells.")
+flags.DEFINE_integer("lstm_layers", 2, "Number of LSTM layers.")
+flags.DEFINE_integer("netvlad_cluster_size", 64, "Number of NetVLAD clusters of the "
+                     "first modality (the others get half).")
+flags.DEFINE_integer("netvlad_hidden_size", 1024, "Number of units in the NetVLAD "
+                     "hidden layer.")
+flags.DEFINE_bool("netvlad_add_batch_norm", True, "Adds batch normalization to the "
+                  "NetVLAD model.")
+flags.DEFINE_bool("gating", True, "Context gating after the NetVLAD hidden layer.")
+flags.DEFINE_integer("hrnn_cells", 1024, "Number of LSTM cells of both HRNN levels.")
+flags.DEFINE_integer("hrnn_block_size", 15, "Consecutive frames per HRNN block.")
+
+POOLING_METHODS = ("max", "average")
+
+
+def _flag(value, name):
+  """`value`, or the flag `name` when value is None."""
+  return getattr(FLAGS, name) if value is None else value
+
+
+def _classify(representation, vocab_size, is_training, classifier, classifier_params):
+  """Runs the video-level classifier on [B, H] under `classifier/`; returns its dict."""
+  classifier = classifier or FLAGS.video_level_classifier_model
+  with tf1.variable_scope("classifier"):
+    outputs = get_classifier(classifier).create_model(
+        representation, vocab_size, is_training=is_training, **classifier_params)
+  outputs["representation"] = representation
+  return outputs
+
+
+def _branch_names(count):
+  """Scope names of the modalities, as nextvlad.py names them: rgb, audio, feature2..."""
+  return (["rgb", "audio"] + ["feature%d" % i for i in range(2, count)])[:count]
+
+
+def masked_mean(frames, mask):
+  """frames [B, T, D], mask [B, T] float 1/0 -> mean over real frames [B, D]."""
+  total = tf.reduce_sum(tf.where(mask[:, :, None] > 0, frames, tf.zeros_like(frames)),
+                        axis=1)
+  return total / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+
+
+def masked_max(frames, mask):
+  """frames [B, T, D], mask [B, T] float 1/0 -> max over real frames [B, D]."""
+  lowest = tf.fill(tf.shape(frames), frames.dtype.min)
+  return tf.reduce_max(tf.where(mask[:, :, None] > 0, frames, lowest), axis=1)
+
+
+def _stacked_lstm(frames, num_frames, num_units, num_layers, scope):
+  """LSTM layers `<scope>_0..` over [B, T, D] -> final hidden state of the top [B, H]."""
+  outputs = frames
+  for layer in range(num_layers):
+    outputs, final_h = model_utils.lstm(outputs, num_frames, num_units,
+                                        "%s_%d" % (scope, layer))
+  return final_h
+
+
+class FrameLevelLogisticModel(model_utils.BaseModel):
+  """Logistic regression on the mean of the real frames."""
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training,
+                   l2_penalty=None, **unused_params):
+    """model_input [B, T, F], num_frames [B] -> {predictions, logits [B, vocab],
+    representation [B, F] the mean frame}."""
+    mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
+    representation = masked_mean(model_input, mask)
+    with tf1.variable_scope("classifier"):
+      outputs = video_level_models.LogisticModel().create_model(
+          representation, vocab_size, l2_penalty=l2_penalty)
+    outputs["representation"] = representation
+    return outputs
+
+
+class DbofModel(model_utils.BaseModel):
+  """Deep bag of frames: per-frame cluster layer, pooled over frames, hidden layer.
+
+  frames (sampled) -> [input BN] -> FC to C (BN instead of bias) -> relu6 -> max or
+  average over frames -> FC to H (BN instead of bias) -> relu6 -> classifier.
+  """
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training,
+                   iterations=None, sample_random_frames=None, add_batch_norm=None,
+                   cluster_size=None, hidden_size=None, pooling_method=None,
+                   classifier=None, **classifier_params):
+    """Builds the model; arguments left None come from the flags (--iterations,
+    --sample_random_frames, --dbof_*).
+
+    Args:
+      model_input: [B, T, F] float frames, padded beyond num_frames.
+      num_frames: [B] int real frames per video.
+      is_training: Python bool (batch-norm mode and updates).
+      iterations: frames sampled per video; 0 (or >= T) uses all real frames.
+    Returns:
+      {"predictions": [B, vocab_size], "logits" (LogisticModel only),
+       "representation": [B, hidden_size]}.
+    """
+    iterations = _flag(iterations, "iterations")
+    sample_random_frames = _flag(sample_random_frames, "sample_random_frames")
+    add_batch_norm = _flag(add_batch_norm, "dbof_add_batch_norm")
+    cluster_size = _flag(cluster_size, "dbof_cluster_size")
+    hidden_size = _flag(hidden_size, "dbof_hidden_size")
+    pooling_method = _flag(pooling_method, "dbof_pooling_method")
+    if pooling_method not in POOLING_METHODS:
+      raise utils.UsageError("--dbof_pooling_method must be max or average, got %r"
+                             % pooling_method)
+    if iterations < 0:
+      raise utils.UsageError("--iterations must be >= 0, got %d" % iterations)
+
+    frames, mask = self._sample(model_input, num_frames, iterations,
+                                "random" if sample_random_frames else "uniform")
+    clusters = self._cluster_layer(frames, mask, cluster_size, add_batch_norm,
+                                   is_training)
+    if mask is None:
+      pool = tf.reduce_max if pooling_method == "max" else tf.reduce_mean
+      pooled = pool(clusters, axis=1)
+    else:
+      pool = masked_max if pooling_method == "max" else masked_mean
+      pooled = pool(clusters, mask)
+
+    hidden = model_utils.fully_connected(pooled, hidden_size, "hidden1",
+                                         use_bias=not add_batch_norm)
+    if add_batch_norm:
+      hidden = model_utils.batch_norm(hidden, is_training, "hidden1_bn")
+    representation = tf.nn.relu6(hidden)
+    return _classify(representation, vocab_size, is_training, classifier,
+                     classifier_params)
+
+  @staticmethod
+  def _sample(model_input, num_frames, iterations, strategy):
+    """-> (frames [B, T', F], mask [B, T'] float, or None when every frame is real).
+
+    Sampling `iterations` of n < iterations real frames only repeats frames, so when
+    the static T is at most `iterations` (the k-frame student) all real frames are used
+    with masked pooling: the same max pool with less work (an average pool then weighs
+    every real frame once instead of by how often it was drawn).
+    """
+    max_frames = model_input.shape[1]
+    if not iterations or (max_frames is not None and max_frames <= iterations):
+      return model_input, model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
+    if max_frames is None:
+      # select_frames needs at least `iterations` frames; it only picks real ones.
+      shortfall = tf.maximum(iterations - tf.shape(model_input)[1], 0)
+      model_input = tf.pad(model_input, [[0, 0], [0, shortfall], [0, 0]])
+    frames, _ = readers.select_frames(model_input, num_frames, iterations, strategy)
+    return frames, None
+
+  @staticmethod
+  def _cluster_layer(frames, mask, cluster_size, add_batch_norm, is_training):
+    """[B, T, F] -> relu6 cluster activations [B, T, C], as one [B*T, F] matmul."""
+    feature_size = int(frames.shape[-1])
+    shape = tf.shape(frames)
+    flat = tf.reshape(frames, [-1, feature_size])
+    flat_mask = None if mask is None else tf.reshape(mask, [-1]) > 0
+    if add_batch_norm:
+      flat = model_utils.batch_norm(flat, is_training, "input_bn", mask=flat_mask)
+    activation = model_utils.fully_connected(flat, cluster_size, "cluster",
+                                             use_bias=not add_batch_norm)
+    if add_batch_norm:
+      activation = model_utils.batch_norm(activation, is_training, "cluster_bn",
+                                          mask=flat_mask)
+    activation = tf.nn.relu6(activation)
+    return tf.reshape(activation, [shape[0], shape[1], cluster_size])
+
+
+class LstmModel(model_utils.BaseModel):
+  """A stack of LSTMs over the real frames; the top layer's final state is classified."""
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training, cells=None,
+                   layers=None, classifier=None, **classifier_params):
+    """Builds the model; cells / layers left None come from --lstm_cells/--lstm_layers.
+
+    Args:
+      model_input: [B, T, F] float frames, padded beyond num_frames.
+      num_frames: [B] int real frames per video.
+    Returns:
+      {"predictions": [B, vocab_size], "logits" (LogisticModel only),
+       "representation": [B, cells] the top layer's state after the last real frame}.
+    """
+    cells = _flag(cells, "lstm_cells")
+    layers = _flag(layers, "lstm_layers")
+    if layers < 1:
+      raise utils.UsageError("--lstm_layers must be >= 1, got %d" % layers)
+    representation = _stacked_lstm(model_input, num_frames, cells, layers, "lstm")
+    return _classify(representation, vocab_size, is_training, classifier,
+                     classifier_params)
+
+
+def netvlad(frames, mask, cluster_size, add_batch_norm, is_training):
+  """Learnable NetVLAD of one modality (variables in the current scope).
+
+  a = softmax_K(BN(x W)) * mask, vlad[d, k] = sum_t a_tk (x_td - c_dk), L2-normalized
+  over d per cluster, flattened, L2-normalized.
+
+  Args:
+    frames: [B, T, D] float, padded beyond the mask.
+    mask: [B, T] float, 1 for real frames.
+    cluster_size: K.
+  Returns:
+    [B, K*D] float.
+  """
+  feature_size = int(frames.shape[-1])
+  is_real = mask > 0
+  if add_batch_norm:
+    frames = model_utils.batch_norm(frames, is_training, "input_bn", mask=is_real)
+  logits = model_utils.fully_connected(frames, cluster_size, "cluster",
+                                       use_bias=not add_batch_norm)
+  if add_batch_norm:
+    logits = model_utils.batch_norm(logits, is_training, "cluster_bn", mask=is_real)
+  # tf.where, not a product: padded frames may hold anything, even inf.
+  assignment = tf.where(is_real[:, :, None], tf.nn.softmax(logits, axis=-1),
+                        tf.zeros_like(logits))  # [B, T, K]
+  frames = tf.where(is_real[:, :, None], frames, tf.zeros_like(frames))
+  centers = tf1.get_variable(
+      "cluster_centers", [1, feature_size, cluster_size],
+      initializer=tf1.truncated_normal_initializer(stddev=feature_size ** -0.5))
+  weighted_sum = tf.matmul(frames, assignment, transpose_a=True)  # [B, D, K]
+  vlad = weighted_sum - tf.reduce_sum(assignment, axis=1, keepdims=True) * centers
+  vlad = tf.nn.l2_normalize(vlad, axis=1)
+  vlad = tf.reshape(vlad, [-1, feature_size * cluster_size])
+  return tf.nn.l2_normalize(vlad, axis=1)
+
+
+class NetVLADModel(model_utils.BaseModel):
+  """NetVLAD per modality -> hidden FC + BN + relu6 -> context gating -> classifier."""
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training,
+                   feature_sizes=None, cluster_size=None, hidden_size=None,
+                   add_batch_norm=None, gating=None, classifier=None,
+                   **classifier_params):
+    """Builds the model; arguments left None come from --netvlad_*, --gating and
+    --feature_sizes.
+
+    Args:
+      model_input: [B, T, sum(feature_sizes)] float frames, padded beyond num_frames.
+      num_frames: [B] int real frames per video.
+      feature_sizes: per-modality widths; the first modality gets K clusters, the
+        others K/2.
+    Returns:
+      {"predictions": [B, vocab_size], "logits" (LogisticModel only),
+       "representation": [B, hidden_size] the (gated) hidden vector}.
+    """
+    if feature_sizes is None:
+      _, feature_sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
+                                                             FLAGS.feature_sizes)
+    cluster_size = _flag(cluster_size, "netvlad_cluster_size")
+    hidden_size = _flag(hidden_size, "netvlad_hidden_size")
+    add_batch_norm = _flag(add_batch_norm, "netvlad_add_batch_norm")
+    gating = _flag(gating, "gating")
+
+    mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
+    vlads = []
+    start = 0
+    for i, (name, size) in enumerate(zip(_branch_names(len(feature_sizes)),
+                                         feature_sizes)):
+      with tf1.variable_scope("%s_netvlad" % name):
+        vlads.append(netvlad(model_input[:, :, start:start + size], mask,
+                             cluster_size if i == 0 else max(cluster_size // 2, 1),
+                             add_batch_norm, is_training))
+      start += size
+    vlad = tf.concat(vlads, axis=1) if len(vlads) > 1 else vlads[0]
+
+    hidden = model_utils.fully_connected(vlad, hidden_size, "hidden1",
+                                         use_bias=not add_batch_norm)
+    if add_batch_norm:
+      hidden = model_utils.batch_norm(hidden, is_training, "hidden1_bn")
+    representation = tf.nn.relu6(hidden)
+    if gating:
+      representation = model_utils.context_gating(
+          representation, is_training, use_batch_norm=add_batch_norm)
+    return _classify(representation, vocab_size, is_training, classifier,
+                     classifier_params)
+
+
+class HRNNModel(model_utils.BaseModel):
+  """Hierarchical RNN: a 2-layer LSTM inside blocks of frames, an LSTM over blocks.
+
+  Frames are cut into blocks of S = min(--hrnn_block_size, T) consecutive frames (T
+  padded up to a multiple of S). Every block of every video runs through the lower LSTM
+  as one batch of sequences; the final states of the blocks holding real frames
+  (ceil(num_frames / S) of them) feed the upper LSTM, whose final state is classified.
+  """
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training, cells=None,
+                   block_size=None, block_layers=2, classifier=None,
+                   **classifier_params):
+    """Builds the model; cells / block_size left None come from --hrnn_*.
+
+    Args:
+      model_input: [B, T, F] float frames, padded beyond num_frames.
+      num_frames: [B] int real frames per video.
+      block_layers: LSTM layers of the lower (within-block) level.
+    Returns:
+      {"predictions": [B, vocab_size], "logits" (LogisticModel only),
+       "representation": [B, cells] the upper LSTM's final state}.
+    """
+    cells = _flag(cells, "hrnn_cells")
+    block_size = _flag(block_size, "hrnn_block_size")
+    if block_size < 1:
+      raise utils.UsageError("--hrnn_block_size must be >= 1, got %d" % block_size)
+    if model_input.shape[1] is not None:
+      block_size = min(block_size, int(model_input.shape[1]))
+    num_frames = tf.cast(num_frames, tf.int32)
+
+    blocks, block_frames = self._split_blocks(model_input, num_frames, block_size)
+    block_states = _stacked_lstm(blocks, tf.reshape(block_frames, [-1]), cells,
+                                 block_layers, "block_lstm")
+    block_states = tf.reshape(block_states, [tf.shape(model_input)[0], -1, cells])
+    num_blocks = (num_frames + block_size - 1) // block_size
+    _, representation = model_utils.lstm(block_states, num_blocks, cells, "video_lstm")
+    return _classify(representation, vocab_size, is_training, classifier,
+                     classifier_params)
+
+  @staticmethod
+  def _split_blocks(frames, num_frames, block_size):
+    """[B, T, F] -> (blocks [B*NB, S, F], real frames per block [B, NB]), NB = ceil(T/S)
+    (T padded with zero frames up to NB*S)."""
+    feature_size = int(frames.shape[-1])
+    batch_size, max_frames = tf.shape(frames)[0], tf.shape(frames)[1]
+    padding = (block_size - max_frames % block_size) % block_size
+    frames = tf.pad(frames, [[0, 0], [0, padding], [0, 0]])
+    num_blocks = (max_frames + padding) // block_size
+    blocks = tf.reshape(frames, [batch_size * num_blocks, block_size, feature_size])
+    starts = tf.range(num_blocks) * block_size
+    block_frames = tf.clip_by_value(num_frames[:, None] - starts[None, :], 0, block_size)
+    return blocks, block_frames
+
+
+MODELS = (FrameLevelLogisticModel, DbofModel, LstmModel, NetVLADModel, HRNNModel,
+          NeXtVLADModel)
+
+
+def get_frame_level_model(name):
+  """An instance of the frame-level model class called `name` (--model)."""
+  for model in MODELS:
+    if model.__name__ == name:
+      return model()
+  raise utils.UsageError("--model=%s is not a frame-level model (choose from: %s)"
+                         % (name, ", ".join(model.__name__ for model in MODELS)))

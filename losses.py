@@ -1,0 +1,97 @@
+"""Label losses (the starter's) and the knowledge-distillation terms L_rep and L_pred."""
+
+import tensorflow as tf
+
+import utils
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+flags.DEFINE_string("label_loss", "CrossEntropyLoss",
+                    "Which loss function to use for training the model: "
+                    "CrossEntropyLoss, HingeLoss or SoftmaxLoss.")
+
+REDUCTIONS = ("sum", "mean")
+PREDICTION_LOSSES = ("mse", "kl")
+
+
+class BaseLoss(object):
+  """calculate_loss(predictions [B, C], labels [B, C]) -> scalar loss tensor."""
+
+  def calculate_loss(self, unused_predictions, unused_labels, **unused_params):
+    raise NotImplementedError()
+
+
+class CrossEntropyLoss(BaseLoss):
+  """Binary cross entropy of probabilities: summed over classes, mean over the batch."""
+
+  def calculate_loss(self, predictions, labels, **unused_params):
+    epsilon = 1e-5
+    labels = tf.cast(labels, tf.float32)
+    cross_entropy = (labels * tf.math.log(predictions + epsilon) +
+                     (1 - labels) * tf.math.log(1 - predictions + epsilon))
+    return tf.reduce_mean(tf.reduce_sum(-cross_entropy, axis=1))
+
+
+class HingeLoss(BaseLoss):
+  """Hinge loss max(0, 1 - y*p) with y in {-1, 1}: summed over classes, batch mean."""
+
+  def calculate_loss(self, predictions, labels, b=1.0, **unused_params):
+    sign_labels = 2.0 * tf.cast(labels, tf.float32) - 1.0
+    hinge = tf.maximum(0.0, b - sign_labels * predictions)
+    return tf.reduce_mean(tf.reduce_sum(hinge, axis=1))
+
+
+class SoftmaxLoss(BaseLoss):
+  """Cross entropy of softmax(predictions) against the label set as a distribution."""
+
+  def calculate_loss(self, predictions, labels, **unused_params):
+    epsilon = 1e-8
+    labels = tf.cast(labels, tf.float32)
+    label_sum = tf.maximum(tf.reduce_sum(labels, axis=1, keepdims=True), epsilon)
+    log_softmax = tf.nn.log_softmax(predictions, axis=1)
+    return tf.reduce_mean(-tf.reduce_sum(labels / label_sum * log_softmax, axis=1))
+
+
+def get_label_loss(name):
+  """The loss class called `name` (--label_loss), instantiated."""
+  loss = globals().get(name)
+  if not isinstance(loss, type) or not issubclass(loss, BaseLoss) or loss is BaseLoss:
+    raise utils.UsageError("--label_loss=%s is not one of CrossEntropyLoss, HingeLoss, "
+                           "SoftmaxLoss" % name)
+  return loss()
+
+
+def _reduce(per_example, reduction):
+  if reduction not in REDUCTIONS:
+    raise utils.UsageError("--kd_reduction must be sum or mean, got %r" % reduction)
+  return tf.reduce_sum(per_example) if reduction == "sum" else tf.reduce_mean(per_example)
+
+
+def representation_loss(teacher, student, reduction="sum"):
+  """L_rep: squared error between representations [B, H], summed over H.
+
+  reduction "sum" adds the examples of the (tower) batch, as the documented recipe
+  does (its weights are tuned for batch 80); "mean" averages them.
+  """
+  per_example = tf.reduce_sum(tf.square(teacher - student), axis=1)
+  return _reduce(per_example, reduction)
+
+
+def prediction_loss(teacher, student, kind="mse", reduction="sum"):
+  """L_pred between class probabilities [B, C], summed over classes.
+
+  kind "mse": squared error (the documented recipe); "kl": KL(teacher || student) of
+  the per-class Bernoulli distributions (the paper's alternative, multi-label form).
+  """
+  if kind == "mse":
+    per_example = tf.reduce_sum(tf.square(teacher - student), axis=1)
+  elif kind == "kl":
+    epsilon = 1e-6
+    t = tf.clip_by_value(teacher, epsilon, 1 - epsilon)
+    s = tf.clip_by_value(student, epsilon, 1 - epsilon)
+    per_example = tf.reduce_sum(t * tf.math.log(t / s) +
+                                (1 - t) * tf.math.log((1 - t) / (1 - s)), axis=1)
+  else:
+    raise utils.UsageError("--kd_pred_loss must be mse or kl, got %r" % kind)
+  return _reduce(per_example, reduction)

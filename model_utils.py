@@ -1,0 +1,208 @@
+"""Graph-mode layers built from tf.compat.v1.get_variable and tf.nn ops.
+
+No Keras, no contrib, no tf_slim: variable names are fixed by the scopes below
+(`<scope>/weights`, `<scope>/biases`, `<scope>/beta`, `<scope>/gamma`,
+`<scope>/moving_mean`, `<scope>/moving_variance`), so a checkpoint written by one run
+restores in another. Batch-norm moving averages are updated by ops in the UPDATE_OPS
+collection, which the training loop runs with every step.
+"""
+
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+
+BATCH_NORM_DECAY = 0.999
+BATCH_NORM_EPSILON = 1e-3
+
+
+class BaseModel(object):
+  """Interface of every model: create_model(...) -> dict of output tensors.
+
+  The dict has `predictions` [B, vocab_size] probabilities, `logits` [B, vocab_size]
+  where the classifier defines them, and `representation` [B, H] (the vector fed to
+  the classifier; L_rep compares it between teacher and student).
+  """
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training, **unused):
+    raise NotImplementedError()
+
+
+def l2_regularizer(scale):
+  """Returns f(w) = scale * sum(w**2) / 2 (the starter's slim.l2_regularizer), or None."""
+  if not scale:
+    return None
+  return lambda weights: tf.multiply(scale, tf.nn.l2_loss(weights), name="l2_penalty")
+
+
+def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
+                    l2_penalty=0.0, stddev=None):
+  """Dense layer over the last axis: [..., D] -> [..., num_outputs].
+
+  Weights start from a truncated normal with stddev 1/sqrt(D) unless given.
+  """
+  input_size = int(inputs.shape[-1])
+  with tf1.variable_scope(scope):
+    weights = tf1.get_variable(
+        "weights", [input_size, num_outputs],
+        initializer=tf1.truncated_normal_initializer(
+            stddev=stddev if stddev is not None else 1.0 / input_size ** 0.5),
+        regularizer=l2_regularizer(l2_penalty))
+    if inputs.shape.ndims == 2:
+      outputs = tf.matmul(inputs, weights)
+    else:
+      outputs = tf.tensordot(inputs, weights, axes=[[inputs.shape.ndims - 1], [0]])
+    if use_bias:
+      biases = tf1.get_variable("biases", [num_outputs],
+                                initializer=tf1.zeros_initializer())
+      outputs = tf.nn.bias_add(outputs, biases)
+    if activation is not None:
+      outputs = activation(outputs)
+  return outputs
+
+
+def _masked_moments(inputs, mask):
+  """Mean and variance over every axis but the last, counting only mask == 1 entries.
+
+  mask has the shape of inputs without its last axis (or None: every entry counts).
+  """
+  axes = list(range(inputs.shape.ndims - 1))
+  if mask is None:
+    return tf.nn.moments(inputs, axes)
+  weights = tf.cast(mask, inputs.dtype)[..., None]
+  count = tf.maximum(tf.reduce_sum(weights), 1.0)
+  mean = tf.reduce_sum(inputs * weights, axes) / count
+  variance = tf.reduce_sum(tf.square(inputs - mean) * weights, axes) / count
+  return mean, variance
+
+
+def batch_norm(inputs, is_training, scope, center=True, scale=True, mask=None,
+               decay=BATCH_NORM_DECAY, epsilon=BATCH_NORM_EPSILON, activation=None):
+  """Batch normalization over the last axis of `inputs` [..., C].
+
+  Training: normalizes with the batch moments (of the entries where `mask` is 1, so
+  padded frames never shift the statistics) and adds the moving-average updates to
+  UPDATE_OPS. Inference: uses the moving averages and adds no update.
+
+  The moving averages are zero-debiased: after t updates they are the exact
+  exponentially weighted mean of the t batch moments (the first update copies the batch
+  moments), so short runs do not evaluate with statistics still near their 0/1
+  initial values.
+  """
+  channels = int(inputs.shape[-1])
+  with tf1.variable_scope(scope):
+    beta = gamma = None
+    if center:
+      beta = tf1.get_variable("beta", [channels], initializer=tf1.zeros_initializer())
+    if scale:
+      gamma = tf1.get_variable("gamma", [channels], initializer=tf1.ones_initializer())
+    moving_collections = [tf1.GraphKeys.GLOBAL_VARIABLES,
+                          tf1.GraphKeys.MOVING_AVERAGE_VARIABLES]
+    moving_mean = tf1.get_variable("moving_mean", [channels], trainable=False,
+                                   initializer=tf1.zeros_initializer(),
+                                   collections=moving_collections)
+    moving_variance = tf1.get_variable("moving_variance", [channels], trainable=False,
+                                       initializer=tf1.ones_initializer(),
+                                       collections=moving_collections)
+    update_count = tf1.get_variable("update_count", [], dtype=tf.float32,
+                                    trainable=False, initializer=tf1.zeros_initializer(),
+                                    collections=moving_collections)
+    if is_training:
+      mean, variance = _masked_moments(inputs, mask)
+      count = tf1.assign_add(update_count, 1.0)
+      rate = (1.0 - decay) / (1.0 - tf.pow(decay, count))
+      tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
+          moving_mean, (moving_mean - mean) * rate))
+      tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
+          moving_variance, (moving_variance - variance) * rate))
+    else:
+      mean, variance = moving_mean, moving_variance
+    outputs = tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
+    if activation is not None:
+      outputs = activation(outputs)
+  return outputs
+
+
+def dropout(inputs, rate, is_training):
+  """Drops units with probability `rate` while training; identity at inference."""
+  if not is_training or not rate:
+    return inputs
+  return tf.nn.dropout(inputs, rate=rate)
+
+
+def context_gating(inputs, is_training, scope="context_gating", use_batch_norm=True,
+                   l2_penalty=0.0):
+  """Context gating [B, D] -> [B, D]: x * sigmoid(BN(x W)) (or x W + b without BN)."""
+  with tf1.variable_scope(scope):
+    gates = fully_connected(inputs, int(inputs.shape[-1]), "gates",
+                            use_bias=not use_batch_norm, l2_penalty=l2_penalty)
+    if use_batch_norm:
+      gates = batch_norm(gates, is_training, "gates_bn")
+    return inputs * tf.sigmoid(gates)
+
+
+def se_context_gating(inputs, reduction, is_training, scope="gating"):
+  """Squeeze-and-excitation gating [B, H] -> [B, H] (NeXtVLAD's head).
+
+  gates = sigmoid(relu(BN(x W1)) W2), W1: H -> H/reduction, W2: H/reduction -> H.
+  """
+  hidden_size = int(inputs.shape[-1])
+  with tf1.variable_scope(scope):
+    gates = fully_connected(inputs, hidden_size // reduction, "squeeze", use_bias=False)
+    gates = batch_norm(gates, is_training, "squeeze_bn", activation=tf.nn.relu)
+    gates = fully_connected(gates, hidden_size, "excite", use_bias=False)
+    return inputs * tf.sigmoid(gates)
+
+
+def frame_mask(num_frames, max_frames, dtype=tf.float32):
+  """[B] real frame counts -> [B, max_frames] mask, 1 for real frames, 0 for padding."""
+  return tf.sequence_mask(num_frames, max_frames, dtype=dtype)
+
+
+def lstm(inputs, num_frames, num_units, scope, forget_bias=1.0):
+  """One LSTM layer over the real frames of each sequence.
+
+  Variables: `<scope>/input/weights` [D, 4H], `<scope>/input/biases` [4H] and
+  `<scope>/recurrent/weights` [H, 4H]; the 4H gate columns are ordered input,
+  candidate, forget, output. `forget_bias` is added to the forget gate (not stored), as
+  in the starter's BasicLSTMCell.
+
+  The input projection of all frames is one [B*T, D] x [D, 4H] matmul; only the
+  recurrent [B, H] x [H, 4H] product runs inside the time loop. The state of sequence b
+  stops changing after num_frames[b] steps, so padded frames never reach it.
+
+  Args:
+    inputs: [B, T, D] float frames, padded beyond num_frames.
+    num_frames: [B] int real frames per sequence (0 leaves the state at zero).
+    num_units: H.
+    scope: variable scope name.
+  Returns:
+    (outputs [B, T, H] hidden state after each step (frozen over padding),
+     final_state_h [B, H] the hidden state after the last real frame).
+  """
+  input_size = int(inputs.shape[-1])
+  batch_size, max_frames = tf.shape(inputs)[0], tf.shape(inputs)[1]
+  with tf1.variable_scope(scope):
+    projected = fully_connected(tf.reshape(inputs, [-1, input_size]), 4 * num_units,
+                                "input")
+    with tf1.variable_scope("recurrent"):
+      recurrent_weights = tf1.get_variable(
+          "weights", [num_units, 4 * num_units],
+          initializer=tf1.truncated_normal_initializer(stddev=num_units ** -0.5))
+  projected = tf.transpose(tf.reshape(projected, [batch_size, max_frames, 4 * num_units]),
+                           [1, 0, 2])  # time-major [T, B, 4H]
+  is_real = tf.transpose(tf.sequence_mask(num_frames, max_frames))[:, :, None]
+
+  def step(state, elements):
+    cell, hidden = state
+    projected_t, is_real_t = elements
+    gates = projected_t + tf.matmul(hidden, recurrent_weights)
+    in_gate, candidate, forget_gate, out_gate = tf.split(gates, 4, axis=1)
+    new_cell = (tf.sigmoid(forget_gate + forget_bias) * cell +
+                tf.sigmoid(in_gate) * tf.tanh(candidate))
+    new_hidden = tf.sigmoid(out_gate) * tf.tanh(new_cell)
+    return (tf.where(is_real_t, new_cell, cell), tf.where(is_real_t, new_hidden, hidden))
+
+  zeros = tf.zeros(tf.stack([batch_size, num_units]), inputs.dtype)
+  _, hiddens = tf.scan(step, (projected, is_real), initializer=(zeros, zeros))
+  # The state froze after the last real frame, so the last step holds it.
+  return tf.transpose(hiddens, [1, 0, 2]), hiddens[-1]

@@ -1,0 +1,159 @@
+"""NeXtVLAD (Lin et al., 2018): grouped, expanded NetVLAD aggregation of frame features.
+
+Per modality branch (rgb: N=1024, K clusters, G groups; audio: N=128, K/2, G/2):
+  x = FC(frames) N -> lambda*N, attention = sigmoid(FC(x) -> G) * frame mask,
+  assignment = softmax_K(BN(x W), per group) * attention,
+  vlad[d, k] = sum_{frames, groups} assignment * (x_group[d] - center[d, k]),
+  intra-normalised over d, flattened to K * lambda*N/G, batch normalised.
+Head: concat branches -> dropout -> FC (no bias) -> BN -> SE gating -> classifier.
+"""
+
+import tensorflow as tf
+
+import model_utils
+import readers  # noqa: F401  (defines --feature_names, --feature_sizes)
+import utils
+import video_level_models
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("nextvlad_cluster_size", 64,
+                     "Number of units in the NeXtVLAD cluster layer.")
+flags.DEFINE_integer("nextvlad_hidden_size", 1024,
+                     "Number of units in the NeXtVLAD hidden layer.")
+flags.DEFINE_integer("groups", 8, "number of groups in VLAD encoding")
+flags.DEFINE_float("drop_rate", 0.5, "dropout ratio after VLAD encoding")
+flags.DEFINE_integer("expansion", 2, "expansion ratio in Group NetVlad")
+flags.DEFINE_integer("gating_reduction", 8, "reduction factor in se context gating")
+flags.DEFINE_string("video_level_classifier_model", "LogisticModel",
+                    "Classifier on top of a frame-level model: LogisticModel or "
+                    "MoeModel (video_level_models.py).")
+
+
+def get_classifier(name):
+  """The video-level classifier class called `name` (--video_level_classifier_model)."""
+  classifier = getattr(video_level_models, name, None)
+  if not isinstance(classifier, type) or not issubclass(classifier,
+                                                        model_utils.BaseModel):
+    raise utils.UsageError(
+        "--video_level_classifier_model=%s is not a model of video_level_models.py "
+        "(LogisticModel, MoeModel)" % name)
+  return classifier()
+
+
+class NeXtVLAD(object):
+  """The NeXtVLAD aggregation layer of one modality."""
+
+  def __init__(self, feature_size, cluster_size, is_training, expansion=2, groups=8):
+    """
+    Args:
+      feature_size: N, features per frame of this modality.
+      cluster_size: K, VLAD clusters.
+      is_training: Python bool; batch norm in training or inference mode.
+      expansion: lambda, the first FC widens frames to lambda * N.
+      groups: G; lambda * N must be divisible by G.
+    """
+    if (expansion * feature_size) % groups:
+      raise utils.UsageError("--expansion * feature size (%d * %d) is not divisible by "
+                             "--groups=%d" % (expansion, feature_size, groups))
+    self.feature_size = feature_size
+    self.cluster_size = cluster_size
+    self.is_training = is_training
+    self.expansion = expansion
+    self.groups = groups
+    self.group_size = expansion * feature_size // groups
+
+  def output_size(self):
+    """Width of the VLAD vector: K * lambda * N / G."""
+    return self.cluster_size * self.group_size
+
+  def forward(self, frames, mask):
+    """frames [B, T, N] float, mask [B, T] (1 real, 0 padding) -> vlad [B, K*lambda*N/G].
+
+    Padding never reaches the output: its attention is zeroed by the mask and it is
+    left out of the batch statistics.
+    """
+    batch_size = tf.shape(frames)[0]
+    max_frames = tf.shape(frames)[1]
+    expanded_size = self.expansion * self.feature_size
+    x = model_utils.fully_connected(frames, expanded_size, "expansion")
+    attention = model_utils.fully_connected(x, self.groups, "group_attention",
+                                            activation=tf.sigmoid)
+    attention = attention * mask[:, :, None]
+    attention = tf.reshape(attention, [batch_size, max_frames * self.groups, 1])
+
+    logits = model_utils.fully_connected(x, self.groups * self.cluster_size,
+                                         "cluster_logits", use_bias=False)
+    logits = model_utils.batch_norm(logits, self.is_training, "cluster_bn",
+                                    mask=mask > 0)
+    logits = tf.reshape(logits, [batch_size, max_frames * self.groups,
+                                 self.cluster_size])
+    assignment = tf.nn.softmax(logits, axis=-1) * attention  # [B, T*G, K]
+
+    centers = tf1.get_variable(
+        "cluster_centers", [1, self.group_size, self.cluster_size],
+        initializer=tf1.truncated_normal_initializer(stddev=self.group_size ** -0.5))
+    assignment_sum = tf.reduce_sum(assignment, axis=1, keepdims=True)  # [B, 1, K]
+    grouped = tf.reshape(x, [batch_size, max_frames * self.groups, self.group_size])
+    vlad = tf.matmul(assignment, grouped, transpose_a=True)  # [B, K, D/G]
+    vlad = tf.transpose(vlad, [0, 2, 1]) - assignment_sum * centers  # [B, D/G, K]
+    vlad = tf.nn.l2_normalize(vlad, axis=1)
+    vlad = tf.reshape(vlad, [batch_size, self.output_size()])
+    return model_utils.batch_norm(vlad, self.is_training, "vlad_bn")
+
+
+class NeXtVLADModel(model_utils.BaseModel):
+  """NeXtVLAD video classifier over frame features (rgb then audio)."""
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training,
+                   feature_sizes=None, cluster_size=None, hidden_size=None, groups=None,
+                   expansion=None, gating_reduction=None, drop_rate=None,
+                   classifier=None, **classifier_params):
+    """Builds the model; arguments left None come from the flags of the same name.
+
+    Args:
+      model_input: [B, T, sum(feature_sizes)] float frames, padded beyond num_frames.
+      vocab_size: number of classes.
+      num_frames: [B] int real frames per video.
+      is_training: Python bool (dropout, batch-norm mode and updates).
+      feature_sizes: list of per-modality widths, default from --feature_sizes; the
+        first modality gets K clusters and G groups, the others K/2 and G/2.
+    Returns:
+      {"predictions": [B, vocab_size], "logits" (LogisticModel only),
+       "representation": [B, hidden_size] the gated vector fed to the classifier}.
+    """
+    if feature_sizes is None:
+      _, feature_sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
+                                                             FLAGS.feature_sizes)
+    cluster_size = cluster_size or FLAGS.nextvlad_cluster_size
+    hidden_size = hidden_size or FLAGS.nextvlad_hidden_size
+    groups = groups or FLAGS.groups
+    expansion = expansion or FLAGS.expansion
+    gating_reduction = gating_reduction or FLAGS.gating_reduction
+    drop_rate = FLAGS.drop_rate if drop_rate is None else drop_rate
+    classifier = classifier or FLAGS.video_level_classifier_model
+
+    mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
+    branch_names = ["rgb", "audio"] + ["feature%d" % i for i in range(2, 10)]
+    vlads = []
+    start = 0
+    for i, size in enumerate(feature_sizes):
+      branch = NeXtVLAD(size, cluster_size if i == 0 else cluster_size // 2,
+                        is_training, expansion=expansion,
+                        groups=groups if i == 0 else max(groups // 2, 1))
+      with tf1.variable_scope("%s_nextvlad" % branch_names[i]):
+        vlads.append(branch.forward(model_input[:, :, start:start + size], mask))
+      start += size
+    vlad = tf.concat(vlads, axis=1) if len(vlads) > 1 else vlads[0]
+    vlad = model_utils.dropout(vlad, drop_rate, is_training)
+
+    hidden = model_utils.fully_connected(vlad, hidden_size, "hidden1", use_bias=False)
+    hidden = model_utils.batch_norm(hidden, is_training, "hidden1_bn")
+    representation = model_utils.se_context_gating(hidden, gating_reduction, is_training)
+
+    with tf1.variable_scope("classifier"):
+      outputs = get_classifier(classifier).create_model(
+          representation, vocab_size, is_training=is_training, **classifier_params)
+    outputs["representation"] = representation
+    return outputs

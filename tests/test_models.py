@@ -1,0 +1,205 @@
+"""Layers, NeXtVLAD, video-level classifiers and losses on tiny configs."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import losses
+import model_utils
+import nextvlad
+import utils
+import video_level_models
+
+tf1 = tf.compat.v1
+TINY = dict(feature_sizes=[16, 8], cluster_size=4, hidden_size=8, groups=2, expansion=2,
+            gating_reduction=2, drop_rate=0.0)
+
+
+def _nextvlad_predictions(frames, num_frames, is_training, classifier="LogisticModel",
+                          seed=0, train_steps=0):
+  """Builds a tiny NeXtVLAD, optionally runs BN-update steps, returns its outputs."""
+  with tf.Graph().as_default():
+    tf1.set_random_seed(seed)
+    x = tf1.placeholder(tf.float32, [None, frames.shape[1], 24])
+    n = tf1.placeholder(tf.int32, [None])
+    with tf1.variable_scope("m"):
+      out = nextvlad.NeXtVLADModel().create_model(x, 10, n, is_training,
+                                                  classifier=classifier, **TINY)
+    updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      feed = {x: frames, n: num_frames}
+      for _ in range(train_steps):
+        sess.run(updates, feed)
+      return sess.run(out, feed)
+
+
+def _random_batch(num_frames, max_frames=12, pad_value=None, seed=0):
+  rng = np.random.RandomState(seed)
+  frames = rng.uniform(-2, 2, size=(len(num_frames), max_frames, 24)).astype(np.float32)
+  pad = np.arange(max_frames)[None, :] >= np.asarray(num_frames)[:, None]
+  frames[pad] = 0.0 if pad_value is None else pad_value * rng.normal(size=(pad.sum(), 24))
+  return frames
+
+
+@pytest.mark.parametrize("classifier", ["LogisticModel", "MoeModel"])
+def test_nextvlad_shapes_and_outputs(classifier):
+  frames = _random_batch([12, 5, 1])
+  out = _nextvlad_predictions(frames, [12, 5, 1], True, classifier)
+  assert out["predictions"].shape == (3, 10)
+  assert ((out["predictions"] >= 0) & (out["predictions"] <= 1)).all()
+  assert out["representation"].shape == (3, 8)
+  assert ("logits" in out) == (classifier == "LogisticModel")
+  if "logits" in out:
+    np.testing.assert_allclose(1 / (1 + np.exp(-out["logits"])), out["predictions"],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("is_training", [False, True])
+def test_nextvlad_ignores_padded_frames(is_training):
+  num_frames = [12, 5, 1]
+  clean = _random_batch(num_frames)
+  noisy = _random_batch(num_frames, pad_value=1e3)
+  assert not np.allclose(clean, noisy)
+  a = _nextvlad_predictions(clean, num_frames, is_training, train_steps=2)
+  b = _nextvlad_predictions(noisy, num_frames, is_training, train_steps=2)
+  np.testing.assert_allclose(a["predictions"], b["predictions"], rtol=1e-5, atol=1e-6)
+  # The same video with more padding columns gives the same answer too.
+  longer = np.concatenate([clean, np.zeros_like(clean)], axis=1)
+  c = _nextvlad_predictions(longer, num_frames, is_training, train_steps=2)
+  np.testing.assert_allclose(a["predictions"], c["predictions"], rtol=1e-5, atol=1e-6)
+
+
+def test_nextvlad_documented_config_has_88_9m_parameters():
+  with tf.Graph().as_default():
+    x = tf1.placeholder(tf.float32, [None, 300, 1152])
+    n = tf1.placeholder(tf.int32, [None])
+    nextvlad.NeXtVLADModel().create_model(
+        x, 3862, n, True, feature_sizes=[1024, 128], cluster_size=128, hidden_size=2048,
+        groups=8, expansion=2, gating_reduction=8, drop_rate=0.5,
+        classifier="LogisticModel")
+    count = sum(v.shape.num_elements() for v in tf1.trainable_variables())
+    hidden = [v for v in tf1.trainable_variables() if v.op.name == "hidden1/weights"][0]
+  assert abs(count - 88.9e6) / 88.9e6 < 0.01, count
+  assert hidden.shape.as_list() == [128 * 256 + 64 * 64, 2048]
+
+
+def test_batch_norm_moving_averages_are_exact_debiased_means():
+  decay = 0.9
+  batches = [np.random.RandomState(i).normal(i, 1 + i, size=(5, 3)).astype(np.float32)
+             for i in range(4)]
+  with tf.Graph().as_default():
+    x = tf1.placeholder(tf.float32, [None, 3])
+    model_utils.batch_norm(x, True, "bn", decay=decay)
+    updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+    assert len(updates) == 2
+    with tf1.variable_scope("bn", reuse=True):
+      mean_var = tf1.get_variable("moving_mean")
+      variance_var = tf1.get_variable("moving_variance")
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      for b in batches:
+        sess.run(updates, {x: b})
+      moving_mean, moving_variance = sess.run([mean_var, variance_var])
+  weights = np.array([decay ** (len(batches) - 1 - i) for i in range(len(batches))])
+  weights /= weights.sum()
+  np.testing.assert_allclose(moving_mean, sum(w * b.mean(0) for w, b in
+                                              zip(weights, batches)), rtol=1e-5)
+  np.testing.assert_allclose(moving_variance, sum(w * b.var(0) for w, b in
+                                                  zip(weights, batches)), rtol=1e-5)
+
+
+def test_batch_norm_inference_uses_moving_averages_and_adds_no_updates():
+  with tf.Graph().as_default():
+    x = tf.constant([[1.0, 2.0], [3.0, 6.0]])
+    y = model_utils.batch_norm(x, False, "bn", epsilon=0.0)
+    assert not tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      np.testing.assert_allclose(sess.run(y), [[1.0, 2.0], [3.0, 6.0]])  # mean 0, var 1
+
+
+def test_masked_batch_norm_statistics_skip_masked_rows():
+  with tf.Graph().as_default():
+    x = tf.constant([[1.0], [3.0], [1000.0]])
+    y = model_utils.batch_norm(x, True, "bn", mask=tf.constant([True, True, False]),
+                               epsilon=0.0, center=False, scale=False)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      np.testing.assert_allclose(sess.run(y)[:2, 0], [-1.0, 1.0], rtol=1e-6)
+
+
+def test_logistic_l2_penalty_lands_in_regularization_losses():
+  with tf.Graph().as_default():
+    x = tf.ones([2, 3])
+    video_level_models.LogisticModel().create_model(x, 4, l2_penalty=0.5)
+    (penalty,) = tf1.losses.get_regularization_losses()
+    weights = [v for v in tf1.global_variables() if v.op.name.endswith("weights")][0]
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      w, p = sess.run([weights, penalty])
+  np.testing.assert_allclose(p, 0.5 * (w ** 2).sum() / 2, rtol=1e-5)
+
+
+def test_moe_predictions_match_numpy_formula():
+  with tf.Graph().as_default():
+    x = tf.constant(np.random.RandomState(0).normal(size=(3, 5)), tf.float32)
+    out = video_level_models.MoeModel().create_model(x, 4, num_mixtures=2,
+                                                     l2_penalty=0.0)
+    params = {v.op.name: v for v in tf1.global_variables()}
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      pred, xv, p = sess.run([out["predictions"], x, params])
+  gates = xv @ p["gates/weights"] + p["gates/biases"]
+  experts = xv @ p["experts/weights"] + p["experts/biases"]
+  gates = np.exp(gates.reshape(-1, 3))
+  gates /= gates.sum(1, keepdims=True)
+  experts = 1 / (1 + np.exp(-experts.reshape(-1, 2)))
+  expected = (gates[:, :2] * experts).sum(1).reshape(3, 4)
+  np.testing.assert_allclose(pred, expected, rtol=1e-5)
+
+
+def test_classifier_and_loss_lookup_errors_name_the_flag():
+  with pytest.raises(utils.UsageError, match="--video_level_classifier_model"):
+    nextvlad.get_classifier("Nope")
+  with pytest.raises(utils.UsageError, match="--label_loss"):
+    losses.get_label_loss("BaseLoss")
+
+
+def _run(t):
+  with tf1.Session() as sess:
+    return sess.run(t)
+
+
+def test_label_losses_match_numpy():
+  p = np.array([[0.9, 0.2, 0.5], [0.1, 0.7, 0.3]], np.float32)
+  y = np.array([[1, 0, 1], [0, 0, 1]], np.float32)
+  with tf.Graph().as_default():
+    ce = _run(losses.CrossEntropyLoss().calculate_loss(tf.constant(p), tf.constant(y)))
+    hinge = _run(losses.HingeLoss().calculate_loss(tf.constant(p), tf.constant(y)))
+    soft = _run(losses.SoftmaxLoss().calculate_loss(tf.constant(p), tf.constant(y)))
+  eps = 1e-5
+  expected_ce = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).sum(1).mean()
+  np.testing.assert_allclose(ce, expected_ce, rtol=1e-5)
+  np.testing.assert_allclose(hinge, np.maximum(0, 1 - (2 * y - 1) * p).sum(1).mean(),
+                             rtol=1e-5)
+  softmax = np.exp(p) / np.exp(p).sum(1, keepdims=True)
+  np.testing.assert_allclose(
+      soft, -(y / y.sum(1, keepdims=True) * np.log(softmax)).sum(1).mean(), rtol=1e-5)
+
+
+def test_distillation_losses_sum_and_mean_reductions():
+  t = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.3]], np.float32)
+  s = np.array([[0.8, 0.3], [0.5, 0.1], [0.2, 0.3]], np.float32)
+  per_example = ((t - s) ** 2).sum(1)
+  with tf.Graph().as_default():
+    rep_sum = _run(losses.representation_loss(tf.constant(t), tf.constant(s), "sum"))
+    rep_mean = _run(losses.representation_loss(tf.constant(t), tf.constant(s), "mean"))
+    pred_sum = _run(losses.prediction_loss(tf.constant(t), tf.constant(s), "mse", "sum"))
+    kl = _run(losses.prediction_loss(tf.constant(t), tf.constant(s), "kl", "mean"))
+    kl_self = _run(losses.prediction_loss(tf.constant(t), tf.constant(t), "kl", "sum"))
+  np.testing.assert_allclose(rep_sum, per_example.sum(), rtol=1e-6)
+  np.testing.assert_allclose(rep_mean, per_example.mean(), rtol=1e-6)
+  np.testing.assert_allclose(pred_sum, per_example.sum(), rtol=1e-6)
+  expected_kl = (t * np.log(t / s) + (1 - t) * np.log((1 - t) / (1 - s))).sum(1).mean()
+  np.testing.assert_allclose(kl, expected_kl, rtol=1e-4)
+  assert abs(kl_self) < 1e-6
