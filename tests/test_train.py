@@ -1,0 +1,189 @@
+"""train.py end to end on tiny configs: the documented recipe, towers, resume, TF_CONFIG."""
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import helpers
+
+tf1 = tf.compat.v1
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("data")
+  return helpers.make_dataset(directory, train_videos=24, validate_videos=8,
+                              min_frames=20, max_frames=60)
+
+
+def _checkpoint_values(checkpoint, prefix=""):
+  return {name: tf.train.load_variable(checkpoint, name)
+          for name, _ in tf.train.list_variables(checkpoint) if name.startswith(prefix)}
+
+
+def _documented_args(train_pattern, **overrides):
+  """The README's long command, with the data pattern and any flag replaced."""
+  args = shlex.split(helpers.DOCUMENTED_COMMAND.replace("/data/yt8m/train*.tfrecord",
+                                                        train_pattern))
+  names = {a.split("=")[0] for a in ["--%s" % k for k in overrides]}
+  kept = []
+  skip_next = False
+  for i, arg in enumerate(args):
+    if skip_next:
+      skip_next = False
+      continue
+    if arg.split("=")[0] in names:
+      skip_next = "=" not in arg
+      continue
+    kept.append(arg)
+  return kept + ["--%s=%s" % kv for kv in overrides.items()]
+
+
+def test_documented_command_parses_unchanged_and_recipe_trains_three_runs(data, tmp_path):
+  train_pattern, _ = data
+  tiny = dict(groups=2, nextvlad_cluster_size=4, nextvlad_hidden_size=16, expansion=1,
+              gating_reduction=4, num_classes=20, batch_size=4, max_step=3,
+              export_model_steps=2)
+  # (1) teacher on all frames, (2) the k=6 student baseline alone, (3) KD at k=6.
+  for model_type, k in [("teacher", 300), ("teacher", 6), ("KD", 6)]:
+    args = _documented_args(train_pattern, model_type=model_type, k_frame=k, **tiny)
+    out = helpers.run_cli("train.py", args, cwd=str(tmp_path)).stdout
+    assert out.splitlines()[0].startswith("Run directory: ")
+  base = tmp_path / "nextvlad_8g_5l2_5drop_128k_2048_2x80_logistic"
+  teacher_dir, student_dir, kd_dir = [str(base) + s for s in
+                                      ("_teacher", "_student_k_6", "_KD_k_6")]
+  for directory in (teacher_dir, student_dir, kd_dir):
+    assert tf1.train.latest_checkpoint(directory).endswith("-3"), directory
+  flags = json.load(open(os.path.join(kd_dir, "model_flags.json")))
+  assert (flags["model_type"], flags["k_frame"], flags["model"]) == ("KD", 6,
+                                                                    "NeXtVLADModel")
+  teacher = _checkpoint_values(tf1.train.latest_checkpoint(teacher_dir), "teacher/")
+  kd_teacher = _checkpoint_values(tf1.train.latest_checkpoint(kd_dir), "teacher/")
+  # Every teacher variable of the KD graph (weights and batch-norm statistics; the
+  # teacher run's Adam slots are not part of it) equals the teacher run's value.
+  assert set(kd_teacher) <= set(teacher)
+  assert set(kd_teacher) == {n for n in teacher if "/Adam" not in n}
+  assert any("moving_mean" in n for n in kd_teacher)
+  for name in kd_teacher:
+    np.testing.assert_array_equal(teacher[name], kd_teacher[name], err_msg=name)
+  # The baseline trained student/ variables only; the teacher run teacher/ only.
+  assert not _checkpoint_values(tf1.train.latest_checkpoint(student_dir), "teacher/")
+  assert not _checkpoint_values(tf1.train.latest_checkpoint(teacher_dir), "student/")
+
+
+def test_model_type_student_is_the_baseline_too(data, tmp_path):
+  train_pattern, _ = data
+  helpers.run_cli("train.py", [
+      "--train_data_pattern=" + train_pattern, "--train_dir=%s/run" % tmp_path,
+      "--model_type=student", "--k_frame=5", "--batch_size=4", "--max_steps=1"] +
+      helpers.TINY_MODEL)
+  assert tf1.train.latest_checkpoint(str(tmp_path / "run_student_k_5"))
+
+
+def _one_step(train_pattern, train_dir, batch_size, towers):
+  helpers.run_cli("train.py", [
+      "--train_data_pattern=" + train_pattern, "--train_dir=" + train_dir,
+      "--model=FrameLevelLogisticModel", "--num_classes=20", "--optimizer=GradientDescentOptimizer",
+      "--base_learning_rate=0.5", "--batch_size=%d" % batch_size, "--max_steps=1",
+      "--seed=3", "--clip_gradient_norm=0", "--l2_penalty=0.1"],
+      env={"YT8M_CPU_TOWERS": str(towers)} if towers > 1 else None)
+  return _checkpoint_values(tf1.train.latest_checkpoint(train_dir + "_teacher"))
+
+
+def test_two_cpu_towers_update_like_one_tower_on_the_same_global_batch(data, tmp_path):
+  train_pattern, _ = data
+  one = _one_step(train_pattern, str(tmp_path / "one"), 8, 1)
+  two = _one_step(train_pattern, str(tmp_path / "two"), 4, 2)
+  initial_one = _checkpoint_values(str(tmp_path / "one_teacher" / "model.ckpt-0"))
+  weights = "teacher/tower/classifier/logistic/weights"
+  assert not np.allclose(one[weights], initial_one[weights])  # the step did something
+  for name in one:
+    np.testing.assert_allclose(one[name], two[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _learning_rates(train_dir):
+  rates = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(train_dir, "events.out.tfevents.*"))):
+    for event in tf1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == "learning_rate":
+          rates[event.step] = value.simple_value
+  return rates
+
+
+def test_resume_reaches_the_same_step_and_learning_rate(data, tmp_path):
+  train_pattern, _ = data
+  common = ["--train_data_pattern=" + train_pattern, "--batch_size=4",
+            "--learning_rate_decay_examples=8", "--learning_rate_decay=0.5",
+            "--log_every_n_steps=1", "--export_model_steps=100"] + helpers.TINY_MODEL
+  helpers.run_cli("train.py", common + ["--train_dir=%s/full" % tmp_path, "--max_steps=6"])
+  helpers.run_cli("train.py", common + ["--train_dir=%s/part" % tmp_path, "--max_steps=3"])
+  out = helpers.run_cli("train.py", common + ["--train_dir=%s/part" % tmp_path,
+                                              "--max_steps=6"]).stdout
+  assert "Starting at step 3 (resumed)" in out
+  full, part = str(tmp_path / "full_teacher"), str(tmp_path / "part_teacher")
+  assert tf1.train.latest_checkpoint(full).endswith("-6")
+  assert tf1.train.latest_checkpoint(part).endswith("-6")
+  full_rates, part_rates = _learning_rates(full), _learning_rates(part)
+  # Logged with step 6: the rate of the 6th update, floor(5 steps * 4 / 8) = 2 decays.
+  assert full_rates[6] == part_rates[6] == pytest.approx(0.01 * 0.5 ** 2)
+  assert full_rates == part_rates
+
+
+def test_resume_with_other_model_flags_is_refused(data, tmp_path):
+  train_pattern, _ = data
+  common = ["--train_data_pattern=" + train_pattern, "--batch_size=4", "--max_steps=1",
+            "--train_dir=%s/run" % tmp_path] + helpers.TINY_MODEL
+  helpers.run_cli("train.py", common)
+  process = helpers.run_cli("train.py", common + ["--drop_rate=0.1"], check=False)
+  assert process.returncode != 0
+  line = helpers.user_error_line(process)
+  assert "--drop_rate: 0.5 -> 0.1" in line and "--start_new_model" in line
+  # --start_new_model=True starts over instead.
+  helpers.run_cli("train.py", common + ["--drop_rate=0.1", "--start_new_model=True"])
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_distributed_ps_and_two_workers_train_and_the_chief_checkpoints(data, tmp_path):
+  train_pattern, _ = data
+  ps, w0, w1 = ["127.0.0.1:%d" % p for p in _free_ports(3)]
+  cluster = {"ps": [ps], "worker": [w0, w1]}
+  args = ["--train_data_pattern=" + train_pattern, "--train_dir=%s/dist" % tmp_path,
+          "--batch_size=4", "--max_steps=6", "--export_model_steps=100"] + helpers.TINY_MODEL
+  processes = []
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=helpers.ROOT)
+  try:
+    for task_type, index in [("ps", 0), ("worker", 0), ("worker", 1)]:
+      task_env = dict(env, TF_CONFIG=json.dumps(
+          {"cluster": cluster, "task": {"type": task_type, "index": index}}))
+      # Logs go to files: a full pipe nobody reads would block the process.
+      log = open(str(tmp_path / ("%s%d.log" % (task_type, index))), "w")
+      processes.append(subprocess.Popen(
+          [sys.executable, os.path.join(helpers.ROOT, "train.py")] + args,
+          env=task_env, stdout=log, stderr=subprocess.STDOUT))
+    for index, worker in enumerate(processes[1:]):
+      worker.wait(timeout=240)
+      assert worker.returncode == 0, open(str(tmp_path / ("worker%d.log" % index))).read()
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+  checkpoint = tf1.train.latest_checkpoint(str(tmp_path / "dist_teacher"))
+  assert checkpoint is not None
+  assert tf.train.load_variable(checkpoint, "global_step") >= 6

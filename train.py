@@ -1,0 +1,518 @@
+"""Trains a teacher, a k-frame student baseline, or a distilled k-frame student.
+
+The documented recipe is three runs of the same command:
+  --model_type=teacher --k_frame=300   -> <train_dir>_teacher
+  --model_type=teacher --k_frame=6     -> <train_dir>_student_k_6   (baseline; or
+                                          --model_type=student)
+  --model_type=KD      --k_frame=30    -> <train_dir>_KD_k_30, student distilled from
+                                          the latest checkpoint of <train_dir>_teacher
+Towers: one per visible GPU up to --num_gpu (on the CPU: one tower). Distributed
+training follows TF_CONFIG (ps / master / worker), as the starter code did.
+"""
+
+import json
+import os
+import shutil
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+import tensorflow as tf  # noqa: E402
+
+import eval_util  # noqa: E402
+import kd_model  # noqa: E402
+import losses  # noqa: E402
+import preprocessing  # noqa: E402
+import readers  # noqa: E402
+import utils  # noqa: E402
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
+                    "Base of the run directory: the run writes <train_dir>_teacher, "
+                    "<train_dir>_student_k_<k> or <train_dir>_KD_k_<k>.")
+flags.DEFINE_string("train_data_pattern", "",
+                    "File glob for the training dataset (comma-separated globs allowed).")
+flags.DEFINE_integer("batch_size", 1024, "How many examples to process per batch for "
+                     "training (per tower).")
+flags.DEFINE_float("base_learning_rate", 0.01, "Which learning rate to start with.")
+flags.DEFINE_float("learning_rate_decay", 0.95, "Learning rate decay factor to be "
+                   "applied every learning_rate_decay_examples.")
+flags.DEFINE_float("learning_rate_decay_examples", 4000000, "Multiply current learning "
+                   "rate by learning_rate_decay every learning_rate_decay_examples.")
+flags.DEFINE_integer("num_epochs", 5, "How many passes to make over the dataset before "
+                     "halting training.")
+flags.DEFINE_integer("max_steps", None, "The maximum number of iterations of the "
+                     "training loop.")
+flags.DEFINE_integer("max_step", None, "Same as --max_steps (the spelling the KD "
+                     "write-up's command uses).")
+flags.DEFINE_integer("export_model_steps", 1000, "Checkpoint (and validate, with "
+                     "--eval_data_pattern) every this many steps.")
+flags.DEFINE_integer("num_readers", 8, "How many threads to use for reading input files.")
+flags.DEFINE_string("optimizer", "AdamOptimizer", "What optimizer class to use.")
+flags.DEFINE_float("clip_gradient_norm", 1.0, "Norm to clip gradients to (per tensor).")
+flags.DEFINE_bool("log_device_placement", False, "Whether to write the device on which "
+                  "every op will run into the logs on startup.")
+flags.DEFINE_bool("start_new_model", False, "If set, this will not resume from a "
+                  "checkpoint and will instead create a new model instance.")
+flags.DEFINE_integer("num_gpu", 1, "The maximum number of GPU devices (towers) to use.")
+flags.DEFINE_string("visible_gpu", "", "CUDA_VISIBLE_DEVICES for this run, e.g. \"0,1\" "
+                    "(set before TensorFlow touches a device).")
+flags.DEFINE_string("teacher_checkpoint", "", "KD: the teacher checkpoint (file prefix "
+                    "or directory). Default: latest checkpoint of <train_dir>_teacher.")
+flags.DEFINE_string("eval_data_pattern", "", "Optional validation data: GAP/mAP every "
+                    "--export_model_steps steps into TensorBoard and validation.jsonl.")
+flags.DEFINE_integer("seed", None, "Graph-level random seed and data shuffling seed.")
+flags.DEFINE_integer("log_every_n_steps", 10, "Console line and training summaries "
+                     "(loss terms, Hit@1, GAP) every this many steps.")
+
+# Testing aid: run N towers on N logical CPU devices (no GPU needed).
+CPU_TOWERS_ENV = "YT8M_CPU_TOWERS"
+MODEL_FLAGS_FILE = "model_flags.json"
+VALIDATION_FILE = "validation.jsonl"
+
+
+def resolve_train_dir():
+  """The run directory of this run: --train_dir plus the run-kind suffix."""
+  base = FLAGS.train_dir.rstrip("/") or "."
+  return base + kd_model.run_dir_suffix()
+
+
+def max_steps():
+  """--max_steps or --max_step (they must agree when both are given); None: no cap."""
+  if (FLAGS.max_steps is not None and FLAGS.max_step is not None and
+      FLAGS.max_steps != FLAGS.max_step):
+    raise utils.UsageError("--max_steps=%d and --max_step=%d disagree; give one"
+                           % (FLAGS.max_steps, FLAGS.max_step))
+  return FLAGS.max_steps if FLAGS.max_steps is not None else FLAGS.max_step
+
+
+def validate_flags():
+  """Every check that needs no graph and no data; raises UsageError naming a flag."""
+  if not FLAGS.train_data_pattern:
+    raise utils.UsageError("--train_data_pattern is required")
+  if FLAGS.batch_size <= 0:
+    raise utils.UsageError("--batch_size must be positive, got %d" % FLAGS.batch_size)
+  if FLAGS.num_readers <= 0:
+    raise utils.UsageError("--num_readers must be positive, got %d" % FLAGS.num_readers)
+  if FLAGS.export_model_steps <= 0:
+    raise utils.UsageError("--export_model_steps must be positive")
+  if FLAGS.log_every_n_steps <= 0:
+    raise utils.UsageError("--log_every_n_steps must be positive")
+  steps = max_steps()
+  if steps is not None and steps <= 0:
+    raise utils.UsageError("--max_steps must be positive, got %d" % steps)
+  if FLAGS.learning_rate_decay_examples <= 0:
+    raise utils.UsageError("--learning_rate_decay_examples must be positive")
+  if not isinstance(getattr(tf1.train, FLAGS.optimizer, None), type):
+    raise utils.UsageError("--optimizer=%s is not a tf.compat.v1.train optimizer "
+                           "(e.g. AdamOptimizer)" % FLAGS.optimizer)
+  kd_model.validate_flags()
+  readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
+  if FLAGS.eval_data_pattern:
+    readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
+
+
+class Task(object):
+  """This process's role in TF_CONFIG (or a lone master when it is not set)."""
+
+  def __init__(self):
+    try:
+      config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    except ValueError as e:
+      raise utils.UsageError("TF_CONFIG is not valid JSON: %s" % e)
+    task = config.get("task") or {"type": "master", "index": 0}
+    self.type = task.get("type", "master")
+    self.index = int(task.get("index", 0))
+    cluster = config.get("cluster")
+    self.cluster = tf1.train.ClusterSpec(cluster) if cluster else None
+    if self.cluster and self.type not in self.cluster.jobs:
+      raise utils.UsageError("TF_CONFIG task type %r is not a job of its cluster %s"
+                             % (self.type, self.cluster.jobs))
+    has_master = self.cluster is not None and "master" in self.cluster.jobs
+    self.is_chief = self.index == 0 and (
+        self.type == "master" or (self.type == "worker" and not has_master))
+
+  def start_server(self):
+    """Starts this task's tf.train.Server (distributed runs only)."""
+    return tf1.train.Server(self.cluster, job_name=self.type, task_index=self.index)
+
+
+def tower_devices():
+  """(device names of the towers, session config) for this machine."""
+  cpu_towers = int(os.environ.get(CPU_TOWERS_ENV, "0") or 0)
+  config = tf1.ConfigProto(allow_soft_placement=True,
+                           log_device_placement=FLAGS.log_device_placement)
+  if cpu_towers > 0:
+    config.device_count["CPU"] = cpu_towers
+    print("Testing aid %s=%d: %d towers on logical CPU devices."
+          % (CPU_TOWERS_ENV, cpu_towers, cpu_towers))
+    return ["/cpu:%d" % i for i in range(cpu_towers)], config
+  gpus = tf.config.list_physical_devices("GPU")
+  if not gpus:
+    print("No GPU found: training on the CPU with one tower.")
+    return ["/cpu:0"], config
+  count = max(1, min(FLAGS.num_gpu, len(gpus)))
+  print("Training with %d GPU towers (of %d visible)." % (count, len(gpus)))
+  return ["/gpu:%d" % i for i in range(count)], config
+
+
+_VARIABLE_OPS = frozenset(["Variable", "VariableV2", "VarHandleOp", "AutoReloadVariable"])
+
+
+def _tower_device_fn(compute_device, variable_device):
+  """Places variables on `variable_device` (shared by towers), other ops on the tower."""
+  def device_fn(op):
+    if op.device:
+      return op.device
+    return variable_device if op.type in _VARIABLE_OPS else compute_device
+  return device_fn
+
+
+def prepare_run_dir(train_dir, is_chief):
+  """Wipes (--start_new_model) or checks a resumed run dir; writes model_flags.json.
+
+  Raises:
+    UsageError when resuming a run whose recorded model flags differ from these.
+  """
+  flags_path = os.path.join(train_dir, MODEL_FLAGS_FILE)
+  current = kd_model.model_flags_dict()
+  if not is_chief:
+    return
+  if FLAGS.start_new_model and os.path.exists(train_dir):
+    print("--start_new_model: removing %s" % train_dir)
+    shutil.rmtree(train_dir)
+  os.makedirs(train_dir, exist_ok=True)
+  if os.path.exists(flags_path):
+    recorded = utils.read_json(flags_path)
+    conflicts = kd_model.conflicting_flags(recorded, current)
+    if conflicts:
+      raise utils.UsageError(
+          "%s was trained with other model flags (%s); resume with the same flags or "
+          "pass --start_new_model=True" % (train_dir, "; ".join(conflicts)))
+  else:
+    utils.write_json(flags_path, current)
+
+
+def resolve_teacher_checkpoint():
+  """The checkpoint prefix the KD student learns from (serial mode).
+
+  Raises:
+    UsageError naming the flag or directory when there is no usable checkpoint.
+  """
+  path = FLAGS.teacher_checkpoint
+  if not path:
+    directory = FLAGS.train_dir.rstrip("/") + "_teacher"
+    checkpoint = tf1.train.latest_checkpoint(directory)
+    if not checkpoint:
+      raise utils.UsageError(
+          "KD needs a trained teacher: no checkpoint in %s (train it first with "
+          "--model_type=teacher --k_frame=%d, or pass --teacher_checkpoint)"
+          % (directory, FLAGS.max_frames))
+    return checkpoint
+  if os.path.isdir(path):
+    checkpoint = tf1.train.latest_checkpoint(path)
+    if not checkpoint:
+      raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
+                             % path)
+    return checkpoint
+  if not tf1.train.checkpoint_exists(path):
+    raise utils.UsageError("--teacher_checkpoint=%s does not exist" % path)
+  return path
+
+
+def check_teacher_preprocessing(checkpoint, rgb_scale):
+  """The teacher must have been trained on the same preprocessed inputs."""
+  stored = dict(tf.train.list_variables(checkpoint))
+  name = "input_preprocessing/rgb_scale"
+  if (name in stored) != (rgb_scale is not None):
+    raise utils.UsageError(
+        "the teacher %s was trained %s --pca_eigenvals but this run is %s it"
+        % (checkpoint, "with" if name in stored else "without",
+           "with" if rgb_scale is not None else "without"))
+  if rgb_scale is not None:
+    import numpy as np
+    if not np.allclose(tf.train.load_variable(checkpoint, name), rgb_scale):
+      raise utils.UsageError("the teacher %s was trained with other --pca_eigenvals "
+                             "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
+
+
+class TrainGraph(object):
+  """Every tensor and op the training loop runs, built once and then finalized."""
+
+  def __init__(self, devices, task, rgb_scale, teacher_checkpoint):
+    self.graph = tf.Graph()
+    self.num_towers = len(devices)
+    with self.graph.as_default():
+      if FLAGS.seed is not None:
+        tf1.set_random_seed(FLAGS.seed)
+      setter = None
+      if task.cluster is not None:
+        setter = tf1.train.replica_device_setter(
+            ps_tasks=len(task.cluster.job_tasks("ps")) if "ps" in task.cluster.jobs
+            else 0, worker_device="/job:%s/task:%d" % (task.type, task.index),
+            cluster=task.cluster)
+      with tf1.device(setter):
+        self._build(devices, rgb_scale, teacher_checkpoint, distributed=setter is not None)
+
+  def _build(self, devices, rgb_scale, teacher_checkpoint, distributed):
+    self.global_step = tf1.train.get_or_create_global_step()
+    reader = readers.get_reader(dequantize=False)
+    global_batch = FLAGS.batch_size * self.num_towers
+    self.examples_per_step = global_batch
+    with tf.name_scope("train_input"):
+      batch = readers.get_input_data_tensors(
+          reader, FLAGS.train_data_pattern, global_batch, FLAGS.num_readers,
+          FLAGS.num_epochs, shuffle=True, seed=FLAGS.seed, flag_name="--train_data_pattern")
+    self.labels = batch["labels"]
+    self.learning_rate = tf1.train.exponential_decay(
+        FLAGS.base_learning_rate,
+        tf.cast(self.global_step, tf.float32) * global_batch,
+        FLAGS.learning_rate_decay_examples, FLAGS.learning_rate_decay, staircase=True)
+    optimizer = getattr(tf1.train, FLAGS.optimizer)(self.learning_rate)
+
+    kind = preprocessing.kind_from_flags()
+    tower_batches = [dict(zip(batch, values)) for values in zip(
+        *[tf.split(tensor, self.num_towers) for tensor in batch.values()])]
+    # Variables live with the single tower, or on the CPU shared by several towers.
+    variable_device = devices[0] if self.num_towers == 1 else "/cpu:0"
+    towers = []
+    for i, (device, tower_batch) in enumerate(zip(devices, tower_batches)):
+      placement = device if distributed else _tower_device_fn(device, variable_device)
+      with tf1.device(placement), tf.name_scope("tower_%d" % i):
+        towers.append(kd_model.tower_loss(tower_batch, reuse=i > 0,
+                                          preprocessing_kind=kind,
+                                          training_scale=rgb_scale, seed=FLAGS.seed))
+    train_vars = [v for role in kd_model.trained_roles()
+                  for v in tf1.trainable_variables(scope=role + "/")]
+    tower_grads = []
+    for device, terms in zip(devices, towers):
+      with tf1.device(device):
+        tower_grads.append(optimizer.compute_gradients(
+            terms["total"], var_list=train_vars, colocate_gradients_with_ops=True))
+    grads = utils.combine_gradients(tower_grads)
+    if FLAGS.clip_gradient_norm > 0:
+      grads = utils.clip_gradient_norms(grads, FLAGS.clip_gradient_norm)
+
+    self.loss_terms = {}
+    for name in towers[0]:
+      if name != "predictions":
+        self.loss_terms[name] = tf.add_n([t[name] for t in towers]) / self.num_towers
+    self.predictions = tf.concat([t["predictions"] for t in towers], axis=0)
+    # A diverged step fails here, before any weight changes, so the last checkpoint
+    # stays good and training stops with a message naming the step.
+    grad_norm = tf.linalg.global_norm([g for g, _ in grads])
+    finite = tf.debugging.Assert(
+        tf.logical_and(tf.math.is_finite(self.loss_terms["total"]),
+                       tf.math.is_finite(grad_norm)),
+        [self.loss_terms["total"], grad_norm], name="finite_loss_check")
+    with tf.control_dependencies([finite]):
+      grads = [(tf.identity(g), v) for g, v in grads]
+      updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+      apply = optimizer.apply_gradients(grads, global_step=self.global_step)
+      self.train_op = tf.group(apply, *updates)
+    with tf.control_dependencies([self.train_op]):
+      self.step_after_update = tf.identity(self.global_step.read_value())
+
+    self.saver = tf1.train.Saver(max_to_keep=5)
+    self.init_fn = None
+    if teacher_checkpoint:
+      teacher_vars = kd_model.teacher_variables()
+      kd_model.check_checkpoint_matches(teacher_vars, teacher_checkpoint,
+                                        "the teacher checkpoint")
+      teacher_saver = tf1.train.Saver(var_list={v.op.name: v for v in teacher_vars})
+      self.init_fn = lambda scaffold, sess: teacher_saver.restore(sess,
+                                                                  teacher_checkpoint)
+    self.validation = None
+    if FLAGS.eval_data_pattern:
+      self.validation = ValidationGraph(reader, kind)
+
+
+class ValidationGraph(object):
+  """An inference-mode copy of the trained model over --eval_data_pattern."""
+
+  def __init__(self, reader, kind):
+    with tf.name_scope("validation"):
+      dataset = readers.make_dataset(reader, FLAGS.eval_data_pattern,
+                                     FLAGS.batch_size, FLAGS.num_readers, num_epochs=1,
+                                     shuffle=False, flag_name="--eval_data_pattern")
+      iterator = tf1.data.make_initializable_iterator(dataset)
+      self.initializer = iterator.initializer
+      batch = iterator.get_next()
+      role = kd_model.STUDENT if FLAGS.model_type == "KD" else kd_model.single_model_role()
+      outputs = kd_model.inference_outputs(batch, role, kind, reuse=True)
+      self.fetches = {
+          "predictions": outputs["predictions"], "labels": batch["labels"],
+          "loss": losses.get_label_loss(FLAGS.label_loss).calculate_loss(
+              outputs["predictions"], batch["labels"])}
+
+  def run(self, session):
+    """Evaluates every validation video once; returns the eval_util metrics dict."""
+    session.run(self.initializer)
+    metrics = eval_util.EvaluationMetrics(FLAGS.num_classes, 20)
+    while True:
+      try:
+        out = session.run(self.fetches)
+      except tf.errors.OutOfRangeError:
+        break
+      metrics.accumulate(out["predictions"], out["labels"], out["loss"])
+    return metrics.get()
+
+
+class StepLogger(object):
+  """Console lines and TensorBoard scalars every --log_every_n_steps steps."""
+
+  def __init__(self, train_dir, examples_per_step, steps_cap, is_chief):
+    # The writer the checkpoint hook uses too: two writers opened in the same second
+    # would share one events file name and corrupt it.
+    self.writer = tf1.summary.FileWriterCache.get(train_dir) if is_chief else None
+    self.train_dir = train_dir
+    self.examples_per_step = examples_per_step
+    self.steps_cap = steps_cap
+    self.last_time = None
+    self.last_step = None
+
+  def start(self, step):
+    """Marks the start of the loop at `step` (for the examples/s rate)."""
+    self.last_time, self.last_step = time.time(), step
+
+  def log(self, step, values, predictions, labels):
+    """Writes one console line and the summaries for `step` (after a training step)."""
+    now = time.time()
+    rate = (step - self.last_step) * self.examples_per_step / max(now - self.last_time,
+                                                                  1e-9)
+    self.last_time, self.last_step = now, step
+    scalars = {"losses/" + k: float(v) for k, v in values["loss_terms"].items()}
+    scalars["learning_rate"] = float(values["learning_rate"])
+    scalars["examples_per_second"] = rate
+    scalars["training/hit_at_one"] = eval_util.calculate_hit_at_one(predictions, labels)
+    scalars["training/gap"] = eval_util.calculate_gap(predictions, labels)
+    line = "step %d | loss %.4f" % (step, values["loss_terms"]["total"])
+    for name in ("label_loss", "pred_loss", "rep_loss"):
+      if name in values["loss_terms"]:
+        line += " | %s %.4f" % (name, values["loss_terms"][name])
+    line += " | hit@1 %.3f | gap %.3f | %.1f examples/s" % (
+        scalars["training/hit_at_one"], scalars["training/gap"], rate)
+    if self.steps_cap and rate > 0:
+      left = (self.steps_cap - step) * self.examples_per_step / rate
+      line += " | %s left" % time.strftime("%H:%M:%S", time.gmtime(max(left, 0)))
+    print(line, flush=True)
+    if self.writer:
+      utils.AddScalarSummaries(self.writer, scalars, step)
+
+  def log_validation(self, step, metrics):
+    """Validation metrics into TensorBoard, validation.jsonl and the console."""
+    record = {"step": int(step), "gap": float(metrics["gap"]), "map": float(metrics["map"]),
+              "hit_at_one": float(metrics["avg_hit_at_one"]),
+              "perr": float(metrics["avg_perr"]), "loss": float(metrics["avg_loss"]),
+              "num_examples": int(metrics["num_examples"])}
+    print("validation " + utils.FormatEvalInfo(step, metrics), flush=True)
+    if self.writer:
+      utils.AddScalarSummaries(self.writer, {
+          "validation/gap": record["gap"], "validation/map": record["map"],
+          "validation/hit_at_one": record["hit_at_one"],
+          "validation/perr": record["perr"], "validation/loss": record["loss"]}, step)
+      utils.append_jsonl(os.path.join(self.train_dir, VALIDATION_FILE), record)
+
+  def close(self):
+    if self.writer:
+      self.writer.flush()
+
+
+def train(train_dir, task, server):
+  """Builds the graph and runs the training loop until max steps or end of data."""
+  devices, config = tower_devices()
+  rgb_scale = (preprocessing.load_rgb_scale(FLAGS.pca_eigenvals)
+               if preprocessing.kind_from_flags() == preprocessing.PCA else None)
+  has_checkpoint = tf1.train.latest_checkpoint(train_dir) is not None
+  teacher_checkpoint = None
+  if FLAGS.model_type == "KD" and FLAGS.kd_mode == "serial" and not has_checkpoint:
+    teacher_checkpoint = resolve_teacher_checkpoint()
+    check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
+    print("Teacher: %s" % teacher_checkpoint)
+  model = TrainGraph(devices, task, rgb_scale, teacher_checkpoint)
+  steps_cap = max_steps()
+
+  with model.graph.as_default():
+    scaffold = tf1.train.Scaffold(saver=model.saver, init_fn=model.init_fn)
+    master = server.target if server else ""
+    if task.is_chief:
+      creator = tf1.train.ChiefSessionCreator(scaffold=scaffold, master=master,
+                                              config=config, checkpoint_dir=train_dir)
+      hooks = [tf1.train.CheckpointSaverHook(train_dir, save_steps=FLAGS.export_model_steps,
+                                             scaffold=scaffold)]
+    else:
+      creator = tf1.train.WorkerSessionCreator(scaffold=scaffold, master=master,
+                                               config=config)
+      hooks = []
+    logger = StepLogger(train_dir, model.examples_per_step, steps_cap, task.is_chief)
+    fetches = {"global_step": model.step_after_update,
+               "loss_terms": model.loss_terms, "learning_rate": model.learning_rate}
+    detail_fetches = dict(fetches, predictions=model.predictions, labels=model.labels)
+    step = None
+    try:
+      with tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
+        step = sess.run(model.global_step)
+        print("Starting at step %d%s." % (step, " (resumed)" if has_checkpoint else ""),
+              flush=True)
+        logger.start(step)
+        while not sess.should_stop() and (steps_cap is None or step < steps_cap):
+          detailed = (step + 1) % FLAGS.log_every_n_steps == 0
+          values = sess.run(detail_fetches if detailed else fetches)
+          step = values["global_step"]
+          if detailed:
+            logger.log(step, values, values["predictions"], values["labels"])
+          if (model.validation and task.is_chief and
+              step % FLAGS.export_model_steps == 0):
+            metrics = sess.run_step_fn(
+                lambda step_context: model.validation.run(step_context.session))
+            logger.log_validation(step, metrics)
+    except tf.errors.InvalidArgumentError as e:
+      if "finite_loss_check" in str(e):
+        raise utils.UsageError(
+            "training stopped at step %d: the loss or its gradient is not finite "
+            "(diverged, or NaN/Inf in the input); the last good checkpoint in %s is "
+            "kept" % ((step or 0) + 1, train_dir))
+      raise data_error(e, FLAGS.train_data_pattern, "--train_data_pattern")
+    except tf.errors.DataLossError as e:
+      raise data_error(e, FLAGS.train_data_pattern, "--train_data_pattern")
+    finally:
+      logger.close()
+  print("Done training at step %s; checkpoints in %s" % (step, train_dir))
+
+
+def data_error(error, data_pattern, flag_name):
+  """Turns an input-pipeline error into a UsageError naming the bad file and record."""
+  reader = readers.get_reader()
+  problem = readers.find_bad_record(reader, readers.list_data_files(data_pattern,
+                                                                    flag_name))
+  if problem:
+    return utils.UsageError(problem)
+  return utils.UsageError("reading %s failed: %s" % (flag_name,
+                                                     str(error).splitlines()[0]))
+
+
+def main(unused_argv):
+  validate_flags()
+  if FLAGS.visible_gpu:
+    os.environ["CUDA_VISIBLE_DEVICES"] = FLAGS.visible_gpu
+  train_dir = resolve_train_dir()
+  print("Run directory: %s" % train_dir, flush=True)
+  task = Task()
+  server = None
+  if task.cluster is not None:
+    server = task.start_server()
+    if task.type == "ps":
+      print("Parameter server %d serving." % task.index, flush=True)
+      server.join()
+      return 0
+  prepare_run_dir(train_dir, task.is_chief)
+  train(train_dir, task, server)
+  return 0
+
+
+if __name__ == "__main__":
+  tf1.disable_eager_execution()
+  utils.run_main(main)
