@@ -10,6 +10,8 @@ teacher-type run with fewer frames, or `--model_type=student`, trains `student/`
 teacher restored from its checkpoint (serial) or trains both from scratch (parallel).
 """
 
+import os
+
 import tensorflow as tf
 
 import frame_level_models
@@ -46,6 +48,9 @@ flags.DEFINE_float("kd_rep_weight", 0.001, "Weight of L_rep (teacher vs student 
 flags.DEFINE_string("kd_reduction", "sum", "How L_pred and L_rep combine the examples "
                     "of a tower batch: sum (the documented recipe) or mean.")
 flags.DEFINE_string("kd_pred_loss", "mse", "L_pred: mse (squared error) or kl.")
+flags.DEFINE_string("role", "", "eval.py, inference.py, export_model.py: which model of "
+                    "the run to use: empty for the model it trained (the student of a KD "
+                    "run), or teacher / student.")
 flags.DEFINE_float("regularization_penalty", 1.0,
                    "How much weight to give to the regularization loss (the label loss "
                    "has a weight of 1).")
@@ -60,6 +65,7 @@ GRAPH_FLAGS_HERE = ("model", "model_type", "k_frame", "frame_sampling", "kd_mode
                     "kd_ce_weight", "kd_pred_weight", "kd_rep_weight", "kd_reduction",
                     "kd_pred_loss", "regularization_penalty")
 NOT_RECORDED = ("pca_eigenvals",)  # a path; what it did is recorded as "preprocessing"
+MODEL_FLAGS_FILE = "model_flags.json"
 
 
 def validate_flags():
@@ -303,3 +309,48 @@ def check_checkpoint_matches(variables, checkpoint, what):
   if missing:
     raise utils.UsageError("%s %s lacks %d variables of this graph, e.g. %s" % (
         what, checkpoint, len(missing), ", ".join(missing[:3])))
+
+
+def load_run(run_dir, flag_name="--train_dir"):
+  """Reads <run_dir>/model_flags.json and sets FLAGS to rebuild that run's graph.
+
+  Returns:
+    the recorded dict (with "preprocessing").
+  Raises:
+    UsageError naming the flag when the directory or its model_flags.json is missing.
+  """
+  if not os.path.isdir(run_dir):
+    raise utils.UsageError("%s=%s does not exist" % (flag_name, run_dir))
+  path = os.path.join(run_dir, MODEL_FLAGS_FILE)
+  if not os.path.exists(path):
+    raise utils.UsageError(
+        "%s=%s has no %s: pass a run directory written by train.py (<train_dir>_teacher, "
+        "<train_dir>_student_k_<k> or <train_dir>_KD_k_<k>)"
+        % (flag_name, run_dir, MODEL_FLAGS_FILE))
+  recorded = utils.read_json(path)
+  apply_model_flags(recorded, path)
+  validate_flags()
+  return recorded
+
+
+def checkpoint_exists(prefix):
+  """True when the checkpoint `prefix` (model.ckpt-N) has its index file."""
+  return tf.io.gfile.exists(prefix + ".index")
+
+
+def latest_checkpoint(run_dir, flag_name="--train_dir"):
+  """The newest complete checkpoint prefix of run_dir; UsageError when there is none."""
+  checkpoint = tf1.train.latest_checkpoint(run_dir)
+  if not checkpoint:
+    raise utils.UsageError("%s=%s has no checkpoint yet" % (flag_name, run_dir))
+  return checkpoint
+
+
+def role_to_use():
+  """The role eval/inference/export use: --role, or the model the run trained."""
+  if not FLAGS.role:
+    return STUDENT if FLAGS.model_type == "KD" else single_model_role()
+  if FLAGS.role not in roles():
+    raise utils.UsageError("--role=%s: this run (model_type %s) has only %s"
+                           % (FLAGS.role, FLAGS.model_type, " and ".join(roles())))
+  return FLAGS.role

@@ -331,6 +331,19 @@ def _first_middle_last_indices(num_frames, k):
   return tf.concat([first, middle, last], axis=1)
 
 
+def data_error(error, reader, data_pattern, flag_name):
+  """Turns an input-pipeline error into a UsageError naming the bad file and record.
+
+  Scans the files of `data_pattern` in Python (only after a failure, so the reading
+  path pays nothing for it).
+  """
+  problem = find_bad_record(reader, list_data_files(data_pattern, flag_name))
+  if problem:
+    return utils.UsageError(problem)
+  return utils.UsageError("reading %s=%s failed: %s" % (flag_name, data_pattern,
+                                                        str(error).splitlines()[0]))
+
+
 def find_bad_record(reader, files):
   """Scans `files` record by record in Python and describes the first bad one.
 

@@ -70,7 +70,6 @@ flags.DEFINE_integer("log_every_n_steps", 10, "Console line and training summari
 
 # Testing aid: run N towers on N logical CPU devices (no GPU needed).
 CPU_TOWERS_ENV = "YT8M_CPU_TOWERS"
-MODEL_FLAGS_FILE = "model_flags.json"
 VALIDATION_FILE = "validation.jsonl"
 
 
@@ -177,7 +176,7 @@ def prepare_run_dir(train_dir, is_chief):
   Raises:
     UsageError when resuming a run whose recorded model flags differ from these.
   """
-  flags_path = os.path.join(train_dir, MODEL_FLAGS_FILE)
+  flags_path = os.path.join(train_dir, kd_model.MODEL_FLAGS_FILE)
   current = kd_model.model_flags_dict()
   if not is_chief:
     return
@@ -218,7 +217,7 @@ def resolve_teacher_checkpoint():
       raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
                              % path)
     return checkpoint
-  if not tf1.train.checkpoint_exists(path):
+  if not kd_model.checkpoint_exists(path):
     raise utils.UsageError("--teacher_checkpoint=%s does not exist" % path)
   return path
 
@@ -475,23 +474,14 @@ def train(train_dir, task, server):
             "training stopped at step %d: the loss or its gradient is not finite "
             "(diverged, or NaN/Inf in the input); the last good checkpoint in %s is "
             "kept" % ((step or 0) + 1, train_dir))
-      raise data_error(e, FLAGS.train_data_pattern, "--train_data_pattern")
+      raise readers.data_error(e, readers.get_reader(), FLAGS.train_data_pattern,
+                               "--train_data_pattern")
     except tf.errors.DataLossError as e:
-      raise data_error(e, FLAGS.train_data_pattern, "--train_data_pattern")
+      raise readers.data_error(e, readers.get_reader(), FLAGS.train_data_pattern,
+                               "--train_data_pattern")
     finally:
       logger.close()
   print("Done training at step %s; checkpoints in %s" % (step, train_dir))
-
-
-def data_error(error, data_pattern, flag_name):
-  """Turns an input-pipeline error into a UsageError naming the bad file and record."""
-  reader = readers.get_reader()
-  problem = readers.find_bad_record(reader, readers.list_data_files(data_pattern,
-                                                                    flag_name))
-  if problem:
-    return utils.UsageError(problem)
-  return utils.UsageError("reading %s failed: %s" % (flag_name,
-                                                     str(error).splitlines()[0]))
 
 
 def main(unused_argv):

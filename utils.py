@@ -28,6 +28,7 @@ def run_main(main, argv=None):
   """
   argv = list(sys.argv if argv is None else argv)
   prog = os.path.basename(argv[0])
+  tf1.logging.set_verbosity(tf1.logging.ERROR)  # no deprecation chatter on the console
   try:
     remaining = FLAGS(argv)
   except flags.Error as e:

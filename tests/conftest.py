@@ -11,3 +11,16 @@ import tensorflow as tf  # noqa: E402
 
 tf.compat.v1.disable_eager_execution()
 tf.compat.v1.flags.FLAGS.mark_as_parsed()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def restore_flags():
+  """Tests may set FLAGS (e.g. kd_model.load_run does); every test starts from defaults."""
+  flags = tf.compat.v1.flags.FLAGS
+  saved = {name: flags[name].value for name in flags}
+  yield
+  for name, value in saved.items():
+    if flags[name].value != value:
+      flags[name].value = value

@@ -1,0 +1,271 @@
+"""Writes a Kaggle-style CSV of the top predictions of every video.
+
+  VideoId,LabelConfidencePairs
+  XwFj,123 0.986 4 0.42 ...
+
+The model comes from one of: --train_dir (its latest checkpoint), --input_model_tgz (a
+tarball written by --output_model_tgz, unpacked into --untar_model_dir) or
+--saved_model (a directory written by export_model.py). The CSV is written to a
+temporary file and renamed to --output_file only when every video is in it.
+"""
+
+import io
+import os
+import pathlib
+import shutil
+import tarfile
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+import tensorflow as tf  # noqa: E402
+
+import kd_model  # noqa: E402
+import readers  # noqa: E402
+import utils  # noqa: E402
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("train_dir", "", "The run directory (written by train.py) whose latest "
+                    "checkpoint to use.")
+flags.DEFINE_string("input_model_tgz", "", "A model tarball written by "
+                    "--output_model_tgz, used instead of --train_dir.")
+flags.DEFINE_string("untar_model_dir", "/tmp/yt8m-model", "Where --input_model_tgz is "
+                    "unpacked.")
+flags.DEFINE_string("saved_model", "", "A SavedModel directory written by "
+                    "export_model.py, used instead of --train_dir.")
+flags.DEFINE_string("output_model_tgz", "", "Also pack the model (checkpoint and "
+                    "model_flags.json) into this tarball for inference elsewhere.")
+flags.DEFINE_string("output_file", "", "The CSV file to write.")
+flags.DEFINE_string("input_data_pattern", "", "File glob of the records to predict.")
+flags.DEFINE_integer("batch_size", 128, "Videos per batch.")
+flags.DEFINE_integer("num_readers", 1, "How many files to read in parallel.")
+flags.DEFINE_integer("top_k", 20, "How many predictions to output per video.")
+flags.DEFINE_integer("progress_every_secs", 30, "Seconds between progress lines.")
+
+PACKED_DIR = "model"
+
+
+def csv_rows(video_ids, class_indexes, scores):
+  """Kaggle rows 'id,label score label score ...' for [B] ids and [B, k] top classes."""
+  rows = []
+  for video_id, labels, values in zip(video_ids, class_indexes, scores):
+    pairs = " ".join("%d %g" % (label, value) for label, value in zip(labels, values))
+    rows.append("%s,%s\n" % (video_id.decode("utf-8"), pairs))
+  return rows
+
+
+class Progress(object):
+  """A line with videos done and the rate every --progress_every_secs seconds."""
+
+  def __init__(self):
+    self.start = self.last = time.time()
+    self.videos = 0
+
+  def add(self, count):
+    self.videos += count
+    now = time.time()
+    if now - self.last >= FLAGS.progress_every_secs:
+      self.last = now
+      print("%d videos, %.1f videos/s" % (self.videos, self.videos / (now - self.start)),
+            flush=True)
+
+  def rate(self):
+    return self.videos / max(time.time() - self.start, 1e-9)
+
+
+def predict_from_checkpoint(run_dir, output):
+  """Runs the run's model over --input_data_pattern; writes rows to `output`."""
+  recorded = kd_model.load_run(run_dir, flag_name=model_flag_name())
+  role = kd_model.role_to_use()
+  checkpoint = kd_model.latest_checkpoint(run_dir, model_flag_name())
+  graph = tf.Graph()
+  with graph.as_default():
+    reader = readers.get_reader(dequantize=False, require_labels=False)
+    dataset = readers.make_dataset(reader, FLAGS.input_data_pattern, FLAGS.batch_size,
+                                   FLAGS.num_readers, num_epochs=1, shuffle=False,
+                                   flag_name="--input_data_pattern")
+    batch = tf1.data.make_one_shot_iterator(dataset).get_next()
+    outputs = kd_model.inference_outputs(batch, role, recorded["preprocessing"])
+    scores, indexes = tf.math.top_k(outputs["predictions"],
+                                    k=min(FLAGS.top_k, FLAGS.num_classes))
+    variables = tf1.global_variables()
+    kd_model.check_checkpoint_matches(variables, checkpoint, "checkpoint")
+    saver = tf1.train.Saver(variables)
+    graph.finalize()
+  print("Predicting with the %s of %s (%s)" % (role, run_dir, os.path.basename(checkpoint)),
+        flush=True)
+  with tf1.Session(graph=graph) as sess:
+    saver.restore(sess, checkpoint)
+    return write_rows(sess, [batch["video_ids"], indexes, scores], output, reader)
+
+
+def predict_from_saved_model(export_dir, output):
+  """Runs a SavedModel's serving signature over --input_data_pattern."""
+  if not os.path.isdir(export_dir):
+    raise utils.UsageError("--saved_model=%s does not exist" % export_dir)
+  graph = tf.Graph()
+  with graph.as_default():
+    files = readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
+    records = tf.data.TFRecordDataset(files).batch(FLAGS.batch_size).prefetch(2)
+    serialized = tf1.data.make_one_shot_iterator(records).get_next()
+    with tf1.Session(graph=graph) as sess:
+      try:
+        meta_graph = tf1.saved_model.load(sess, [tf1.saved_model.tag_constants.SERVING],
+                                          export_dir)
+      except (IOError, RuntimeError, tf.errors.OpError) as e:
+        raise utils.UsageError("--saved_model=%s cannot be loaded: %s"
+                               % (export_dir, str(e).splitlines()[0]))
+      signature = meta_graph.signature_def["serving_default"]
+      input_name = list(signature.inputs.values())[0].name
+      fetches = [graph.get_tensor_by_name(signature.outputs[key].name)
+                 for key in ("video_id", "class_indexes", "predictions")]
+      print("Predicting with the SavedModel %s" % export_dir, flush=True)
+      return write_rows(sess, fetches, output, None, feed=(serialized, input_name))
+
+
+def write_rows(sess, fetches, output, reader, feed=None):
+  """Writes one CSV row per video until the data ends; returns the number of videos.
+
+  feed: (tensor of serialized records, name of the model input to feed them to), for
+  a SavedModel whose graph was imported without our reader.
+  """
+  progress = Progress()
+  while True:
+    try:
+      if feed is None:
+        video_ids, indexes, scores = sess.run(fetches)
+      else:
+        records = sess.run(feed[0])
+        video_ids, indexes, scores = sess.run(fetches, {feed[1]: records})
+    except tf.errors.OutOfRangeError:
+      break
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+      raise readers.data_error(e, reader or readers.get_reader(require_labels=False),
+                               FLAGS.input_data_pattern, "--input_data_pattern")
+    output.writelines(csv_rows(video_ids, indexes[:, :FLAGS.top_k],
+                               scores[:, :FLAGS.top_k]))
+    progress.add(len(video_ids))
+  print("%d videos, %.1f videos/s" % (progress.videos, progress.rate()), flush=True)
+  return progress.videos
+
+
+def model_flag_name():
+  return "--input_model_tgz" if FLAGS.input_model_tgz else "--train_dir"
+
+
+def pack_model(run_dir, tgz_path):
+  """Packs the latest checkpoint and model_flags.json of run_dir into tgz_path.
+
+  The tarball holds one directory, `model/`, with model_flags.json, a `checkpoint`
+  state file naming the packed checkpoint, and its .index/.data files.
+  """
+  checkpoint = kd_model.latest_checkpoint(run_dir)
+  prefix = os.path.basename(checkpoint)
+  with utils.atomic_output(tgz_path, "wb") as raw, \
+      tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    tar.add(os.path.join(run_dir, kd_model.MODEL_FLAGS_FILE),
+            arcname="%s/%s" % (PACKED_DIR, kd_model.MODEL_FLAGS_FILE))
+    for name in sorted(os.listdir(run_dir)):
+      if name.startswith(prefix + ".") and not name.endswith(".meta"):
+        tar.add(os.path.join(run_dir, name), arcname="%s/%s" % (PACKED_DIR, name))
+    state = ('model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n'
+             % (prefix, prefix)).encode("utf-8")
+    info = tarfile.TarInfo("%s/checkpoint" % PACKED_DIR)
+    info.size = len(state)
+    info.mtime = int(time.time())
+    tar.addfile(info, io.BytesIO(state))
+  print("Packed %s (%s) into %s" % (run_dir, prefix, tgz_path), flush=True)
+
+
+def safe_untar(tgz_path, target_dir):
+  """Unpacks a model tarball into target_dir; returns the directory with the model.
+
+  Every member is checked before anything is written: absolute paths, `..`, links,
+  devices and anything else that would land outside target_dir are refused.
+  """
+  try:
+    tar = tarfile.open(tgz_path, "r:*")
+  except (OSError, tarfile.TarError) as e:
+    raise utils.UsageError("--input_model_tgz=%s cannot be opened: %s" % (tgz_path, e))
+  with tar:
+    members = tar.getmembers()
+    root = os.path.realpath(target_dir)
+    for member in members:
+      path = pathlib.PurePosixPath(member.name)
+      if path.is_absolute() or ".." in path.parts or member.name.startswith("\\"):
+        raise utils.UsageError("--input_model_tgz=%s: member %r would land outside "
+                               "--untar_model_dir; refused" % (tgz_path, member.name))
+      if not (member.isfile() or member.isdir()):
+        raise utils.UsageError("--input_model_tgz=%s: member %r is a link or special "
+                               "file; refused" % (tgz_path, member.name))
+      destination = os.path.realpath(os.path.join(root, *path.parts))
+      if destination != root and not destination.startswith(root + os.sep):
+        raise utils.UsageError("--input_model_tgz=%s: member %r would land outside "
+                               "--untar_model_dir; refused" % (tgz_path, member.name))
+    os.makedirs(root, exist_ok=True)
+    for member in members:
+      destination = os.path.join(root, *pathlib.PurePosixPath(member.name).parts)
+      if member.isdir():
+        os.makedirs(destination, exist_ok=True)
+        continue
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
+      with tar.extractfile(member) as source, open(destination, "wb") as sink:
+        shutil.copyfileobj(source, sink)
+  model_dirs = [d for d, _, files in os.walk(root) if kd_model.MODEL_FLAGS_FILE in files]
+  if len(model_dirs) != 1:
+    raise utils.UsageError("--input_model_tgz=%s holds %d model directories (with %s); "
+                           "expected one" % (tgz_path, len(model_dirs),
+                                             kd_model.MODEL_FLAGS_FILE))
+  return model_dirs[0]
+
+
+def validate_flags():
+  """Checks the flags before any graph is built; raises UsageError naming one."""
+  sources = [name for name in ("train_dir", "input_model_tgz", "saved_model")
+             if FLAGS[name].value]
+  if len(sources) != 1:
+    raise utils.UsageError("give exactly one of --train_dir, --input_model_tgz, "
+                           "--saved_model (got %s)" % (", ".join(sources) or "none"))
+  if FLAGS.output_model_tgz and FLAGS.saved_model:
+    raise utils.UsageError("--output_model_tgz packs a checkpoint: use it with "
+                           "--train_dir or --input_model_tgz")
+  if not FLAGS.output_file and not FLAGS.output_model_tgz:
+    raise utils.UsageError("--output_file is required")
+  if FLAGS.output_file and not FLAGS.input_data_pattern:
+    raise utils.UsageError("--input_data_pattern is required with --output_file")
+  if FLAGS.batch_size <= 0:
+    raise utils.UsageError("--batch_size must be positive, got %d" % FLAGS.batch_size)
+  if FLAGS.top_k <= 0:
+    raise utils.UsageError("--top_k must be positive, got %d" % FLAGS.top_k)
+  if FLAGS.input_model_tgz and not os.path.isfile(FLAGS.input_model_tgz):
+    raise utils.UsageError("--input_model_tgz=%s does not exist" % FLAGS.input_model_tgz)
+
+
+def main(unused_argv):
+  validate_flags()
+  run_dir = FLAGS.train_dir
+  if FLAGS.input_model_tgz:
+    run_dir = safe_untar(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
+  if FLAGS.output_model_tgz:
+    kd_model.load_run(run_dir, model_flag_name())
+    pack_model(run_dir, FLAGS.output_model_tgz)
+  if not FLAGS.output_file:
+    return 0
+  readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
+  with utils.atomic_output(FLAGS.output_file) as output:
+    output.write("VideoId,LabelConfidencePairs\n")
+    if FLAGS.saved_model:
+      count = predict_from_saved_model(FLAGS.saved_model, output)
+    else:
+      count = predict_from_checkpoint(run_dir, output)
+  print("Wrote %d videos to %s" % (count, FLAGS.output_file))
+  return 0
+
+
+if __name__ == "__main__":
+  tf1.disable_eager_execution()
+  utils.run_main(main)

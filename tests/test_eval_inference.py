@@ -1,0 +1,186 @@
+"""eval.py, inference.py and export_model.py on tiny trained runs."""
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import eval_util
+import kd_model
+import readers
+from tests import helpers
+
+tf1 = tf.compat.v1
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A tiny teacher run and a KD run distilled from it, plus validation data."""
+  root = tmp_path_factory.mktemp("runs")
+  train, validate = helpers.make_dataset(root / "data", train_videos=16,
+                                         validate_videos=13, min_frames=10, max_frames=40)
+  common = ["--train_data_pattern=" + train, "--train_dir=%s/run" % root,
+            "--batch_size=4", "--max_steps=4", "--export_model_steps=100"]
+  common += helpers.TINY_MODEL
+  helpers.run_cli("train.py", common + ["--model_type=teacher", "--k_frame=300"])
+  helpers.run_cli("train.py", common + ["--model_type=KD", "--k_frame=3"])
+  return {"root": root, "validate": validate, "teacher": str(root / "run_teacher"),
+          "kd": str(root / "run_KD_k_3")}
+
+
+def _direct_predictions(run_dir, pattern, role):
+  """Predictions of `role` computed in-process from the run's latest checkpoint."""
+  recorded = kd_model.load_run(run_dir)
+  with tf.Graph().as_default():
+    reader = readers.get_reader(dequantize=False)
+    batch = readers.get_input_data_tensors(reader, pattern, 5, 1, num_epochs=1,
+                                           shuffle=False)
+    outputs = kd_model.inference_outputs(batch, role, recorded["preprocessing"])
+    saver = tf1.train.Saver()
+    values = {"ids": [], "predictions": [], "labels": []}
+    with tf1.Session() as sess:
+      saver.restore(sess, tf1.train.latest_checkpoint(run_dir))
+      while True:
+        try:
+          ids, predictions, labels = sess.run([batch["video_ids"],
+                                               outputs["predictions"], batch["labels"]])
+        except tf.errors.OutOfRangeError:
+          break
+        values["ids"].extend(v.decode() for v in ids)
+        values["predictions"].append(predictions)
+        values["labels"].append(labels)
+  return (values["ids"], np.concatenate(values["predictions"]),
+          np.concatenate(values["labels"]))
+
+
+@pytest.mark.parametrize("run,role", [("teacher", None), ("kd", None), ("kd", "teacher")])
+def test_eval_metrics_equal_eval_util_on_direct_predictions(runs, run, role):
+  args = ["--train_dir=" + runs[run], "--eval_data_pattern=" + runs["validate"],
+          "--run_once", "--batch_size=4"] + (["--role=" + role] if role else [])
+  out = helpers.run_cli("eval.py", args).stdout
+  expected_role = role or ("student" if run == "kd" else "teacher")
+  assert "Evaluating the %s of" % expected_role in out
+  record = [json.loads(l) for l in open(os.path.join(runs[run], "eval.jsonl"))][-1]
+  assert record["role"] == expected_role and record["step"] == 4
+  ids, predictions, labels = _direct_predictions(runs[run], runs["validate"],
+                                                 expected_role)
+  assert record["num_examples"] == len(ids) == len(set(ids)) == 13
+  metrics = eval_util.EvaluationMetrics(20, 20)
+  metrics.accumulate(predictions, labels, 0.0)
+  expected = metrics.get()
+  for key, name in [("gap", "gap"), ("map", "map"), ("hit_at_one", "avg_hit_at_one"),
+                    ("perr", "avg_perr")]:
+    assert record[key] == pytest.approx(expected[name], abs=1e-6), key
+  assert "GAP: %.4f" % expected["gap"] in out
+
+
+def test_kd_student_and_teacher_predictions_differ(runs):
+  _, student, _ = _direct_predictions(runs["kd"], runs["validate"], "student")
+  _, teacher, _ = _direct_predictions(runs["kd"], runs["validate"], "teacher")
+  assert not np.allclose(student, teacher)
+
+
+def _parse_csv(path):
+  lines = open(path).read().splitlines()
+  assert lines[0] == "VideoId,LabelConfidencePairs"
+  rows = {}
+  for line in lines[1:]:
+    video_id, pairs = line.split(",")
+    values = pairs.split(" ")
+    rows[video_id] = ([int(v) for v in values[0::2]], [float(v) for v in values[1::2]])
+  assert len(rows) == len(lines) - 1  # one row per video
+  return rows
+
+
+def test_inference_csv_identical_via_train_dir_tgz_and_saved_model(runs, tmp_path):
+  pattern = runs["validate"]
+  a, b, c = [str(tmp_path / n) for n in ("a.csv", "b.csv", "c.csv")]
+  tgz, saved = str(tmp_path / "model.tgz"), str(tmp_path / "saved")
+  helpers.run_cli("inference.py", ["--train_dir=" + runs["kd"], "--input_data_pattern=" +
+                                   pattern, "--output_file=" + a, "--batch_size=4",
+                                   "--output_model_tgz=" + tgz])
+  helpers.run_cli("inference.py", ["--input_model_tgz=" + tgz, "--untar_model_dir=" +
+                                   str(tmp_path / "untar"), "--input_data_pattern=" +
+                                   pattern, "--output_file=" + b, "--batch_size=4"])
+  helpers.run_cli("export_model.py", ["--train_dir=" + runs["kd"], "--output_dir=" + saved])
+  helpers.run_cli("inference.py", ["--saved_model=" + saved, "--input_data_pattern=" +
+                                   pattern, "--output_file=" + c, "--batch_size=4"])
+  rows = _parse_csv(a)
+  ids, predictions, _ = _direct_predictions(runs["kd"], pattern, "student")
+  assert sorted(rows) == sorted(ids)
+  for video_id, prediction in zip(ids, predictions):
+    labels, scores = rows[video_id]
+    assert len(labels) == 20 and all(0 <= l < 20 for l in labels)
+    assert scores == sorted(scores, reverse=True)
+    np.testing.assert_allclose(scores, prediction[labels], rtol=1e-5)
+    assert set(labels) == set(np.argsort(-prediction, kind="stable")[:20])
+  assert open(a).read() == open(b).read() == open(c).read()
+
+
+def test_saved_model_loads_in_tf2_eager(runs, tmp_path):
+  saved = str(tmp_path / "saved")
+  helpers.run_cli("export_model.py", ["--train_dir=" + runs["teacher"],
+                                      "--output_dir=" + saved])
+  script = tmp_path / "load.py"
+  script.write_text(
+      "import sys, glob, tensorflow as tf\n"
+      "model = tf.saved_model.load(sys.argv[1])\n"
+      "serve = model.signatures['serving_default']\n"
+      "records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(sys.argv[2])))]\n"
+      "out = serve(examples=tf.constant(records))\n"
+      "print(out['class_indexes'].shape, out['predictions'].shape, out['video_id'].shape)\n")
+  process = helpers.run_cli(str(script), [saved, runs["validate"]])
+  assert "(13, 20) (13, 20) (13,)" in process.stdout
+
+
+def _evil_tgz(path, member_name, link=None):
+  with tarfile.open(path, "w:gz") as tar:
+    info = tarfile.TarInfo(member_name)
+    if link:
+      info.type = tarfile.SYMTYPE
+      info.linkname = link
+      tar.addfile(info)
+    else:
+      data = b"pwned"
+      info.size = len(data)
+      import io
+      tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("member,link", [("../evil", None), ("/tmp/evil_abs_yt8m", None),
+                                         ("model/../../evil", None),
+                                         ("model/link", "/etc/passwd")])
+def test_hostile_model_tgz_is_refused_and_writes_nothing_outside(tmp_path, member, link):
+  tgz = str(tmp_path / "evil.tgz")
+  _evil_tgz(tgz, member, link)
+  target = tmp_path / "untar"
+  process = helpers.run_cli("inference.py", [
+      "--input_model_tgz=" + tgz, "--untar_model_dir=" + str(target),
+      "--input_data_pattern=/nonexistent", "--output_file=" + str(tmp_path / "o.csv")],
+      check=False)
+  assert process.returncode != 0
+  assert "refused" in helpers.user_error_line(process)
+  assert not (tmp_path / "evil").exists() and not os.path.exists("/tmp/evil_abs_yt8m")
+  assert not target.exists() or not any(target.rglob("*"))
+  assert not (tmp_path / "o.csv").exists()
+
+
+def test_eval_and_inference_name_missing_checkpoint_and_run_dir(tmp_path, runs):
+  empty = tmp_path / "empty_run"
+  empty.mkdir()
+  (empty / "model_flags.json").write_text(open(os.path.join(runs["teacher"],
+                                                            "model_flags.json")).read())
+  process = helpers.run_cli("eval.py", ["--train_dir=" + str(empty), "--run_once",
+                                        "--eval_data_pattern=" + runs["validate"]],
+                            check=False)
+  assert process.returncode == 2
+  assert "has no checkpoint" in helpers.user_error_line(process)
+  process = helpers.run_cli("inference.py", ["--train_dir=" + str(tmp_path / "nope"),
+                                             "--input_data_pattern=" + runs["validate"],
+                                             "--output_file=" + str(tmp_path / "x.csv")],
+                            check=False)
+  assert process.returncode == 2
+  assert "--train_dir=%s does not exist" % (tmp_path / "nope") in \
+      helpers.user_error_line(process)
