@@ -238,10 +238,28 @@ def check_teacher_preprocessing(checkpoint, rgb_scale):
                              "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
 
 
+def reader_input(global_batch):
+  """Shuffled training batches of --train_data_pattern (uint8 frames)."""
+  return readers.get_input_data_tensors(
+      readers.get_reader(dequantize=False), FLAGS.train_data_pattern, global_batch,
+      FLAGS.num_readers, FLAGS.num_epochs, shuffle=True, seed=FLAGS.seed,
+      flag_name="--train_data_pattern")
+
+
 class TrainGraph(object):
   """Every tensor and op the training loop runs, built once and then finalized."""
 
-  def __init__(self, devices, task, rgb_scale, teacher_checkpoint):
+  def __init__(self, devices, task, rgb_scale, teacher_checkpoint, input_fn=None):
+    """
+    Args:
+      devices: tower device names.
+      task: this process's Task.
+      rgb_scale: PCA scale (numpy [1024]) or None.
+      teacher_checkpoint: prefix to restore teacher/ from at a fresh start, or None.
+      input_fn: callable(global batch size) -> batch dict; default: the reader over
+        --train_data_pattern (benchmarks pass in-graph random input).
+    """
+    self.input_fn = input_fn or reader_input
     self.graph = tf.Graph()
     self.num_towers = len(devices)
     with self.graph.as_default():
@@ -258,13 +276,10 @@ class TrainGraph(object):
 
   def _build(self, devices, rgb_scale, teacher_checkpoint, distributed):
     self.global_step = tf1.train.get_or_create_global_step()
-    reader = readers.get_reader(dequantize=False)
     global_batch = FLAGS.batch_size * self.num_towers
     self.examples_per_step = global_batch
     with tf.name_scope("train_input"):
-      batch = readers.get_input_data_tensors(
-          reader, FLAGS.train_data_pattern, global_batch, FLAGS.num_readers,
-          FLAGS.num_epochs, shuffle=True, seed=FLAGS.seed, flag_name="--train_data_pattern")
+      batch = self.input_fn(global_batch)
     self.labels = batch["labels"]
     self.learning_rate = tf1.train.exponential_decay(
         FLAGS.base_learning_rate,
@@ -326,7 +341,7 @@ class TrainGraph(object):
                                                                   teacher_checkpoint)
     self.validation = None
     if FLAGS.eval_data_pattern:
-      self.validation = ValidationGraph(reader, kind)
+      self.validation = ValidationGraph(readers.get_reader(dequantize=False), kind)
 
 
 class ValidationGraph(object):

@@ -1,0 +1,113 @@
+"""Inference throughput and FLOPs: teacher (300 frames) vs k=30 and k=6 students.
+
+  python bench/bench_inference.py [--batch_size=80] [--batches=6] [--videos=400]
+
+The documented NeXtVLAD config (cluster 128, hidden 2048, groups 8, expansion 2, 3862
+classes), in inference mode, exactly as eval.py and inference.py build it
+(kd_model.inference_outputs + top-20): model only (in-graph random uint8 input) and end
+to end (reading, parsing and decoding generated shards included). FLOPs per video are
+counted from the graph. Each case runs in its own process. Targets (issue 5): FLOPs
+k=6 <= 10% and k=30 <= 16% of the teacher's; model-only videos/s k=30 >= 5x and k=6
+>= 10x the teacher's; end to end k=30 >= 4x and k=6 >= 8x.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import common
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+
+CASES = {"teacher": ["--model_type=teacher", "--k_frame=300"],
+         "student_k30": ["--model_type=student", "--k_frame=30"],
+         "student_k6": ["--model_type=student", "--k_frame=6"]}
+
+
+def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
+  """Builds and times one case in this process; returns a dict of measurements."""
+  import kd_model
+  import readers
+  import train  # noqa: F401  (defines the training flags of the documented command)
+  from bench_train import DOCUMENTED, random_input
+  FLAGS = tf1.flags.FLAGS
+  FLAGS(["bench"] + DOCUMENTED + CASES[case] + extra_flags)
+  role = kd_model.role_to_use()
+  graph = tf.Graph()
+  with graph.as_default():
+    if source == "model":
+      batch = random_input(batch_size)(batch_size)
+    else:
+      reader = readers.get_reader(dequantize=False)
+      batch = readers.get_input_data_tensors(reader, data_pattern, batch_size,
+                                             num_readers=2, num_epochs=None,
+                                             shuffle=False)
+    outputs = kd_model.inference_outputs(batch, role, "none")
+    top = tf.math.top_k(outputs["predictions"], k=20)
+    fetch = [top.values, top.indices]
+    init = tf1.global_variables_initializer()
+    result = {"case": case, "source": source}
+    if source == "model":
+      result["flops_per_video"] = common.float_ops(graph) / batch_size
+    with tf1.Session() as sess:
+      sess.run(init)
+      seconds = common.time_runs(sess, fetch, batches)
+  result["videos_per_second"] = batch_size / seconds
+  result["peak_rss_mb"] = common.peak_rss_mb()
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_size", type=int, default=80)
+  parser.add_argument("--batches", type=int, default=6)
+  parser.add_argument("--videos", type=int, default=400)
+  parser.add_argument("--data_dir", default="/tmp/yt8m_bench_data_300")
+  parser.add_argument("--case", choices=sorted(CASES))
+  parser.add_argument("--source", choices=["model", "e2e"], default="model")
+  parser.add_argument("--data_pattern", default="")
+  args, extra_flags = parser.parse_known_args()
+  if args.case:
+    print(json.dumps(run_case(args.case, args.source, args.batch_size, args.batches,
+                              args.data_pattern, extra_flags)))
+    return
+  pattern = common.generated_data(args.data_dir, args.videos, min_frames=300,
+                                  short_video_fraction=0.0)
+  results = {}
+  for case in CASES:
+    for source in ("model", "e2e"):
+      out = subprocess.run(
+          [sys.executable, os.path.abspath(__file__), "--case=" + case,
+           "--source=" + source, "--batch_size=%d" % args.batch_size,
+           "--batches=%d" % args.batches, "--data_pattern=" + pattern] + extra_flags,
+          capture_output=True, text=True, check=True)
+      results[(case, source)] = json.loads(out.stdout.strip().splitlines()[-1])
+      print("%-12s %-6s %.1f videos/s" % (case, source,
+                                          results[(case, source)]["videos_per_second"]),
+            flush=True)
+  teacher = results[("teacher", "model")]
+  teacher_e2e = results[("teacher", "e2e")]
+  rows = []
+  for case in CASES:
+    model, e2e = results[(case, "model")], results[(case, "e2e")]
+    rows.append([case, "%.2f" % (model["flops_per_video"] / 1e9),
+                 "%.1f%%" % (100 * model["flops_per_video"] / teacher["flops_per_video"]),
+                 "%.1f" % model["videos_per_second"],
+                 "%.1fx" % (model["videos_per_second"] / teacher["videos_per_second"]),
+                 "%.1f" % e2e["videos_per_second"],
+                 "%.1fx" % (e2e["videos_per_second"] / teacher_e2e["videos_per_second"]),
+                 "%.1f" % (max(model["peak_rss_mb"], e2e["peak_rss_mb"]) / 1024)])
+  print("batch %d, %s" % (args.batch_size, time.strftime("%Y-%m-%d")))
+  print(common.table(rows, ["model", "GFLOP/video", "of teacher", "videos/s model only",
+                            "speed-up", "videos/s end to end", "speed-up",
+                            "peak RSS GB"]))
+  print("targets: FLOPs k=6 <= 10%, k=30 <= 16%; model only k=30 >= 5x, k=6 >= 10x; "
+        "end to end k=30 >= 4x, k=6 >= 8x")
+
+
+if __name__ == "__main__":
+  tf1.disable_eager_execution()
+  main()

@@ -1,0 +1,97 @@
+"""Frame-level reader throughput against a floor: bare TFRecordDataset + parse.
+
+  python bench/bench_reader.py [--videos=600] [--batch_size=80] [--num_readers=2]
+
+Ours: readers.make_dataset (parse, byte-length checks, decode, pad to 300 frames,
+dense labels), in uint8 (what train/eval/inference use) and float32 output. Floor: the
+same files through TFRecordDataset, the same interleave, batching and threads, and only
+tf.io.parse_sequence_example. Both are timed over the same number of epochs, in
+alternation, and the best of several repeats is kept. Target: ours >= 0.9 x floor.
+"""
+import argparse
+import time
+
+import common  # noqa: F401  (sets up sys.path and quiet TensorFlow)
+import tensorflow as tf
+
+import readers
+
+tf1 = tf.compat.v1
+
+
+def floor_dataset(pattern, batch_size, num_readers):
+  """TFRecordDataset + parse_sequence_example only, shaped like readers.make_dataset."""
+  files = readers.list_data_files(pattern)
+  dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+      tf.data.TFRecordDataset, cycle_length=num_readers, block_length=1,
+      num_parallel_calls=num_readers, deterministic=True)
+
+  def parse(serialized):
+    context, frames, _ = tf.io.parse_sequence_example(
+        serialized,
+        context_features={"id": tf.io.FixedLenFeature([], tf.string),
+                          "labels": tf.io.VarLenFeature(tf.int64)},
+        sequence_features={n: tf.io.FixedLenSequenceFeature([], tf.string)
+                           for n in ("rgb", "audio")})
+    return context["id"], frames["rgb"], frames["audio"]
+
+  dataset = dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.prefetch(2)
+
+
+def videos_per_second(make, epochs):
+  """Reads `epochs` passes of the dataset `make()` builds; returns videos/s."""
+  with tf.Graph().as_default():
+    dataset = make().repeat(epochs)
+    element = tf1.data.make_one_shot_iterator(dataset).get_next()
+    first = tf.nest.flatten(element)[0]
+    count = tf.shape(first)[0]
+    videos = 0
+    with tf1.Session() as sess:
+      sess.run(count)  # warm up: threads and the first files
+      start = time.time()
+      while True:
+        try:
+          videos += sess.run(count)
+        except tf.errors.OutOfRangeError:
+          break
+      return videos / (time.time() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--videos", type=int, default=600)
+  parser.add_argument("--batch_size", type=int, default=80)
+  parser.add_argument("--num_readers", type=int, default=2)
+  parser.add_argument("--epochs", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--data_dir", default="/tmp/yt8m_bench_data")
+  args = parser.parse_args()
+  pattern = common.generated_data(args.data_dir, args.videos)
+
+  def ours(dequantize):
+    reader = readers.YT8MFrameFeatureReader(dequantize=dequantize)
+    return lambda: readers.make_dataset(reader, pattern, args.batch_size,
+                                        args.num_readers, num_epochs=1, shuffle=False)
+
+  contenders = {"floor (TFRecordDataset + parse)": lambda: floor_dataset(
+      pattern, args.batch_size, args.num_readers),
+                "ours, uint8 (train/eval/inference)": ours(False),
+                "ours, float32 (dequantized)": ours(True)}
+  best = {name: 0.0 for name in contenders}
+  for _ in range(args.repeats):
+    for name, make in contenders.items():
+      best[name] = max(best[name], videos_per_second(make, args.epochs))
+  floor = best["floor (TFRecordDataset + parse)"]
+  rows = [[name, "%.0f" % rate, "%.2f" % (rate / floor)] for name, rate in best.items()]
+  print("%d generated videos (YouTube-8M layout, up to 300 frames), batch %d, %d readers"
+        % (args.videos, args.batch_size, args.num_readers))
+  print(common.table(rows, ["pipeline", "videos/s", "ratio to floor"]))
+  ratio = best["ours, uint8 (train/eval/inference)"] / floor
+  print("target: ours (uint8) >= 0.9 x floor: %s (%.2f)" % ("met" if ratio >= 0.9
+                                                             else "NOT met", ratio))
+
+
+if __name__ == "__main__":
+  tf1.disable_eager_execution()
+  main()

@@ -1,0 +1,167 @@
+"""Training throughput at the documented config (batch 80, 300 frames, 3862 classes).
+
+  python bench/bench_train.py [--steps=5] [--videos=400]
+
+Cases: the teacher (all 300 frames), k=30 and k=6 student baselines, KD at k=30 and
+k=6, and the teacher's inference-mode forward pass (for the KD bound). Each case runs in
+its own process (so its peak RSS is its own), once fed by in-graph random input (model
+only) and once by the reader over generated shards (end to end). The graph is the one
+train.py builds (train.TrainGraph). Targets (issue 4):
+  teacher step (model only) >= 80% of a large matmul's FLOP/s, measured in the same run;
+  end to end >= 0.9 x model only;
+  KD step <= 1.15 x (teacher forward + student training step);
+  peak RSS of KD training < 8 GB.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import common
+import numpy as np
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+
+DOCUMENTED = ["--feature_names=rgb,audio", "--feature_sizes=1024,128", "--groups=8",
+              "--nextvlad_cluster_size=128", "--nextvlad_hidden_size=2048",
+              "--expansion=2", "--gating_reduction=8", "--drop_rate=0.5",
+              "--model=NeXtVLADModel", "--num_readers=8",
+              "--learning_rate_decay_examples=2000000",
+              "--video_level_classifier_model=LogisticModel",
+              "--label_loss=CrossEntropyLoss", "--frame_features=True", "--batch_size=80",
+              "--base_learning_rate=0.0002", "--learning_rate_decay=0.8",
+              "--l2_penalty=1e-5", "--num_gpu=2"]
+CASES = {
+    "teacher": ["--model_type=teacher", "--k_frame=300"],
+    "student_k30": ["--model_type=student", "--k_frame=30"],
+    "student_k6": ["--model_type=student", "--k_frame=6"],
+    "kd_k30": ["--model_type=KD", "--k_frame=30"],
+    "kd_k6": ["--model_type=KD", "--k_frame=6"],
+    "teacher_forward": ["--model_type=teacher", "--k_frame=300"],
+}
+
+
+def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0):
+  """input_fn for TrainGraph: one fixed random batch held in non-trainable variables."""
+  rng = np.random.RandomState(seed)
+  labels = np.zeros([batch_size, num_classes], np.float32)
+  for row in range(batch_size):
+    labels[row, rng.choice(num_classes, 3, replace=False)] = 1
+
+  def input_fn(global_batch):
+    assert global_batch == batch_size
+    matrix = tf1.Variable(rng.randint(0, 256, [batch_size, frames, width]).astype(np.uint8),
+                          trainable=False, name="bench_frames")
+    return {"video_ids": tf.constant(["v%d" % i for i in range(batch_size)]),
+            "video_matrix": tf.identity(matrix),
+            "num_frames": tf.fill([batch_size], frames),
+            "labels": tf.constant(labels)}
+  return input_fn
+
+
+def run_case(case, source, steps, data_pattern):
+  """Builds and times one case in this process; returns a dict of measurements."""
+  import kd_model
+  import train
+  FLAGS = tf1.flags.FLAGS
+  FLAGS(["bench"] + DOCUMENTED + CASES[case] + ["--train_data_pattern=" + data_pattern])
+  result = {"case": case, "source": source}
+  input_fn = random_input(80) if source == "model" else None
+  if case == "teacher_forward":
+    graph = tf.Graph()
+    with graph.as_default():
+      batch = (input_fn or train.reader_input)(80)
+      outputs = kd_model.inference_outputs(batch, kd_model.TEACHER, "none")
+      fetch = tf.reduce_sum(outputs["predictions"])
+      init = tf1.global_variables_initializer()
+  else:
+    model = train.TrainGraph(["/cpu:0"], train.Task(), None, None, input_fn=input_fn)
+    graph = model.graph
+    with graph.as_default():
+      fetch = model.train_op
+      init = tf1.global_variables_initializer()
+  with graph.as_default():
+    if source == "model" and case == "teacher":
+      result["flops_per_step"] = common.float_ops(graph)
+    with tf1.Session() as sess:
+      sess.run(init)
+      result["seconds_per_step"] = common.time_runs(sess, fetch, steps)
+  result["videos_per_second"] = 80 / result["seconds_per_step"]
+  if "flops_per_step" in result:
+    result["matmul_flops_per_second"] = common.matmul_flops_per_second()
+    result["model_flops_per_second"] = result["flops_per_step"] / result["seconds_per_step"]
+  result["peak_rss_mb"] = common.peak_rss_mb()
+  return result
+
+
+def run_in_subprocess(case, source, steps, data_pattern):
+  out = subprocess.run([sys.executable, os.path.abspath(__file__), "--case=" + case,
+                        "--source=" + source, "--steps=%d" % steps,
+                        "--data_pattern=" + data_pattern],
+                       capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(results):
+  by = {(r["case"], r["source"]): r for r in results}
+  rows = []
+  for case in CASES:
+    model, e2e = by[(case, "model")], by.get((case, "e2e"))
+    rows.append([case, "%.2f" % model["seconds_per_step"],
+                 "%.1f" % model["videos_per_second"],
+                 "%.1f" % e2e["videos_per_second"] if e2e else "-",
+                 "%.2f" % (e2e["videos_per_second"] / model["videos_per_second"])
+                 if e2e else "-",
+                 "%.1f" % (max(model["peak_rss_mb"], e2e["peak_rss_mb"] if e2e else 0)
+                           / 1024)])
+  print(common.table(rows, ["case (batch 80)", "s/step (model only)",
+                            "videos/s model only", "videos/s end to end",
+                            "e2e / model", "peak RSS GB"]))
+  teacher = by[("teacher", "model")]
+  fraction = teacher["model_flops_per_second"] / teacher["matmul_flops_per_second"]
+  print("teacher step: %.0f GFLOP counted from the graph, %.0f GFLOP/s achieved; large "
+        "matmul %.0f GFLOP/s -> %.0f%% (target >= 80%%)" % (
+            teacher["flops_per_step"] / 1e9, teacher["model_flops_per_second"] / 1e9,
+            teacher["matmul_flops_per_second"] / 1e9, 100 * fraction))
+  for k in (30, 6):
+    kd = by[("kd_k%d" % k, "model")]["seconds_per_step"]
+    bound = (by[("teacher_forward", "model")]["seconds_per_step"] +
+             by[("student_k%d" % k, "model")]["seconds_per_step"])
+    print("KD k=%d step %.2f s vs teacher forward + student step %.2f s -> %.2fx "
+          "(target <= 1.15x)" % (k, kd, bound, kd / bound))
+  worst = min(by[(c, "e2e")]["videos_per_second"] / by[(c, "model")]["videos_per_second"]
+              for c in CASES if (c, "e2e") in by)
+  print("end to end / model only, worst case: %.2f (target >= 0.9)" % worst)
+  kd_rss = max(r["peak_rss_mb"] for r in results if r["case"].startswith("kd"))
+  print("peak RSS of KD training: %.1f GB (target < 8 GB)" % (kd_rss / 1024))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--videos", type=int, default=400)
+  parser.add_argument("--data_dir", default="/tmp/yt8m_bench_data_300")
+  parser.add_argument("--case", choices=sorted(CASES))
+  parser.add_argument("--source", choices=["model", "e2e"], default="model")
+  parser.add_argument("--data_pattern", default="")
+  args = parser.parse_args()
+  if args.case:
+    print(json.dumps(run_case(args.case, args.source, args.steps, args.data_pattern)))
+    return
+  pattern = common.generated_data(args.data_dir, args.videos, min_frames=300,
+                                  short_video_fraction=0.0)
+  results = []
+  for case in CASES:
+    for source in ("model", "e2e"):
+      result = run_in_subprocess(case, source, args.steps, pattern)
+      print("%-16s %-6s %.2f s/step" % (case, source, result["seconds_per_step"]),
+            flush=True)
+      results.append(result)
+  report(results)
+
+
+if __name__ == "__main__":
+  tf1.disable_eager_execution()
+  main()

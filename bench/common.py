@@ -1,0 +1,79 @@
+"""Shared benchmark helpers: generated data, timing, peak memory, FLOP counting."""
+import os
+import resource
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+tf1 = tf.compat.v1
+
+
+def generated_data(directory, videos, num_classes=3862, seed=0, shards=4, **knobs):
+  """Frame-level train shards of `videos` generated videos (reused when present).
+
+  Returns the glob pattern of the shards.
+  """
+  from tools import make_synthetic_yt8m
+  pattern = os.path.join(directory, "frame", "train*.tfrecord")
+  stamp = os.path.join(directory, "bench_%d_%d_%d.done" % (videos, num_classes, seed))
+  if not os.path.exists(stamp):
+    make_synthetic_yt8m.write_dataset(directory, splits=("train",), train_videos=videos,
+                                      num_classes=num_classes, seed=seed, shards=shards,
+                                      video_level=False, **knobs)
+    open(stamp, "w").close()
+  return pattern
+
+
+def peak_rss_mb():
+  """Peak resident memory of this process so far, in MB."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_runs(session, fetches, runs, warmup=2, feed_dict=None):
+  """Seconds per session.run of `fetches`, after `warmup` untimed runs."""
+  for _ in range(warmup):
+    session.run(fetches, feed_dict)
+  start = time.time()
+  for _ in range(runs):
+    session.run(fetches, feed_dict)
+  return (time.time() - start) / runs
+
+
+def float_ops(graph):
+  """FLOPs of one run of `graph` as counted by tf.compat.v1.profiler (static shapes)."""
+  options = tf1.profiler.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  return tf1.profiler.profile(graph, options=options).total_float_ops
+
+
+def matmul_flops_per_second(session_config=None, size=4096, runs=10):
+  """FLOP/s of a large fp32 matmul on this machine (the roofline for a dense model)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    a = tf.Variable(tf.random.normal([size, size]))
+    b = tf.Variable(tf.random.normal([size, size]))
+    product = tf.reduce_sum(tf.matmul(a, b))
+    with tf1.Session(config=session_config) as sess:
+      sess.run(tf1.global_variables_initializer())
+      seconds = time_runs(sess, product, runs)
+  return 2.0 * size ** 3 / seconds
+
+
+def table(rows, headers):
+  """A Markdown table of `rows` (lists of cells) under `headers`."""
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
