@@ -46,9 +46,10 @@ class EvalGraph(object):
     self.graph = tf.Graph()
     with self.graph.as_default():
       reader = readers.get_reader(dequantize=False)
+      self.skipped = readers.skipped_records_from_flags()
       dataset = readers.make_dataset(reader, FLAGS.eval_data_pattern, FLAGS.batch_size,
                                      FLAGS.num_readers, num_epochs=1, shuffle=False,
-                                     flag_name="--eval_data_pattern")
+                                     flag_name="--eval_data_pattern", skipped=self.skipped)
       iterator = tf1.data.make_initializable_iterator(dataset)
       self.initializer = iterator.initializer
       batch = iterator.get_next()
@@ -57,7 +58,8 @@ class EvalGraph(object):
       self.fetches["loss"] = losses.get_label_loss(FLAGS.label_loss).calculate_loss(
           outputs["predictions"], batch["labels"])
       self.variables = tf1.global_variables()
-      self.saver = tf1.train.Saver()
+      self.saver = tf1.train.Saver(self.variables)
+      self.local_init = tf1.local_variables_initializer()
       self.graph.finalize()
 
 
@@ -85,7 +87,7 @@ def evaluate_checkpoint(model, checkpoint, config):
   kd_model.check_checkpoint_matches(model.variables, checkpoint, "checkpoint")
   with tf1.Session(graph=model.graph, config=config) as sess:
     model.saver.restore(sess, checkpoint)
-    sess.run(model.initializer)
+    sess.run([model.local_init, model.initializer])
     while True:
       try:
         out = sess.run(model.fetches)
@@ -94,11 +96,14 @@ def evaluate_checkpoint(model, checkpoint, config):
       metrics.accumulate_top_k(out["top_scores"], out["top_indices"],
                                out["top_is_positive"], out["num_positives"],
                                out["class_positive_counts"], out["loss"])
+    skipped = model.skipped.report(sess) if model.skipped else None
   if not metrics.num_examples:
     raise utils.UsageError("--eval_data_pattern=%s holds no records"
                            % FLAGS.eval_data_pattern)
   result = metrics.get()
   result["examples_per_second"] = result["num_examples"] / (time.time() - start)
+  if skipped:
+    result["skipped_records"], result["cut_shards"] = skipped
   return checkpoint_step(checkpoint), result
 
 
@@ -113,6 +118,10 @@ def checkpoint_step(checkpoint):
 def report(step, metrics, checkpoint, role):
   """Prints the starter's summary line; writes TensorBoard scalars and eval.jsonl."""
   print(utils.FormatEvalInfo(step, metrics, metrics["examples_per_second"]), flush=True)
+  if "skipped_records" in metrics:
+    print("--skip_corrupt_records: %d corrupt records and the unreadable rest of %d "
+          "damaged shards are not in these metrics" % (metrics["skipped_records"],
+                                                       metrics["cut_shards"]), flush=True)
   summary_dir = "eval_" + FLAGS.role if FLAGS.role else "eval"
   writer = tf1.summary.FileWriterCache.get(os.path.join(FLAGS.train_dir, summary_dir))
   utils.AddScalarSummaries(writer, {
@@ -125,6 +134,7 @@ def report(step, metrics, checkpoint, role):
       "hit_at_one": float(metrics["avg_hit_at_one"]),
       "perr": float(metrics["avg_perr"]), "loss": float(metrics["avg_loss"]),
       "num_examples": int(metrics["num_examples"]),
+      "skipped_records": metrics.get("skipped_records"),
       "data": FLAGS.eval_data_pattern, "time": time.time()})
 
 

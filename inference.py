@@ -241,6 +241,9 @@ def validate_flags():
     raise utils.UsageError("--batch_size must be positive, got %d" % FLAGS.batch_size)
   if FLAGS.top_k <= 0:
     raise utils.UsageError("--top_k must be positive, got %d" % FLAGS.top_k)
+  if FLAGS.skip_corrupt_records:
+    raise utils.UsageError("--skip_corrupt_records is for train.py and eval.py: "
+                           "inference never drops a video")
   if FLAGS.input_model_tgz and not os.path.isfile(FLAGS.input_model_tgz):
     raise utils.UsageError("--input_model_tgz=%s does not exist" % FLAGS.input_model_tgz)
 

@@ -10,6 +10,8 @@ whole batch at a time (one `parse_sequence_example` call), which is what lets th
 reader keep up with the model on two cores.
 """
 
+import sys
+
 import tensorflow as tf
 
 import utils
@@ -25,6 +27,10 @@ flags.DEFINE_bool("frame_features", True, "If set, then --train_data_pattern mus
                   "frame-level features. Otherwise video-level features.")
 flags.DEFINE_integer("num_classes", 3862, "Number of classes (YouTube-8M 2018: 3862).")
 flags.DEFINE_integer("max_frames", 300, "Frames kept per video (YouTube-8M: 300).")
+flags.DEFINE_bool("skip_corrupt_records", False, "train.py and eval.py: drop corrupt "
+                  "records (and the unreadable rest of a damaged shard) instead of "
+                  "stopping; how many is reported. Validating each record costs a second "
+                  "parse.")
 
 FRAME_SELECTION_STRATEGIES = ("uniform", "padded_stride", "random", "first", "middle",
                               "last", "first_middle_last")
@@ -43,6 +49,14 @@ def _labels_to_dense(sparse_labels, num_classes):
   dense = tf.scatter_nd(indices, tf.ones_like(ids, tf.float32),
                         tf.stack([batch_size, num_classes]))
   return tf.minimum(dense, 1.0)
+
+
+def _labels_are_valid(label_ids, num_classes, require_labels):
+  """Scalar bool: every id in 0..num_classes-1 (and at least one if required)."""
+  in_range = tf.reduce_all(tf.logical_and(label_ids >= 0, label_ids < num_classes))
+  if require_labels:
+    return tf.logical_and(in_range, tf.size(label_ids) > 0)
+  return in_range
 
 
 class YT8MAggregatedFeatureReader(object):
@@ -65,6 +79,19 @@ class YT8MAggregatedFeatureReader(object):
     self.feature_names = list(feature_names)
     self.feature_sizes = list(feature_sizes)
     self.require_labels = require_labels
+
+  def record_is_valid(self, serialized):
+    """Scalar bool: this serialized Example would parse cleanly in parse_batch."""
+    spec = {"id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+            "labels": tf.io.VarLenFeature(tf.int64)}
+    for name in self.feature_names:
+      spec[name] = tf.io.VarLenFeature(tf.float32)
+    features = tf.io.parse_single_example(serialized, spec)
+    checks = [_labels_are_valid(features["labels"].values, self.num_classes,
+                                self.require_labels)]
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      checks.append(tf.equal(tf.size(features[name].values), size))
+    return tf.reduce_all(tf.stack(checks))
 
   def parse_batch(self, serialized):
     """[B] serialized Examples -> batch dict (video_matrix [B, sum(feature_sizes)])."""
@@ -117,6 +144,23 @@ class YT8MFrameFeatureReader(object):
     self.max_frames = max_frames
     self.dequantize = dequantize
     self.require_labels = require_labels
+
+  def record_is_valid(self, serialized):
+    """Scalar bool: this serialized SequenceExample would parse cleanly in parse_batch."""
+    context, lists = tf.io.parse_single_sequence_example(
+        serialized,
+        context_features={"id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+                          "labels": tf.io.VarLenFeature(tf.int64)},
+        sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string,
+                                                               allow_missing=True)
+                           for name in self.feature_names})
+    checks = [_labels_are_valid(context["labels"].values, self.num_classes,
+                                self.require_labels)]
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      frames = lists[name][:self.max_frames]
+      checks.append(tf.size(frames) > 0)
+      checks.append(tf.reduce_all(tf.equal(tf.strings.length(frames), size)))
+    return tf.reduce_all(tf.stack(checks))
 
   def parse_batch(self, serialized):
     """[B] serialized SequenceExamples -> batch dict.
@@ -185,6 +229,11 @@ def get_reader(require_labels=True, dequantize=True):
                                      feature_names=names, require_labels=require_labels)
 
 
+def skipped_records_from_flags():
+  """A SkippedRecords when --skip_corrupt_records is set, else None."""
+  return SkippedRecords() if FLAGS.skip_corrupt_records else None
+
+
 def dequantize_frames(quantized, num_frames):
   """uint8 buckets [B, T, F] -> float32 features [B, T, F]; frames >= num_frames are 0."""
   mask = tf.sequence_mask(num_frames, tf.shape(quantized)[1], dtype=tf.float32)
@@ -208,7 +257,7 @@ def list_data_files(data_pattern, flag_name="data pattern"):
 
 def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
                            num_epochs=None, shuffle=True, seed=None,
-                           drop_remainder=None, flag_name="data pattern"):
+                           drop_remainder=None, flag_name="data pattern", skipped=None):
   """Builds the tf.data pipeline over `data_pattern` and returns one batch of tensors.
 
   Args:
@@ -223,17 +272,31 @@ def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
       nondeterministic, and faster: parallel reads deliver whatever is ready first).
     drop_remainder: drop a final partial batch; default: True when shuffling (training
       needs fixed batches to split across towers), False otherwise.
+    skipped: a SkippedRecords (--skip_corrupt_records), see make_dataset. Its
+      iterator is then initialized with the tables (TABLE_INITIALIZERS), which a
+      MonitoredSession's local_init_op runs.
   Returns:
     dict of batch tensors (see the module docstring).
   """
   dataset = make_dataset(reader, data_pattern, batch_size, num_readers, num_epochs,
-                         shuffle, seed, drop_remainder, flag_name)
-  return tf1.data.make_one_shot_iterator(dataset).get_next()
+                         shuffle, seed, drop_remainder, flag_name, skipped)
+  if skipped is None:
+    return tf1.data.make_one_shot_iterator(dataset).get_next()
+  # A pipeline that counts into variables cannot be a one-shot iterator.
+  iterator = tf1.data.make_initializable_iterator(dataset)
+  tf1.add_to_collection(tf1.GraphKeys.TABLE_INITIALIZERS, iterator.initializer)
+  return iterator.get_next()
 
 
 def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epochs=None,
-                 shuffle=True, seed=None, drop_remainder=None, flag_name="data pattern"):
-  """The tf.data.Dataset behind `get_input_data_tensors` (same arguments)."""
+                 shuffle=True, seed=None, drop_remainder=None, flag_name="data pattern",
+                 skipped=None):
+  """The tf.data.Dataset behind `get_input_data_tensors` (same arguments).
+
+  skipped: a SkippedRecords to drop and count corrupt records instead of failing
+    (--skip_corrupt_records; each record is then also validated on its own, which costs
+    a second parse).
+  """
   if batch_size <= 0:
     raise utils.UsageError("--batch_size must be positive, got %d" % batch_size)
   files = list_data_files(data_pattern, flag_name)
@@ -241,12 +304,18 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   if drop_remainder is None:
     drop_remainder = shuffle
   deterministic = not shuffle or seed is not None
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if skipped is None:
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    read_file = tf.data.TFRecordDataset
+  else:
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    read_file = lambda path, size: skipped.valid_records(reader, path, size)
   if shuffle:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.repeat(num_epochs)
-  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=num_readers,
-                               block_length=1, num_parallel_calls=num_readers,
+  dataset = dataset.interleave(read_file, cycle_length=num_readers, block_length=1,
+                               num_parallel_calls=num_readers,
                                deterministic=deterministic)
   if shuffle:
     dataset = dataset.shuffle(max(5 * batch_size, 256), seed=seed)
@@ -254,6 +323,78 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   dataset = dataset.map(reader.parse_batch, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=deterministic)
   return dataset.prefetch(2)
+
+
+class SkippedRecords(object):
+  """Drops corrupt records from a pipeline and counts them (--skip_corrupt_records).
+
+  A record that is not a valid YouTube-8M record for the reader (undecodable, missing
+  features, wrong bytes per frame, no frames, bad labels) is dropped and counted. A
+  shard whose TFRecord framing is corrupt is read up to the damage; the rest of it is
+  unreadable, which is counted as a cut shard and reported on stderr with its name.
+  The counters are local variables (not checkpointed): run `report(session)` at the end.
+  """
+
+  def __init__(self):
+    collections = [tf1.GraphKeys.LOCAL_VARIABLES]
+    with tf1.variable_scope(None, default_name="skipped_records"):
+      self.read = tf1.get_variable("read", [], tf.int64, tf1.zeros_initializer(),
+                                   trainable=False, collections=collections)
+      self.kept = tf1.get_variable("kept", [], tf.int64, tf1.zeros_initializer(),
+                                   trainable=False, collections=collections)
+      self.cut_shards = tf1.get_variable("cut_shards", [], tf.int64,
+                                         tf1.zeros_initializer(), trainable=False,
+                                         collections=collections)
+    self.reset = tf.group(*[tf1.assign(v, 0) for v in (self.read, self.kept,
+                                                        self.cut_shards)])
+
+  def valid_records(self, reader, path, size):
+    """Dataset of the valid serialized records of one file (path, size: tensors)."""
+    def count_read(record):
+      with tf.control_dependencies([tf1.assign_add(self.read, 1)]):
+        return tf.identity(record)
+
+    def count_kept(record):
+      with tf.control_dependencies([tf1.assign_add(self.kept, 1)]):
+        return tf.identity(record)
+
+    records = tf.data.TFRecordDataset(path).ignore_errors()
+    # Bytes of a record in the file: 8 length + 4 CRC + data + 4 CRC. A shard ends short
+    # of its size when ignore_errors stopped at damaged framing.
+    marked = records.map(lambda r: (r, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(""), True)))
+
+    def add_bytes(consumed, element):
+      record, is_end = element
+      consumed += tf.where(is_end, tf.constant(0, tf.int64),
+                           tf.cast(tf.strings.length(record), tf.int64) + 16)
+      return consumed, (record, is_end, consumed)
+
+    def check_end(record, is_end, consumed):
+      cut = tf.logical_and(is_end, consumed < size)
+      warn = tf.cond(cut, lambda: _warn_cut(path, consumed, self.cut_shards),
+                     lambda: tf.constant(0, tf.int64))
+      with tf.control_dependencies([warn]):
+        return tf.identity(record), is_end
+
+    records = marked.scan(tf.constant(0, tf.int64), add_bytes).map(check_end)
+    records = records.filter(lambda record, is_end: tf.logical_not(is_end))
+    records = records.map(lambda record, is_end: count_read(record))
+    records = records.map(lambda r: (r, reader.record_is_valid(r))).ignore_errors()
+    return records.filter(lambda r, ok: ok).map(lambda r, ok: count_kept(r))
+
+  def report(self, session):
+    """(records skipped, shards cut short) so far."""
+    read, kept, cut = session.run([self.read, self.kept, self.cut_shards])
+    return int(read - kept), int(cut)
+
+
+def _warn_cut(path, consumed, counter):
+  printed = tf.print("warning: --skip_corrupt_records:", path,
+                     ": damaged TFRecord framing after byte", consumed,
+                     "; the rest of this shard is skipped", output_stream=sys.stderr)
+  with tf.control_dependencies([printed]):
+    return tf1.assign_add(counter, 1)
 
 
 def _uniform_indices(num_frames, k):

@@ -238,12 +238,12 @@ def check_teacher_preprocessing(checkpoint, rgb_scale):
                              "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
 
 
-def reader_input(global_batch):
+def reader_input(global_batch, skipped=None):
   """Shuffled training batches of --train_data_pattern (uint8 frames)."""
   return readers.get_input_data_tensors(
       readers.get_reader(dequantize=False), FLAGS.train_data_pattern, global_batch,
       FLAGS.num_readers, FLAGS.num_epochs, shuffle=True, seed=FLAGS.seed,
-      flag_name="--train_data_pattern")
+      flag_name="--train_data_pattern", skipped=skipped)
 
 
 class TrainGraph(object):
@@ -259,7 +259,7 @@ class TrainGraph(object):
       input_fn: callable(global batch size) -> batch dict; default: the reader over
         --train_data_pattern (benchmarks pass in-graph random input).
     """
-    self.input_fn = input_fn or reader_input
+    self.input_fn = input_fn
     self.graph = tf.Graph()
     self.num_towers = len(devices)
     with self.graph.as_default():
@@ -278,8 +278,13 @@ class TrainGraph(object):
     self.global_step = tf1.train.get_or_create_global_step()
     global_batch = FLAGS.batch_size * self.num_towers
     self.examples_per_step = global_batch
+    self.skipped = None
     with tf.name_scope("train_input"):
-      batch = self.input_fn(global_batch)
+      if self.input_fn:
+        batch = self.input_fn(global_batch)
+      else:
+        self.skipped = readers.skipped_records_from_flags()
+        batch = reader_input(global_batch, self.skipped)
     self.labels = batch["labels"]
     self.learning_rate = tf1.train.exponential_decay(
         FLAGS.base_learning_rate,
@@ -349,9 +354,11 @@ class ValidationGraph(object):
 
   def __init__(self, reader, kind):
     with tf.name_scope("validation"):
+      self.skipped = readers.skipped_records_from_flags()
       dataset = readers.make_dataset(reader, FLAGS.eval_data_pattern,
                                      FLAGS.batch_size, FLAGS.num_readers, num_epochs=1,
-                                     shuffle=False, flag_name="--eval_data_pattern")
+                                     shuffle=False, flag_name="--eval_data_pattern",
+                                     skipped=self.skipped)
       iterator = tf1.data.make_initializable_iterator(dataset)
       self.initializer = iterator.initializer
       batch = iterator.get_next()
@@ -364,7 +371,7 @@ class ValidationGraph(object):
 
   def run(self, session):
     """Evaluates every validation video once; returns the eval_util metrics dict."""
-    session.run(self.initializer)
+    session.run([self.initializer] + ([self.skipped.reset] if self.skipped else []))
     metrics = eval_util.EvaluationMetrics(FLAGS.num_classes, 20)
     while True:
       try:
@@ -372,7 +379,10 @@ class ValidationGraph(object):
       except tf.errors.OutOfRangeError:
         break
       metrics.accumulate(out["predictions"], out["labels"], out["loss"])
-    return metrics.get()
+    result = metrics.get()
+    if self.skipped:
+      result["skipped_records"], result["cut_shards"] = self.skipped.report(session)
+    return result
 
 
 class StepLogger(object):
@@ -438,6 +448,10 @@ class StepLogger(object):
 def train(train_dir, task, server):
   """Builds the graph and runs the training loop until max steps or end of data."""
   devices, config = tower_devices()
+  if task.cluster is not None:
+    # Talk only to the parameter servers and ourselves: a worker must not wait for
+    # other workers (a finished chief would otherwise block a late worker forever).
+    config.device_filters.extend(["/job:ps", "/job:%s/task:%d" % (task.type, task.index)])
   rgb_scale = (preprocessing.load_rgb_scale(FLAGS.pca_eigenvals)
                if preprocessing.kind_from_flags() == preprocessing.PCA else None)
   has_checkpoint = tf1.train.latest_checkpoint(train_dir) is not None
@@ -472,17 +486,25 @@ def train(train_dir, task, server):
         print("Starting at step %d%s." % (step, " (resumed)" if has_checkpoint else ""),
               flush=True)
         logger.start(step)
-        while not sess.should_stop() and (steps_cap is None or step < steps_cap):
-          detailed = (step + 1) % FLAGS.log_every_n_steps == 0
-          values = sess.run(detail_fetches if detailed else fetches)
-          step = values["global_step"]
-          if detailed:
-            logger.log(step, values, values["predictions"], values["labels"])
-          if (model.validation and task.is_chief and
-              step % FLAGS.export_model_steps == 0):
-            metrics = sess.run_step_fn(
-                lambda step_context: model.validation.run(step_context.session))
-            logger.log_validation(step, metrics)
+        try:
+          while not sess.should_stop() and (steps_cap is None or step < steps_cap):
+            detailed = (step + 1) % FLAGS.log_every_n_steps == 0
+            values = sess.run(detail_fetches if detailed else fetches)
+            step = values["global_step"]
+            if detailed:
+              logger.log(step, values, values["predictions"], values["labels"])
+            if (model.validation and task.is_chief and
+                step % FLAGS.export_model_steps == 0):
+              metrics = sess.run_step_fn(
+                  lambda step_context: model.validation.run(step_context.session))
+              logger.log_validation(step, metrics)
+        except tf.errors.OutOfRangeError:
+          print("End of the training data (--num_epochs=%d)." % FLAGS.num_epochs)
+        if model.skipped:
+          skipped, cut = sess.run_step_fn(
+              lambda step_context: model.skipped.report(step_context.session))
+          print("--skip_corrupt_records: skipped %d corrupt records and the unreadable "
+                "rest of %d damaged shards" % (skipped, cut), flush=True)
     except tf.errors.InvalidArgumentError as e:
       if "finite_loss_check" in str(e):
         raise utils.UsageError(
