@@ -176,21 +176,38 @@ def main(unused_argv):
   config = tf1.ConfigProto(allow_soft_placement=True)
   for checkpoint in checkpoints_to_evaluate():
     try:
+      result = evaluate_newest_complete(model, checkpoint, config)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+      raise readers.data_error(e, readers.get_reader(), FLAGS.eval_data_pattern,
+                               "--eval_data_pattern")
+    if result:
+      report(result[0], result[1], result[2], role)
+  return 0
+
+
+def evaluate_newest_complete(model, checkpoint, config, attempts=5):
+  """Evaluates `checkpoint`; if a running training deletes it meanwhile, moves on.
+
+  With --run_once it retries with the then-latest checkpoint; while waiting for new
+  checkpoints it returns None (the next one will come). Returns (step, metrics,
+  checkpoint) or None.
+  """
+  for _ in range(attempts):
+    try:
       step, metrics = evaluate_checkpoint(model, checkpoint, config)
+      return step, metrics, checkpoint
     except (tf.errors.NotFoundError, utils.UsageError) as e:
       if kd_model.checkpoint_exists(checkpoint):
         raise e if isinstance(e, utils.UsageError) else utils.UsageError(
             "cannot restore %s: %s" % (checkpoint, str(e).splitlines()[0]))
-      # A running training's Saver removed this checkpoint while we read it.
-      if FLAGS.run_once or FLAGS.checkpoint:
-        raise utils.UsageError("checkpoint %s disappeared while being read (a running "
-                               "training removed it); run again" % checkpoint)
-      continue
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-      raise readers.data_error(e, readers.get_reader(), FLAGS.eval_data_pattern,
-                               "--eval_data_pattern")
-    report(step, metrics, checkpoint, role)
-  return 0
+      if FLAGS.checkpoint:
+        raise utils.UsageError("--checkpoint=%s disappeared while being read"
+                               % checkpoint)
+      if not FLAGS.run_once:
+        return None
+      checkpoint = kd_model.latest_checkpoint(FLAGS.train_dir)
+  raise utils.UsageError("checkpoints of %s kept disappearing while being read"
+                         % FLAGS.train_dir)
 
 
 if __name__ == "__main__":
