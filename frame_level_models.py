@@ -147,14 +147,14 @@ class DbofModel(model_utils.BaseModel):
 
     frames, mask = self._sample(model_input, num_frames, iterations,
                                 "random" if sample_random_frames else "uniform")
-    clusters = self._cluster_layer(frames, mask, cluster_size, add_batch_norm,
-                                   is_training)
-    if mask is None:
-      pool = tf.reduce_max if pooling_method == "max" else tf.reduce_mean
-      pooled = pool(clusters, axis=1)
+    if mask is None:  # sampled: every frame is real
+      mask = tf.ones(tf.shape(frames)[:2])
+      packed = False
     else:
-      pool = masked_max if pooling_method == "max" else masked_mean
-      pooled = pool(clusters, mask)
+      packed = model_utils.packing_enabled(frames.shape[1])
+    rows = model_utils.FrameRows(frames, mask, packed)
+    clusters = self._cluster_layer(rows, cluster_size, add_batch_norm, is_training)
+    pooled = self._pool(rows, clusters, pooling_method)
 
     hidden = model_utils.fully_connected(pooled, hidden_size, "hidden1",
                                          use_bias=not add_batch_norm)
@@ -184,21 +184,29 @@ class DbofModel(model_utils.BaseModel):
     return frames, None
 
   @staticmethod
-  def _cluster_layer(frames, mask, cluster_size, add_batch_norm, is_training):
-    """[B, T, F] -> relu6 cluster activations [B, T, C], as one [B*T, F] matmul."""
-    feature_size = int(frames.shape[-1])
-    shape = tf.shape(frames)
-    flat = tf.reshape(frames, [-1, feature_size])
-    flat_mask = None if mask is None else tf.reshape(mask, [-1]) > 0
+  def _cluster_layer(rows, cluster_size, add_batch_norm, is_training):
+    """FrameRows -> relu6 cluster activations per row [M, C], as one matmul."""
+    activation = rows.rows
     if add_batch_norm:
-      flat = model_utils.batch_norm(flat, is_training, "input_bn", mask=flat_mask)
-    activation = model_utils.fully_connected(flat, cluster_size, "cluster",
+      activation = model_utils.batch_norm(activation, is_training, "input_bn",
+                                          mask=rows.row_mask)
+    activation = model_utils.fully_connected(activation, cluster_size, "cluster",
                                              use_bias=not add_batch_norm)
     if add_batch_norm:
       activation = model_utils.batch_norm(activation, is_training, "cluster_bn",
-                                          mask=flat_mask)
-    activation = tf.nn.relu6(activation)
-    return tf.reshape(activation, [shape[0], shape[1], cluster_size])
+                                          mask=rows.row_mask)
+    return tf.nn.relu6(activation)
+
+  @staticmethod
+  def _pool(rows, clusters, pooling_method):
+    """Max or average of each video's real-frame rows: [M, C] -> [B, C]."""
+    if rows.packed:
+      pool = (tf.math.unsorted_segment_max if pooling_method == "max"
+              else tf.math.unsorted_segment_mean)
+      return pool(clusters, rows.segment_ids, num_segments=rows.batch_size)
+    padded = rows.to_padded(clusters)
+    mask = tf.reshape(tf.cast(rows.row_mask, padded.dtype), tf.shape(padded)[:2])
+    return (masked_max if pooling_method == "max" else masked_mean)(padded, mask)
 
 
 class LstmModel(model_utils.BaseModel):
@@ -238,21 +246,27 @@ def netvlad(frames, mask, cluster_size, add_batch_norm, is_training):
     [B, K*D] float.
   """
   feature_size = int(frames.shape[-1])
-  is_real = mask > 0
+  rows = model_utils.FrameRows(frames, mask, model_utils.packing_enabled(frames.shape[1]))
+  x = rows.rows
   if add_batch_norm:
-    frames = model_utils.batch_norm(frames, is_training, "input_bn", mask=is_real)
-  logits = model_utils.fully_connected(frames, cluster_size, "cluster",
+    x = model_utils.batch_norm(x, is_training, "input_bn", mask=rows.row_mask)
+  logits = model_utils.fully_connected(x, cluster_size, "cluster",
                                        use_bias=not add_batch_norm)
   if add_batch_norm:
-    logits = model_utils.batch_norm(logits, is_training, "cluster_bn", mask=is_real)
-  # tf.where, not a product: padded frames may hold anything, even inf.
-  assignment = tf.where(is_real[:, :, None], tf.nn.softmax(logits, axis=-1),
-                        tf.zeros_like(logits))  # [B, T, K]
-  frames = tf.where(is_real[:, :, None], frames, tf.zeros_like(frames))
+    logits = model_utils.batch_norm(logits, is_training, "cluster_bn",
+                                    mask=rows.row_mask)
+  assignment = tf.nn.softmax(logits, axis=-1)
+  if not rows.packed:
+    # tf.where, not a product: padded frames may hold anything, even inf.
+    real = rows.row_mask[:, None]
+    assignment = tf.where(real, assignment, tf.zeros_like(assignment))
+    x = tf.where(real, x, tf.zeros_like(x))
+  assignment = rows.to_padded(assignment)  # [B, T, K]
+  x = rows.to_padded(x)  # [B, T, D]
   centers = tf1.get_variable(
       "cluster_centers", [1, feature_size, cluster_size],
       initializer=tf1.truncated_normal_initializer(stddev=feature_size ** -0.5))
-  weighted_sum = tf.matmul(frames, assignment, transpose_a=True)  # [B, D, K]
+  weighted_sum = tf.matmul(x, assignment, transpose_a=True)  # [B, D, K]
   vlad = weighted_sum - tf.reduce_sum(assignment, axis=1, keepdims=True) * centers
   vlad = tf.nn.l2_normalize(vlad, axis=1)
   vlad = tf.reshape(vlad, [-1, feature_size * cluster_size])

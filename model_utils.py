@@ -9,7 +9,17 @@ collection, which the training loop runs with every step.
 
 import tensorflow as tf
 
+import utils
+
 tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+flags.DEFINE_string("frame_packing", "auto",
+                    "Per-frame layers on real frames only: always (gather the real frames "
+                    "of the batch into one matrix), never (the padded [B, T] grid), auto "
+                    "(pack when a video has more than %d frame slots)." % 32)
+
+PACK_ABOVE_FRAMES = 32
 
 BATCH_NORM_DECAY = 0.999
 BATCH_NORM_EPSILON = 1e-3
@@ -151,6 +161,59 @@ def se_context_gating(inputs, reduction, is_training, scope="gating"):
     gates = batch_norm(gates, is_training, "squeeze_bn", activation=tf.nn.relu)
     gates = fully_connected(gates, hidden_size, "excite", use_bias=False)
     return inputs * tf.sigmoid(gates)
+
+
+def packing_enabled(max_frames):
+  """Whether per-frame layers should run on packed real frames (--frame_packing).
+
+  max_frames: the static frame-axis length, or None when unknown.
+  """
+  if FLAGS.frame_packing not in ("auto", "always", "never"):
+    raise utils.UsageError("--frame_packing must be auto, always or never, got %r"
+                           % FLAGS.frame_packing)
+  if FLAGS.frame_packing != "auto":
+    return FLAGS.frame_packing == "always"
+  return max_frames is None or max_frames > PACK_ABOVE_FRAMES
+
+
+class FrameRows(object):
+  """The per-frame rows of a padded batch, for layers applied to every frame.
+
+  Padded: all B*T rows, with a row mask (padding rows are computed and then ignored).
+  Packed: only the rows of real frames, gathered into one [M, F] matrix (M = sum of
+  num_frames), so per-frame work is proportional to real frames; `to_padded` scatters
+  results back to [B, T, C] with zeros at the padding.
+  """
+
+  def __init__(self, frames, mask, packed):
+    """frames [B, T, F], mask [B, T] (1/True for real frames), packed: Python bool."""
+    self.packed = packed
+    self.batch_size = tf.shape(frames)[0]
+    self.max_frames = tf.shape(frames)[1]
+    real = tf.cast(mask, tf.bool)
+    if packed:
+      self.indices = tf.where(real)  # [M, 2] (video, frame), sorted by video
+      self.rows = tf.gather_nd(frames, self.indices)
+      self.row_mask = None
+      self.segment_ids = self.indices[:, 0]
+    else:
+      self.rows = tf.reshape(frames, [-1, int(frames.shape[-1])])
+      self.row_mask = tf.reshape(real, [-1])
+
+  def to_padded(self, values):
+    """Row values [M, C] -> [B, T, C] (zeros at padding when packed)."""
+    channels = int(values.shape[-1])
+    if self.packed:
+      return tf.scatter_nd(self.indices, values,
+                           tf.stack([tf.cast(self.batch_size, tf.int64),
+                                     tf.cast(self.max_frames, tf.int64), channels]))
+    return tf.reshape(values, [self.batch_size, self.max_frames, channels])
+
+  def zero_padding(self, values):
+    """Row values [M, C] with padding rows set to 0 (a no-op when packed)."""
+    if self.packed:
+      return values
+    return values * tf.cast(self.row_mask, values.dtype)[:, None]
 
 
 def frame_mask(num_frames, max_frames, dtype=tf.float32):

@@ -68,34 +68,37 @@ class NeXtVLAD(object):
     """Width of the VLAD vector: K * lambda * N / G."""
     return self.cluster_size * self.group_size
 
-  def forward(self, frames, mask):
+  def forward(self, frames, mask, packed=False):
     """frames [B, T, N] float, mask [B, T] (1 real, 0 padding) -> vlad [B, K*lambda*N/G].
 
-    Padding never reaches the output: its attention is zeroed by the mask and it is
-    left out of the batch statistics.
+    Padding never reaches the output: its attention is zeroed and it is left out of
+    the batch statistics. packed: run the per-frame layers (expansion, attention,
+    cluster logits) on the real frames only (model_utils.FrameRows); same result.
     """
-    batch_size = tf.shape(frames)[0]
-    max_frames = tf.shape(frames)[1]
+    rows = model_utils.FrameRows(frames, mask, packed)
+    batch_size, max_frames = rows.batch_size, rows.max_frames
     expanded_size = self.expansion * self.feature_size
-    x = model_utils.fully_connected(frames, expanded_size, "expansion")
+    x = model_utils.fully_connected(rows.rows, expanded_size, "expansion")
     attention = model_utils.fully_connected(x, self.groups, "group_attention",
                                             activation=tf.sigmoid)
-    attention = attention * mask[:, :, None]
-    attention = tf.reshape(attention, [batch_size, max_frames * self.groups, 1])
+    attention = rows.zero_padding(attention)  # [M, G]
 
     logits = model_utils.fully_connected(x, self.groups * self.cluster_size,
                                          "cluster_logits", use_bias=False)
     logits = model_utils.batch_norm(logits, self.is_training, "cluster_bn",
-                                    mask=mask > 0)
-    logits = tf.reshape(logits, [batch_size, max_frames * self.groups,
-                                 self.cluster_size])
-    assignment = tf.nn.softmax(logits, axis=-1) * attention  # [B, T*G, K]
+                                    mask=rows.row_mask)
+    logits = tf.reshape(logits, [-1, self.groups, self.cluster_size])
+    assignment = tf.nn.softmax(logits, axis=-1) * attention[:, :, None]  # [M, G, K]
+    assignment = tf.reshape(
+        rows.to_padded(tf.reshape(assignment, [-1, self.groups * self.cluster_size])),
+        [batch_size, max_frames * self.groups, self.cluster_size])
+    grouped = tf.reshape(rows.to_padded(x), [batch_size, max_frames * self.groups,
+                                             self.group_size])
 
     centers = tf1.get_variable(
         "cluster_centers", [1, self.group_size, self.cluster_size],
         initializer=tf1.truncated_normal_initializer(stddev=self.group_size ** -0.5))
     assignment_sum = tf.reduce_sum(assignment, axis=1, keepdims=True)  # [B, 1, K]
-    grouped = tf.reshape(x, [batch_size, max_frames * self.groups, self.group_size])
     vlad = tf.matmul(assignment, grouped, transpose_a=True)  # [B, K, D/G]
     vlad = tf.transpose(vlad, [0, 2, 1]) - assignment_sum * centers  # [B, D/G, K]
     vlad = tf.nn.l2_normalize(vlad, axis=1)
@@ -135,6 +138,7 @@ class NeXtVLADModel(model_utils.BaseModel):
     classifier = classifier or FLAGS.video_level_classifier_model
 
     mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
+    packed = model_utils.packing_enabled(model_input.shape[1])
     branch_names = ["rgb", "audio"] + ["feature%d" % i for i in range(2, 10)]
     vlads = []
     start = 0
@@ -143,7 +147,8 @@ class NeXtVLADModel(model_utils.BaseModel):
                         is_training, expansion=expansion,
                         groups=groups if i == 0 else max(groups // 2, 1))
       with tf1.variable_scope("%s_nextvlad" % branch_names[i]):
-        vlads.append(branch.forward(model_input[:, :, start:start + size], mask))
+        vlads.append(branch.forward(model_input[:, :, start:start + size], mask,
+                                    packed))
       start += size
     vlad = tf.concat(vlads, axis=1) if len(vlads) > 1 else vlads[0]
     vlad = model_utils.dropout(vlad, drop_rate, is_training)

@@ -270,3 +270,41 @@ def test_flag_defaults_are_the_starter_codes():
   assert (flags.netvlad_cluster_size, flags.netvlad_hidden_size,
           flags.netvlad_add_batch_norm, flags.gating, flags.hrnn_cells,
           flags.hrnn_block_size) == (64, 1024, True, True, 1024, 15)
+
+
+def _outputs_with_packing(name, overrides, frames, num_frames, is_training, packing,
+                          checkpoint, save):
+  """Model outputs under --frame_packing; weights saved to / restored from disk."""
+  tf1.flags.FLAGS.frame_packing = packing
+  with tf.Graph().as_default():
+    out = _build(name, tf.constant(frames), tf.constant(num_frames), is_training,
+                 **overrides)
+    updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+    saver = tf1.train.Saver()
+    with tf1.Session() as sess:
+      if save:
+        sess.run(tf1.global_variables_initializer())
+        sess.run(updates)
+        saver.save(sess, checkpoint)
+      else:
+        saver.restore(sess, checkpoint)
+      return sess.run(out)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("DbofModel", dict(iterations=0)),
+    ("DbofModel", dict(iterations=0, pooling_method="average")),
+    ("NetVLADModel", {}),
+    ("NeXtVLADModel", {})])
+@pytest.mark.parametrize("is_training", [False, True])
+def test_packed_real_frames_equal_the_padded_computation(tmp_path, name, overrides,
+                                                         is_training):
+  num_frames = [12, 5, 1, 9]
+  frames = _batch(num_frames, T, pad_scale=1e3)
+  checkpoint = str(tmp_path / "m.ckpt")
+  padded = _outputs_with_packing(name, overrides, frames, num_frames, is_training,
+                                 "never", checkpoint, True)
+  packed = _outputs_with_packing(name, overrides, frames, num_frames, is_training,
+                                 "always", checkpoint, False)
+  for key in ("predictions", "representation"):
+    np.testing.assert_allclose(packed[key], padded[key], rtol=2e-4, atol=1e-5)

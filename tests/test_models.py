@@ -203,3 +203,15 @@ def test_distillation_losses_sum_and_mean_reductions():
   expected_kl = (t * np.log(t / s) + (1 - t) * np.log((1 - t) / (1 - s))).sum(1).mean()
   np.testing.assert_allclose(kl, expected_kl, rtol=1e-4)
   assert abs(kl_self) < 1e-6
+
+
+def test_packing_choice_follows_the_flag_and_the_frame_axis():
+  flags = tf1.flags.FLAGS
+  flags.frame_packing = "auto"
+  assert model_utils.packing_enabled(300) and model_utils.packing_enabled(None)
+  assert not model_utils.packing_enabled(30)
+  flags.frame_packing = "never"
+  assert not model_utils.packing_enabled(300)
+  flags.frame_packing = "sometimes"
+  with pytest.raises(utils.UsageError, match="--frame_packing"):
+    model_utils.packing_enabled(300)
