@@ -173,7 +173,7 @@ def main(unused_argv):
   print("Evaluating the %s of %s (model_type %s, %s, k_frame %d)" % (
       role, FLAGS.train_dir, FLAGS.model_type, FLAGS.model, FLAGS.k_frame), flush=True)
   model = EvalGraph(role, recorded["preprocessing"])
-  config = tf1.ConfigProto(allow_soft_placement=True)
+  config = utils.session_config()
   for checkpoint in checkpoints_to_evaluate():
     try:
       result = evaluate_newest_complete(model, checkpoint, config)

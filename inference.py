@@ -98,7 +98,7 @@ def predict_from_checkpoint(run_dir, output):
     graph.finalize()
   print("Predicting with the %s of %s (%s)" % (role, run_dir, os.path.basename(checkpoint)),
         flush=True)
-  with tf1.Session(graph=graph) as sess:
+  with tf1.Session(graph=graph, config=utils.session_config()) as sess:
     saver.restore(sess, checkpoint)
     return write_rows(sess, [batch["video_ids"], indexes, scores], output, reader)
 
@@ -112,7 +112,7 @@ def predict_from_saved_model(export_dir, output):
     files = readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
     records = tf.data.TFRecordDataset(files).batch(FLAGS.batch_size).prefetch(2)
     serialized = tf1.data.make_one_shot_iterator(records).get_next()
-    with tf1.Session(graph=graph) as sess:
+    with tf1.Session(graph=graph, config=utils.session_config()) as sess:
       try:
         meta_graph = tf1.saved_model.load(sess, [tf1.saved_model.tag_constants.SERVING],
                                           export_dir)

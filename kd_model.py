@@ -65,6 +65,8 @@ GRAPH_FLAGS_HERE = ("model", "model_type", "k_frame", "frame_sampling", "kd_mode
                     "kd_ce_weight", "kd_pred_weight", "kd_rep_weight", "kd_reduction",
                     "kd_pred_loss", "regularization_penalty")
 NOT_RECORDED = ("pca_eigenvals",)  # a path; what it did is recorded as "preprocessing"
+# Recorded for the record only: a run can resume, and be evaluated, with or without it.
+INFORMATION_ONLY = ("bf16",)
 MODEL_FLAGS_FILE = "model_flags.json"
 
 
@@ -145,6 +147,7 @@ def model_flags_dict():
   for name in NOT_RECORDED:
     recorded.pop(name, None)
   recorded["preprocessing"] = preprocessing.kind_from_flags()
+  recorded["bf16"] = FLAGS.bf16
   return recorded
 
 
@@ -154,7 +157,7 @@ def apply_model_flags(recorded, source):
   Unknown names (from another version) are an error naming `source`.
   """
   for name, value in recorded.items():
-    if name == "preprocessing":
+    if name == "preprocessing" or name in INFORMATION_ONLY:
       continue
     if name not in FLAGS:
       raise utils.UsageError("%s records an unknown flag --%s" % (source, name))
@@ -165,6 +168,8 @@ def conflicting_flags(recorded, current):
   """Names whose values differ between two model_flags dicts ('x: old -> new')."""
   conflicts = []
   for name in sorted(set(recorded) | set(current)):
+    if name in INFORMATION_ONLY:
+      continue
     if recorded.get(name) != current.get(name):
       conflicts.append("--%s: %r -> %r" % (name, recorded.get(name), current.get(name)))
   return conflicts

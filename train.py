@@ -142,8 +142,7 @@ class Task(object):
 def tower_devices():
   """(device names of the towers, session config) for this machine."""
   cpu_towers = int(os.environ.get(CPU_TOWERS_ENV, "0") or 0)
-  config = tf1.ConfigProto(allow_soft_placement=True,
-                           log_device_placement=FLAGS.log_device_placement)
+  config = utils.session_config(log_device_placement=FLAGS.log_device_placement)
   if cpu_towers > 0:
     config.device_count["CPU"] = cpu_towers
     print("Testing aid %s=%d: %d towers on logical CPU devices."
@@ -291,6 +290,11 @@ class TrainGraph(object):
         tf.cast(self.global_step, tf.float32) * global_batch,
         FLAGS.learning_rate_decay_examples, FLAGS.learning_rate_decay, staircase=True)
     optimizer = getattr(tf1.train, FLAGS.optimizer)(self.learning_rate)
+    # --bf16 on GPUs is float16: it needs dynamic loss scaling, and the wrapper skips the
+    # steps whose scaled gradients overflow (so those are not a divergence).
+    loss_scaling = FLAGS.bf16 and devices[0].startswith("/gpu")
+    if loss_scaling:
+      optimizer = tf1.mixed_precision.enable_mixed_precision_graph_rewrite(optimizer)
 
     kind = preprocessing.kind_from_flags()
     tower_batches = [dict(zip(batch, values)) for values in zip(
@@ -323,10 +327,11 @@ class TrainGraph(object):
     # A diverged step fails here, before any weight changes, so the last checkpoint
     # stays good and training stops with a message naming the step.
     grad_norm = tf.linalg.global_norm([g for g, _ in grads])
-    finite = tf.debugging.Assert(
-        tf.logical_and(tf.math.is_finite(self.loss_terms["total"]),
-                       tf.math.is_finite(grad_norm)),
-        [self.loss_terms["total"], grad_norm], name="finite_loss_check")
+    finite = tf.math.is_finite(self.loss_terms["total"])
+    if not loss_scaling:
+      finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
+    finite = tf.debugging.Assert(finite, [self.loss_terms["total"], grad_norm],
+                                 name="finite_loss_check")
     with tf.control_dependencies([finite]):
       grads = [(tf.identity(g), v) for g, v in grads]
       updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)

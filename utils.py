@@ -8,10 +8,15 @@ import sys
 import tempfile
 
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 tf1 = tf.compat.v1
 flags = tf1.flags
 FLAGS = flags.FLAGS
+flags.DEFINE_bool("bf16", False,
+                  "Compute in reduced precision through TensorFlow's graph rewrite: "
+                  "bfloat16 via oneDNN on CPUs (AVX512_BF16/AMX), the mixed-precision "
+                  "rewrite on GPUs. Variables and checkpoints stay float32.")
 
 
 class UsageError(Exception):
@@ -42,6 +47,18 @@ def run_main(main, argv=None):
   except KeyboardInterrupt:
     print("%s: interrupted" % prog, file=sys.stderr)
     sys.exit(130)
+
+
+def session_config(**kwargs):
+  """A ConfigProto with soft placement and, with --bf16, the mixed-precision rewrite."""
+  config = tf1.ConfigProto(allow_soft_placement=True, **kwargs)
+  if FLAGS.bf16:
+    rewrites = config.graph_options.rewrite_options
+    if tf.config.list_physical_devices("GPU"):
+      rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+    else:
+      rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+  return config
 
 
 def Dequantize(feat_vector, max_quantized_value=2, min_quantized_value=-2):

@@ -61,31 +61,39 @@ def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0):
   return input_fn
 
 
-def run_case(case, source, steps, data_pattern):
+def run_case(case, source, steps, data_pattern, extra_flags=()):
   """Builds and times one case in this process; returns a dict of measurements."""
   import kd_model
   import train
+  import utils
   FLAGS = tf1.flags.FLAGS
-  FLAGS(["bench"] + DOCUMENTED + CASES[case] + ["--train_data_pattern=" + data_pattern])
+  FLAGS(["bench"] + DOCUMENTED + CASES[case] + ["--train_data_pattern=" + data_pattern] +
+        list(extra_flags))
   result = {"case": case, "source": source}
   input_fn = random_input(80) if source == "model" else None
-  if case == "teacher_forward":
-    graph = tf.Graph()
-    with graph.as_default():
-      batch = (input_fn or train.reader_input)(80)
-      outputs = kd_model.inference_outputs(batch, kd_model.TEACHER, "none")
-      fetch = tf.reduce_sum(outputs["predictions"])
-      init = tf1.global_variables_initializer()
-  else:
+
+  def build():
+    if case == "teacher_forward":
+      graph = tf.Graph()
+      with graph.as_default():
+        batch = (input_fn or train.reader_input)(80)
+        outputs = kd_model.inference_outputs(batch, kd_model.TEACHER, "none")
+        return graph, tf.reduce_sum(outputs["predictions"]), \
+            tf1.global_variables_initializer()
     model = train.TrainGraph(["/cpu:0"], train.Task(), None, None, input_fn=input_fn)
-    graph = model.graph
-    with graph.as_default():
-      fetch = model.train_op
-      init = tf1.global_variables_initializer()
+    with model.graph.as_default():
+      return model.graph, model.train_op, tf1.global_variables_initializer()
+
+  if source == "model" and case == "teacher":
+    # The profiler needs static shapes: count on the padded graph (the same FLOPs
+    # when every frame is real, as here).
+    packing = FLAGS.frame_packing
+    FLAGS.frame_packing = "never"
+    result["flops_per_step"] = common.float_ops(build()[0])
+    FLAGS.frame_packing = packing
+  graph, fetch, init = build()
   with graph.as_default():
-    if source == "model" and case == "teacher":
-      result["flops_per_step"] = common.float_ops(graph)
-    with tf1.Session() as sess:
+    with tf1.Session(config=utils.session_config()) as sess:
       sess.run(init)
       result["seconds_per_step"] = common.time_runs(sess, fetch, steps)
   result["videos_per_second"] = 80 / result["seconds_per_step"]
@@ -96,10 +104,10 @@ def run_case(case, source, steps, data_pattern):
   return result
 
 
-def run_in_subprocess(case, source, steps, data_pattern):
+def run_in_subprocess(case, source, steps, data_pattern, extra_flags=()):
   out = subprocess.run([sys.executable, os.path.abspath(__file__), "--case=" + case,
                         "--source=" + source, "--steps=%d" % steps,
-                        "--data_pattern=" + data_pattern],
+                        "--data_pattern=" + data_pattern] + list(extra_flags),
                        capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -146,16 +154,17 @@ def main():
   parser.add_argument("--case", choices=sorted(CASES))
   parser.add_argument("--source", choices=["model", "e2e"], default="model")
   parser.add_argument("--data_pattern", default="")
-  args = parser.parse_args()
+  args, extra_flags = parser.parse_known_args()  # the rest go to the model (--bf16 ...)
   if args.case:
-    print(json.dumps(run_case(args.case, args.source, args.steps, args.data_pattern)))
+    print(json.dumps(run_case(args.case, args.source, args.steps, args.data_pattern,
+                              extra_flags)))
     return
   pattern = common.generated_data(args.data_dir, args.videos, min_frames=300,
                                   short_video_fraction=0.0)
   results = []
   for case in CASES:
     for source in ("model", "e2e"):
-      result = run_in_subprocess(case, source, args.steps, pattern)
+      result = run_in_subprocess(case, source, args.steps, pattern, extra_flags)
       print("%-16s %-6s %.2f s/step" % (case, source, result["seconds_per_step"]),
             flush=True)
       results.append(result)
