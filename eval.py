@@ -86,7 +86,7 @@ def evaluate_checkpoint(model, checkpoint, config):
   start = time.time()
   kd_model.check_checkpoint_matches(model.variables, checkpoint, "checkpoint")
   with tf1.Session(graph=model.graph, config=config) as sess:
-    model.saver.restore(sess, checkpoint)
+    utils.restore_checkpoint(model.saver, sess, checkpoint)
     sess.run([model.local_init, model.initializer])
     while True:
       try:

@@ -71,7 +71,7 @@ def export(run_dir, checkpoint, output_dir, role):
     staging = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".", dir=parent)
     try:
       with tf1.Session() as sess:
-        saver.restore(sess, checkpoint)
+        utils.restore_checkpoint(saver, sess, checkpoint)
         builder = tf1.saved_model.Builder(os.path.join(staging, "model"))
         signature = tf1.saved_model.predict_signature_def(
             inputs={SIGNATURE_INPUT: serialized}, outputs=outputs)

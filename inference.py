@@ -99,7 +99,7 @@ def predict_from_checkpoint(run_dir, output):
   print("Predicting with the %s of %s (%s)" % (role, run_dir, os.path.basename(checkpoint)),
         flush=True)
   with tf1.Session(graph=graph, config=utils.session_config()) as sess:
-    saver.restore(sess, checkpoint)
+    utils.restore_checkpoint(saver, sess, checkpoint)
     return write_rows(sess, [batch["video_ids"], indexes, scores], output, reader)
 
 

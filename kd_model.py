@@ -64,7 +64,9 @@ GRAPH_FLAG_MODULES = (readers, preprocessing, video_level_models, nextvlad,
 GRAPH_FLAGS_HERE = ("model", "model_type", "k_frame", "frame_sampling", "kd_mode",
                     "kd_ce_weight", "kd_pred_weight", "kd_rep_weight", "kd_reduction",
                     "kd_pred_loss", "regularization_penalty")
-NOT_RECORDED = ("pca_eigenvals",)  # a path; what it did is recorded as "preprocessing"
+# Not the graph: a path (what it did is recorded as "preprocessing"), and which records
+# a run reads.
+NOT_RECORDED = ("pca_eigenvals", "skip_corrupt_records")
 # Recorded for the record only: a run can resume, and be evaluated, with or without it.
 INFORMATION_ONLY = ("bf16",)
 MODEL_FLAGS_FILE = "model_flags.json"

@@ -41,9 +41,13 @@ def load_rgb_scale(path, rgb_size=1024):
     eigenvalues = np.load(path).astype(np.float64).reshape(-1)
   except Exception as e:  # numpy raises several types for a bad file
     raise utils.UsageError("--pca_eigenvals=%s is not a .npy array: %s" % (path, e))
-  if eigenvalues.size < rgb_size or (eigenvalues[:rgb_size] < 0).any():
-    raise utils.UsageError("--pca_eigenvals=%s needs at least %d non-negative values, "
-                           "has %d" % (path, rgb_size, eigenvalues.size))
+  if eigenvalues.size < rgb_size:
+    raise utils.UsageError("--pca_eigenvals=%s needs at least %d values, has %d"
+                           % (path, rgb_size, eigenvalues.size))
+  if not np.isfinite(eigenvalues[:rgb_size]).all():
+    raise utils.UsageError("--pca_eigenvals=%s holds NaN or Inf values" % path)
+  if (eigenvalues[:rgb_size] < 0).any():
+    raise utils.UsageError("--pca_eigenvals=%s holds negative eigenvalues" % path)
   return (np.sqrt(eigenvalues[:rgb_size]) + 1e-4).astype(np.float32)
 
 

@@ -71,6 +71,9 @@ flags.DEFINE_integer("log_every_n_steps", 10, "Console line and training summari
 # Testing aid: run N towers on N logical CPU devices (no GPU needed).
 CPU_TOWERS_ENV = "YT8M_CPU_TOWERS"
 VALIDATION_FILE = "validation.jsonl"
+# First value the non-finite checks print: TensorFlow's error text names neither the
+# Assert op nor its scope, so this string is how a diverged step is recognised.
+NON_FINITE_MARKER = "finite_loss_check: loss or gradient not finite"
 
 
 def resolve_train_dir():
@@ -330,8 +333,9 @@ class TrainGraph(object):
     finite = tf.math.is_finite(self.loss_terms["total"])
     if not loss_scaling:
       finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
-    finite = tf.debugging.Assert(finite, [self.loss_terms["total"], grad_norm],
-                                 name="finite_loss_check")
+    finite = tf.debugging.Assert(
+        finite, [NON_FINITE_MARKER, self.loss_terms["total"], grad_norm],
+        name="finite_loss_check")
     with tf.control_dependencies([finite]):
       grads = [(tf.identity(g), v) for g, v in grads]
       updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
@@ -339,6 +343,14 @@ class TrainGraph(object):
       self.train_op = tf.group(apply, *updates)
     with tf.control_dependencies([self.train_op]):
       self.step_after_update = tf.identity(self.global_step.read_value())
+    # An update can overflow even from a finite gradient (a huge learning rate); the
+    # checkpoint listener checks the weights before every save, not every step. Each
+    # check runs where its variable lives (a parameter server sends one bool).
+    finite_vars = []
+    for v in train_vars:
+      with tf1.colocate_with(v):
+        finite_vars.append(tf.reduce_all(tf.math.is_finite(v)))
+    self.weights_finite = tf.reduce_all(finite_vars)
 
     self.saver = tf1.train.Saver(max_to_keep=5)
     self.init_fn = None
@@ -388,6 +400,20 @@ class ValidationGraph(object):
     if self.skipped:
       result["skipped_records"], result["cut_shards"] = self.skipped.report(session)
     return result
+
+
+class FiniteWeightsBeforeSave(tf1.train.CheckpointSaverListener):
+  """Refuses to checkpoint weights that are not finite; training stops instead."""
+
+  def __init__(self, weights_finite, train_dir):
+    self.weights_finite = weights_finite
+    self.train_dir = train_dir
+
+  def before_save(self, session, global_step_value):
+    if not session.run(self.weights_finite):
+      raise utils.UsageError(
+          "training stopped at step %d: the updated weights are not finite (diverged); "
+          "the last good checkpoint in %s is kept" % (global_step_value, self.train_dir))
 
 
 class StepLogger(object):
@@ -474,8 +500,9 @@ def train(train_dir, task, server):
     if task.is_chief:
       creator = tf1.train.ChiefSessionCreator(scaffold=scaffold, master=master,
                                               config=config, checkpoint_dir=train_dir)
-      hooks = [tf1.train.CheckpointSaverHook(train_dir, save_steps=FLAGS.export_model_steps,
-                                             scaffold=scaffold)]
+      hooks = [tf1.train.CheckpointSaverHook(
+          train_dir, save_steps=FLAGS.export_model_steps, scaffold=scaffold,
+          listeners=[FiniteWeightsBeforeSave(model.weights_finite, train_dir)])]
     else:
       creator = tf1.train.WorkerSessionCreator(scaffold=scaffold, master=master,
                                                config=config)
@@ -511,7 +538,7 @@ def train(train_dir, task, server):
           print("--skip_corrupt_records: skipped %d corrupt records and the unreadable "
                 "rest of %d damaged shards" % (skipped, cut), flush=True)
     except tf.errors.InvalidArgumentError as e:
-      if "finite_loss_check" in str(e):
+      if NON_FINITE_MARKER in str(e):
         raise utils.UsageError(
             "training stopped at step %d: the loss or its gradient is not finite "
             "(diverged, or NaN/Inf in the input); the last good checkpoint in %s is "

@@ -197,6 +197,22 @@ def atomic_output(path, mode="w"):
     raise
 
 
+def restore_checkpoint(saver, session, checkpoint):
+  """saver.restore; a checkpoint deleted meanwhile is a UsageError naming it.
+
+  A running training's Saver deletes all but its newest checkpoints, possibly between
+  choosing `checkpoint` and restoring it (tf.train.Saver then raises ValueError or
+  NotFoundError).
+  """
+  try:
+    saver.restore(session, checkpoint)
+  except (ValueError, tf.errors.NotFoundError):
+    if tf.io.gfile.exists(checkpoint + ".index"):
+      raise
+    raise UsageError("checkpoint %s was deleted while being read (a running training "
+                     "keeps only its newest checkpoints); try again" % checkpoint)
+
+
 def write_json(path, obj):
   """Writes `obj` as pretty JSON to `path` atomically."""
   with atomic_output(path) as f:
