@@ -13,7 +13,11 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
-demo: $(VENV)/.installed
+$(VENV)/.demo-installed: $(VENV)/.installed requirements-demo.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-demo.txt
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(PY) tools/demo.py --out_dir=demo_out
 
 clean:

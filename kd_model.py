@@ -276,7 +276,32 @@ def tower_loss(batch, reuse, preprocessing_kind, training_scale=None, seed=None)
               FLAGS.regularization_penalty * regularization_loss(TEACHER))
   terms["total"] = total
   terms["predictions"] = student["predictions"]
+  terms["representation_width"] = int(student["representation"].shape[-1])
   return terms
+
+
+RECIPE_BATCH, RECIPE_WIDTH = 80, 2048
+
+
+def loss_scale_note(batch_size, representation_width):
+  """A note when summed KD terms meet another batch/width than the recipe tuned for.
+
+  With --kd_reduction=sum, L_rep grows with batch x representation width and L_pred
+  with the batch, while L_CE is a batch mean; the documented weights (0.01, 0.001)
+  are tuned for batch 80 per tower and width 2048. Returns None when they apply as
+  they are, else one line with the weights that keep the recipe's balance.
+  """
+  if FLAGS.model_type != "KD" or FLAGS.kd_reduction != "sum":
+    return None
+  if (batch_size, representation_width) == (RECIPE_BATCH, RECIPE_WIDTH):
+    return None
+  rep = FLAGS.kd_rep_weight * RECIPE_BATCH * RECIPE_WIDTH / (batch_size *
+                                                            representation_width)
+  pred = FLAGS.kd_pred_weight * RECIPE_BATCH / batch_size
+  return ("note: L_rep and L_pred are summed over the batch (--kd_reduction=sum) with "
+          "weights tuned for batch %d and a %d-wide representation; at batch %d and width "
+          "%d the recipe's balance is --kd_rep_weight=%.4g --kd_pred_weight=%.4g"
+          % (RECIPE_BATCH, RECIPE_WIDTH, batch_size, representation_width, rep, pred))
 
 
 def inference_outputs(batch, role, preprocessing_kind, reuse=False):

@@ -521,15 +521,21 @@ def _label_problem(reader, labels_feature, present):
   return None
 
 
-def _frame_record_problem(reader, serialized):
+def _parse_record(reader, serialized, proto_class):
+  """(proto, None) or (None, problem) for the common checks: decoding, id, labels."""
   try:
-    example = tf.train.SequenceExample.FromString(serialized)
+    record = proto_class.FromString(serialized)
   except Exception:  # protobuf raises its own DecodeError type
-    return "not a tf.train.SequenceExample"
-  context = example.context.feature
+    return None, "not a tf.train.%s" % proto_class.__name__
+  context = (record.context.feature if proto_class is tf.train.SequenceExample
+             else record.features.feature)
   if "id" not in context:
-    return "no 'id' feature"
-  problem = _label_problem(reader, context.get("labels"), "labels" in context)
+    return None, "no 'id' feature"
+  return record, _label_problem(reader, context.get("labels"), "labels" in context)
+
+
+def _frame_record_problem(reader, serialized):
+  example, problem = _parse_record(reader, serialized, tf.train.SequenceExample)
   if problem:
     return problem
   lists = example.feature_lists.feature_list
@@ -548,16 +554,10 @@ def _frame_record_problem(reader, serialized):
 
 
 def _video_record_problem(reader, serialized):
-  try:
-    example = tf.train.Example.FromString(serialized)
-  except Exception:  # protobuf raises its own DecodeError type
-    return "not a tf.train.Example"
-  features = example.features.feature
-  if "id" not in features:
-    return "no 'id' feature"
-  problem = _label_problem(reader, features.get("labels"), "labels" in features)
+  example, problem = _parse_record(reader, serialized, tf.train.Example)
   if problem:
     return problem
+  features = example.features.feature
   for name, size in zip(reader.feature_names, reader.feature_sizes):
     if name not in features:
       return "no '%s' feature (--feature_names)" % name

@@ -322,9 +322,11 @@ class TrainGraph(object):
     if FLAGS.clip_gradient_norm > 0:
       grads = utils.clip_gradient_norms(grads, FLAGS.clip_gradient_norm)
 
+    self.loss_scale_note = kd_model.loss_scale_note(
+        FLAGS.batch_size, towers[0].get("representation_width"))
     self.loss_terms = {}
     for name in towers[0]:
-      if name != "predictions":
+      if name not in ("predictions", "representation_width"):
         self.loss_terms[name] = tf.add_n([t[name] for t in towers]) / self.num_towers
     self.predictions = tf.concat([t["predictions"] for t in towers], axis=0)
     # A diverged step fails here, before any weight changes, so the last checkpoint
@@ -492,6 +494,8 @@ def train(train_dir, task, server):
     check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
     print("Teacher: %s" % teacher_checkpoint)
   model = TrainGraph(devices, task, rgb_scale, teacher_checkpoint)
+  if model.loss_scale_note:
+    print(model.loss_scale_note, flush=True)
   steps_cap = max_steps()
 
   with model.graph.as_default():

@@ -469,3 +469,14 @@ def test_model_flags_dict_records_the_graph_flags_and_conflicts_name_them(tiny):
   changed = dict(recorded, drop_rate=0.5, k_frame=30)
   assert kd_model.conflicting_flags(recorded, changed) == ["--drop_rate: 0.25 -> 0.5",
                                                            "--k_frame: 6 -> 30"]
+
+
+def test_loss_scale_note_gives_the_recipe_balance_for_other_sizes(set_flags):
+  set_flags(model_type="KD", kd_reduction="sum", kd_rep_weight=0.001, kd_pred_weight=0.01)
+  assert kd_model.loss_scale_note(80, 2048) is None  # the documented sizes
+  note = kd_model.loss_scale_note(32, 256)
+  assert "--kd_rep_weight=0.02 --kd_pred_weight=0.025" in note  # x20 and x2.5
+  set_flags(kd_reduction="mean")
+  assert kd_model.loss_scale_note(32, 256) is None
+  set_flags(model_type="teacher", kd_reduction="sum")
+  assert kd_model.loss_scale_note(32, 256) is None

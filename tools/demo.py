@@ -1,0 +1,277 @@
+"""The recipe end to end on generated data: teacher, k-frame baseline, distilled student.
+
+  python tools/demo.py --out_dir=demo_out [--seeds=0] [--scale=1.0]
+
+Everything goes through the same commands a user runs (tools/make_synthetic_yt8m.py,
+train.py, eval.py, inference.py), only at demo sizes. Writes under --out_dir:
+  data/                 the generated YouTube-8M-layout shards
+  runs/demo_s<seed>_*   the three run directories (checkpoints, events, validation.jsonl)
+  predictions.csv       Kaggle CSV of the distilled student on the validation videos
+  results.md            the results table (also printed)
+  gap_vs_step.png       validation GAP of the three runs against training steps
+  commands.txt          every command that was run, in order
+With several --seeds the table also gives the spread over seeds.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+K = 6
+# Generated data in the YouTube-8M layout: 24 verticals, long-tailed labels, scenes;
+# 200 classes so that 2000 training videos give the teacher ~30 examples per class.
+DATA_FLAGS = ["--num_classes=200"]
+TRAIN_VIDEOS, VALIDATE_VIDEOS = 2000, 1000
+# The documented recipe at the documented batch (80) and hidden size (2048), so its
+# loss weights (0.01, 0.001, summed over the batch) apply unchanged; a smaller VLAD
+# (32 clusters, expansion 1) keeps the teacher's 300-frame passes affordable.
+MODEL_FLAGS = ["--model=NeXtVLADModel", "--num_classes=200",
+               "--nextvlad_cluster_size=32", "--nextvlad_hidden_size=2048",
+               "--groups=8", "--expansion=1", "--gating_reduction=8", "--drop_rate=0.5",
+               "--video_level_classifier_model=LogisticModel", "--l2_penalty=1e-5"]
+TRAIN_FLAGS = ["--batch_size=80", "--base_learning_rate=0.002", "--learning_rate_decay=0.7",
+               "--learning_rate_decay_examples=6400", "--num_epochs=1000",
+               "--num_readers=2", "--log_every_n_steps=70"]
+STEPS = {"teacher": 280, "student": 280, "KD": 280}
+VALIDATE_EVERY = 70
+RUN_KINDS = [("teacher", ["--model_type=teacher", "--k_frame=300"], "_teacher"),
+             ("student", ["--model_type=teacher", "--k_frame=%d" % K], "_student_k_%d" % K),
+             ("KD", ["--model_type=KD", "--k_frame=%d" % K], "_KD_k_%d" % K)]
+LABELS = {"teacher": "NeXtVLAD teacher", "student": "student baseline (hard labels)",
+          "KD": "distilled student (L_CE + 0.01 L_pred + 0.001 L_rep)"}
+
+
+def import_tensorflow_quietly():
+  """Imports TensorFlow with its start-up log lines (C++, on fd 2) silenced."""
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow as tf
+  finally:
+    os.dup2(saved, 2)
+    os.close(devnull)
+    os.close(saved)
+  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+  return tf
+
+
+class Runner(object):
+  """Runs the project's CLIs, logging each command and its output under out_dir."""
+
+  def __init__(self, out_dir):
+    self.out_dir = out_dir
+    self.log = open(os.path.join(out_dir, "commands.txt"), "a")
+
+  def run(self, script, args, quiet=False):
+    command = [sys.executable, os.path.join(ROOT, script)] + list(args)
+    self.log.write(" ".join(shlex.quote(c) for c in command[1:]) + "\n")
+    self.log.flush()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.time()
+    process = subprocess.run(command, capture_output=True, text=True, env=env)
+    if process.returncode != 0:
+      sys.stderr.write(process.stdout[-2000:] + process.stderr[-3000:])
+      raise SystemExit("demo: %s failed (exit %d)" % (script, process.returncode))
+    if not quiet:
+      print("  %s done in %.0f s" % (script, time.time() - start), flush=True)
+    return process.stdout
+
+
+def generate_data(runner, data_dir, scale):
+  if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+    print("data: reusing %s" % data_dir)
+    return
+  print("data: generating %d train / %d validate videos" % (
+      TRAIN_VIDEOS * scale, VALIDATE_VIDEOS * scale), flush=True)
+  runner.run("tools/make_synthetic_yt8m.py", [
+      "--output_dir=" + data_dir, "--train_videos=%d" % int(TRAIN_VIDEOS * scale),
+      "--validate_videos=%d" % int(VALIDATE_VIDEOS * scale), "--shards=4", "--seed=0",
+      "--no_video_level"] + DATA_FLAGS)
+
+
+def read_jsonl(path):
+  """Records of a JSON-lines file (none when it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def finished(run_dir, steps):
+  """True when run_dir holds a checkpoint of step `steps` (a completed earlier run)."""
+  records = read_jsonl(os.path.join(run_dir, "validation.jsonl"))
+  return bool(records) and records[-1]["step"] == steps and os.path.exists(
+      os.path.join(run_dir, "model.ckpt-%d.index" % steps))
+
+
+def train_runs(runner, data_dir, runs_dir, seed, scale, fresh):
+  """The three train.py runs of the documented recipe; returns {kind: run dir}."""
+  base = os.path.join(runs_dir, "demo_s%d" % seed)
+  train_pattern = os.path.join(data_dir, "frame", "train*.tfrecord")
+  validate_pattern = os.path.join(data_dir, "frame", "validate*.tfrecord")
+  run_dirs = {}
+  for kind, kind_flags, suffix in RUN_KINDS:
+    steps = max(int(STEPS[kind] * scale), 2)
+    run_dirs[kind] = base + suffix
+    if not fresh and finished(run_dirs[kind], steps):
+      print("train: reusing the finished run %s" % run_dirs[kind])
+      continue
+    print("train: %s (seed %d, %d steps)" % (LABELS[kind], seed, steps), flush=True)
+    runner.run("train.py", MODEL_FLAGS + TRAIN_FLAGS + kind_flags + [
+        "--train_data_pattern=" + train_pattern, "--eval_data_pattern=" + validate_pattern,
+        "--train_dir=" + base, "--seed=%d" % seed, "--max_steps=%d" % steps,
+        "--export_model_steps=%d" % max(1, min(VALIDATE_EVERY, steps)),
+        "--start_new_model=True"])
+  return run_dirs
+
+
+def evaluate(runner, run_dir, validate_pattern):
+  """eval.py --run_once on the run's latest checkpoint; returns its eval.jsonl record."""
+  runner.run("eval.py", ["--train_dir=" + run_dir, "--eval_data_pattern=" +
+                         validate_pattern, "--run_once", "--batch_size=100"])
+  return read_jsonl(os.path.join(run_dir, "eval.jsonl"))[-1]
+
+
+def inference_rate(runner, run_dir, validate_pattern, output_file):
+  """inference.py over the validation videos; returns its videos/s."""
+  out = runner.run("inference.py", ["--train_dir=" + run_dir, "--input_data_pattern=" +
+                                    validate_pattern, "--output_file=" + output_file,
+                                    "--batch_size=100"])
+  rates = re.findall(r"(\d+) videos, ([0-9.]+) videos/s", out)
+  return float(rates[-1][1])
+
+
+def flops_per_video(run_dir):
+  """Inference FLOPs per video of the run's model, counted from its graph."""
+  tf = import_tensorflow_quietly()
+  import kd_model
+  tf1 = tf.compat.v1
+  if not tf1.flags.FLAGS.is_parsed():
+    tf1.flags.FLAGS(["demo"])
+  recorded = kd_model.load_run(run_dir)
+  tf1.flags.FLAGS.frame_packing = "never"  # static shapes for the profiler
+  batch_size = 8
+  graph = tf.Graph()
+  with graph.as_default():
+    width = sum(int(s) for s in tf1.flags.FLAGS.feature_sizes.split(","))
+    max_frames = tf1.flags.FLAGS.max_frames
+    batch = {"video_matrix": tf.zeros([batch_size, max_frames, width], tf.uint8),
+             "num_frames": tf.fill([batch_size], max_frames)}
+    outputs = kd_model.inference_outputs(batch, kd_model.role_to_use(),
+                                         recorded["preprocessing"])
+    tf.math.top_k(outputs["predictions"], 20)
+    options = tf1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf1.profiler.profile(graph, options=options).total_float_ops / batch_size
+
+
+def plot(run_dirs_by_seed, path):
+  """GAP vs step of every run from validation.jsonl; False when matplotlib is missing."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  colors = {"teacher": "tab:blue", "student": "tab:red", "KD": "tab:green"}
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  for seed, run_dirs in sorted(run_dirs_by_seed.items()):
+    for kind, run_dir in run_dirs.items():
+      records = read_jsonl(os.path.join(run_dir, "validation.jsonl"))
+      axes.plot([r["step"] for r in records], [r["gap"] for r in records],
+                color=colors[kind], alpha=1.0 if seed == min(run_dirs_by_seed) else 0.45,
+                label=LABELS[kind] if seed == min(run_dirs_by_seed) else None,
+                marker="o", markersize=3)
+  axes.set_xlabel("training step (batch 80)")
+  axes.set_ylabel("validation GAP")
+  axes.set_title("Teacher on 300 frames vs students on %d frames (generated data)" % K)
+  axes.grid(alpha=0.3)
+  axes.legend(loc="lower right")
+  figure.tight_layout()
+  tmp = path + ".tmp.png"
+  figure.savefig(tmp, dpi=110)
+  os.replace(tmp, path)
+  return True
+
+
+def results_table(rows_by_kind):
+  """Markdown table: one row per model kind, mean (and spread) over seeds."""
+  lines = ["| model | frames seen | GAP | mAP | Hit@1 | PERR | GFLOP/video | "
+           "inference videos/s |", "|---|---|---|---|---|---|---|---|"]
+  for kind, _, _ in RUN_KINDS:
+    rows = rows_by_kind[kind]
+
+    def cell(key, fmt="%.4f"):
+      values = [r[key] for r in rows]
+      mean = sum(values) / len(values)
+      if len(values) == 1:
+        return fmt % mean
+      return (fmt + " ± " + fmt) % (mean, (max(values) - min(values)) / 2)
+    lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        LABELS[kind], "300" if kind == "teacher" else str(K), cell("gap"), cell("map"),
+        cell("hit_at_one"), cell("perr"), cell("gflops", "%.3f"),
+        cell("videos_per_second", "%.0f")))
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out_dir", default="demo_out")
+  parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+  parser.add_argument("--scale", type=float, default=1.0,
+                      help="scales videos and steps (the smoke test uses ~0.01)")
+  parser.add_argument("--fresh", action="store_true",
+                      help="retrain runs that an earlier demo finished")
+  args = parser.parse_args(argv)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  out_dir = os.path.abspath(args.out_dir)
+  data_dir = os.path.join(out_dir, "data")
+  runs_dir = os.path.join(out_dir, "runs")
+  os.makedirs(runs_dir, exist_ok=True)
+  runner = Runner(out_dir)
+  start = time.time()
+  generate_data(runner, data_dir, args.scale)
+  validate_pattern = os.path.join(data_dir, "frame", "validate*.tfrecord")
+
+  rows_by_kind = {kind: [] for kind, _, _ in RUN_KINDS}
+  run_dirs_by_seed = {}
+  for seed in seeds:
+    run_dirs = train_runs(runner, data_dir, runs_dir, seed, args.scale, args.fresh)
+    run_dirs_by_seed[seed] = run_dirs
+    for kind, run_dir in run_dirs.items():
+      print("evaluate: %s (seed %d)" % (LABELS[kind], seed), flush=True)
+      record = evaluate(runner, run_dir, validate_pattern)
+      csv = os.path.join(out_dir, "predictions.csv" if kind == "KD" and seed == seeds[0]
+                         else "predictions_%s_s%d.csv" % (kind, seed))
+      record["videos_per_second"] = inference_rate(runner, run_dir, validate_pattern, csv)
+      record["gflops"] = flops_per_video(run_dir) / 1e9
+      rows_by_kind[kind].append(record)
+
+  table = results_table(rows_by_kind)
+  header = ("Generated data: %d train / %d validate videos; seeds %s; total %.1f min\n\n"
+            % (TRAIN_VIDEOS * args.scale, VALIDATE_VIDEOS * args.scale, args.seeds,
+               (time.time() - start) / 60))
+  with open(os.path.join(out_dir, "results.md"), "w") as f:
+    f.write(header + table + "\n")
+  print()
+  print(header + table)
+  if plot(run_dirs_by_seed, os.path.join(out_dir, "gap_vs_step.png")):
+    print("\nplot: %s" % os.path.join(out_dir, "gap_vs_step.png"))
+  else:
+    print("\n(matplotlib not installed: no plot)")
+  print("predictions: %s" % os.path.join(out_dir, "predictions.csv"))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

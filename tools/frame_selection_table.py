@@ -1,0 +1,90 @@
+"""The paper's Table 1 for a model on given data: GAP of k-frame students by how their
+frames are picked, next to the distilled student.
+
+  python tools/frame_selection_table.py --demo_dir=demo_out [--ks=6,10,15,20,30]
+
+Rows: Uniform-k, Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k (students
+trained alone on hard labels with that --frame_sampling) and the KD student (uniform
+frames, distilled from the demo's teacher); columns: k. Every cell is a train.py run
+followed by eval.py --run_once, with the demo's model, data and training settings
+(tools/demo.py), so the KD row at k=6 is the demo's distilled student. Prints a
+Markdown table and writes it to <demo_dir>/frame_selection_table.md.
+"""
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from tools import demo  # noqa: E402
+
+ROWS = [("Uniform-k", "uniform"), ("Random-k", "random"), ("First-k", "first"),
+        ("Middle-k", "middle"), ("Last-k", "last"),
+        ("First-Middle-Last-k", "first_middle_last")]
+
+
+def cell(runner, args, base, kind_flags, suffix, steps):
+  """Trains one student (unless its run is complete) and returns its validation GAP."""
+  run_dir = base + suffix
+  validate = os.path.join(args.demo_dir, "data", "frame", "validate*.tfrecord")
+  done = os.path.join(run_dir, "eval.jsonl")
+  if not os.path.exists(done):
+    runner.run("train.py", demo.MODEL_FLAGS + demo.TRAIN_FLAGS + kind_flags + [
+        "--train_data_pattern=" + os.path.join(args.demo_dir, "data", "frame",
+                                               "train*.tfrecord"),
+        "--train_dir=" + base, "--seed=%d" % args.seed, "--max_steps=%d" % steps,
+        "--export_model_steps=%d" % steps, "--start_new_model=True"], quiet=True)
+  return demo.evaluate(runner, run_dir, validate)["gap"]
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--demo_dir", default="demo_out",
+                      help="output directory of tools/demo.py (data and teacher run)")
+  parser.add_argument("--ks", default="6,10,15,20,30")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--scale", type=float, default=1.0, help="scales training steps")
+  args = parser.parse_args(argv)
+  ks = [int(k) for k in args.ks.split(",")]
+  teacher_dir = os.path.join(args.demo_dir, "runs", "demo_s%d_teacher" % args.seed)
+  if not os.path.isdir(teacher_dir):
+    raise SystemExit("frame_selection_table: no teacher run at %s; run tools/demo.py "
+                     "--out_dir=%s first" % (teacher_dir, args.demo_dir))
+  runner = demo.Runner(args.demo_dir)
+  table_dir = os.path.join(args.demo_dir, "table_runs")
+  steps = {kind: max(int(n * args.scale), 2) for kind, n in demo.STEPS.items()}
+  gaps = {}
+  for label, strategy in ROWS:
+    for k in ks:
+      base = os.path.join(table_dir, "%s_s%d" % (strategy, args.seed))
+      gaps[(label, k)] = cell(runner, args, base, [
+          "--model_type=student", "--k_frame=%d" % k, "--frame_sampling=" + strategy],
+          "_student_k_%d" % k, steps["student"])
+      print("%-20s k=%-3d GAP %.4f" % (label, k, gaps[(label, k)]), flush=True)
+  for k in ks:
+    # The KD run's base is the demo's, so train.py finds <base>_teacher by itself.
+    base = os.path.join(args.demo_dir, "runs", "demo_s%d" % args.seed)
+    gaps[("KD student", k)] = cell(runner, args, base, [
+        "--model_type=KD", "--k_frame=%d" % k], "_KD_k_%d" % k, steps["KD"])
+    print("%-20s k=%-3d GAP %.4f" % ("KD student", k, gaps[("KD student", k)]),
+          flush=True)
+  teacher_gap = demo.evaluate(runner, teacher_dir, os.path.join(
+      args.demo_dir, "data", "frame", "validate*.tfrecord"))["gap"]
+  lines = ["Teacher (all frames): GAP %.4f" % teacher_gap, "",
+           "| frames picked | " + " | ".join("k=%d" % k for k in ks) + " |",
+           "|---|" + "---|" * len(ks)]
+  for label in [label for label, _ in ROWS] + ["KD student"]:
+    lines.append("| %s | %s |" % (label, " | ".join("%.4f" % gaps[(label, k)]
+                                                     for k in ks)))
+  table = "\n".join(lines)
+  with open(os.path.join(args.demo_dir, "frame_selection_table.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
