@@ -17,6 +17,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import eval_util  # noqa: E402
@@ -234,7 +235,6 @@ def check_teacher_preprocessing(checkpoint, rgb_scale):
         % (checkpoint, "with" if name in stored else "without",
            "with" if rgb_scale is not None else "without"))
   if rgb_scale is not None:
-    import numpy as np
     if not np.allclose(tf.train.load_variable(checkpoint, name), rgb_scale):
       raise utils.UsageError("the teacher %s was trained with other --pca_eigenvals "
                              "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
@@ -478,21 +478,17 @@ class StepLogger(object):
       self.writer.flush()
 
 
-def train(train_dir, task, server):
-  """Builds the graph and runs the training loop until max steps or end of data."""
+def train(train_dir, task, server, rgb_scale, teacher_checkpoint):
+  """Builds the graph and runs the training loop until max steps or end of data.
+
+  teacher_checkpoint: where a fresh serial-KD run restores teacher/ from (else None).
+  """
   devices, config = tower_devices()
   if task.cluster is not None:
     # Talk only to the parameter servers and ourselves: a worker must not wait for
     # other workers (a finished chief would otherwise block a late worker forever).
     config.device_filters.extend(["/job:ps", "/job:%s/task:%d" % (task.type, task.index)])
-  rgb_scale = (preprocessing.load_rgb_scale(FLAGS.pca_eigenvals)
-               if preprocessing.kind_from_flags() == preprocessing.PCA else None)
   has_checkpoint = tf1.train.latest_checkpoint(train_dir) is not None
-  teacher_checkpoint = None
-  if FLAGS.model_type == "KD" and FLAGS.kd_mode == "serial" and not has_checkpoint:
-    teacher_checkpoint = resolve_teacher_checkpoint()
-    check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
-    print("Teacher: %s" % teacher_checkpoint)
   model = TrainGraph(devices, task, rgb_scale, teacher_checkpoint)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
@@ -571,8 +567,18 @@ def main(unused_argv):
       print("Parameter server %d serving." % task.index, flush=True)
       server.join()
       return 0
+  rgb_scale = (preprocessing.load_rgb_scale(FLAGS.pca_eigenvals)
+               if preprocessing.kind_from_flags() == preprocessing.PCA else None)
+  teacher_checkpoint = None
+  # The teacher is resolved before the run directory is touched, so a KD run without
+  # a usable teacher leaves nothing behind.
+  if (FLAGS.model_type == "KD" and FLAGS.kd_mode == "serial" and
+      (FLAGS.start_new_model or not tf1.train.latest_checkpoint(train_dir))):
+    teacher_checkpoint = resolve_teacher_checkpoint()
+    check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
+    print("Teacher: %s" % teacher_checkpoint)
   prepare_run_dir(train_dir, task.is_chief)
-  train(train_dir, task, server)
+  train(train_dir, task, server, rgb_scale, teacher_checkpoint)
   return 0
 
 

@@ -814,6 +814,8 @@ def test_kd_without_a_usable_teacher_names_what_is_missing_or_mismatched(drivers
   assert "KD needs a trained teacher: no checkpoint in %s_teacher" % os.path.join(
       drivers["root"], "runs", "kd_no_teacher") in line
   assert train["kd_no_teacher"]["graphs_built"] == 0
+  # Nothing is left behind: the run directory is created only once a teacher is found.
+  assert not os.path.exists(os.path.join(drivers["root"], "runs", "kd_no_teacher_KD_k_4"))
   assert ("--teacher_checkpoint=/nonexistent/model.ckpt-7 does not exist" in
           error_line(train["kd_teacher_path_missing"]))
   line = error_line(train["kd_teacher_other_shapes"])
