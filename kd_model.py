@@ -231,7 +231,8 @@ def tower_loss(batch, reuse, preprocessing_kind, training_scale=None, seed=None)
   Returns:
     dict with `total` (the loss to minimise), `label_loss` (L_CE of the trained model
     or the student), `rep_loss` and `pred_loss` (KD only), `regularization`,
-    `predictions` [B, C] of the trained model (the student in KD).
+    `predictions` [B, C] of the trained model (the student in KD) and, in KD, the
+    student's `representation` [B, H].
   """
   label_loss = losses.get_label_loss(FLAGS.label_loss)
   labels = batch["labels"]
@@ -276,7 +277,7 @@ def tower_loss(batch, reuse, preprocessing_kind, training_scale=None, seed=None)
               FLAGS.regularization_penalty * regularization_loss(TEACHER))
   terms["total"] = total
   terms["predictions"] = student["predictions"]
-  terms["representation_width"] = int(student["representation"].shape[-1])
+  terms["representation"] = student["representation"]
   return terms
 
 

@@ -118,6 +118,11 @@ def validate_flags():
     readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
 
 
+
+def _width(representation):
+  """Last dimension of a [B, H] tensor, or None when there is none (no KD)."""
+  return None if representation is None else int(representation.shape[-1])
+
 class Task(object):
   """This process's role in TF_CONFIG (or a lone master when it is not set)."""
 
@@ -323,10 +328,10 @@ class TrainGraph(object):
       grads = utils.clip_gradient_norms(grads, FLAGS.clip_gradient_norm)
 
     self.loss_scale_note = kd_model.loss_scale_note(
-        FLAGS.batch_size, towers[0].get("representation_width"))
+        FLAGS.batch_size, _width(towers[0].get("representation")))
     self.loss_terms = {}
     for name in towers[0]:
-      if name not in ("predictions", "representation_width"):
+      if name not in ("predictions", "representation"):
         self.loss_terms[name] = tf.add_n([t[name] for t in towers]) / self.num_towers
     self.predictions = tf.concat([t["predictions"] for t in towers], axis=0)
     # A diverged step fails here, before any weight changes, so the last checkpoint
