@@ -147,12 +147,7 @@ class DbofModel(model_utils.BaseModel):
 
     frames, mask = self._sample(model_input, num_frames, iterations,
                                 "random" if sample_random_frames else "uniform")
-    if mask is None:  # sampled: every frame is real
-      mask = tf.ones(tf.shape(frames)[:2])
-      packed = False
-    else:
-      packed = model_utils.packing_enabled(frames.shape[1])
-    rows = model_utils.FrameRows(frames, mask, packed)
+    rows = model_utils.FrameRows(frames, mask, model_utils.packing_enabled(frames.shape[1]))
     clusters = self._cluster_layer(rows, cluster_size, add_batch_norm, is_training)
     pooled = self._pool(rows, clusters, pooling_method)
 
@@ -205,6 +200,8 @@ class DbofModel(model_utils.BaseModel):
               else tf.math.unsorted_segment_mean)
       return pool(clusters, rows.segment_ids, num_segments=rows.batch_size)
     padded = rows.to_padded(clusters)
+    if rows.row_mask is None:  # sampled: every frame is real
+      return (tf.reduce_max if pooling_method == "max" else tf.reduce_mean)(padded, 1)
     mask = tf.reshape(tf.cast(rows.row_mask, padded.dtype), tf.shape(padded)[:2])
     return (masked_max if pooling_method == "max" else masked_mean)(padded, mask)
 
@@ -256,7 +253,7 @@ def netvlad(frames, mask, cluster_size, add_batch_norm, is_training):
     logits = model_utils.batch_norm(logits, is_training, "cluster_bn",
                                     mask=rows.row_mask)
   assignment = tf.nn.softmax(logits, axis=-1)
-  if not rows.packed:
+  if rows.row_mask is not None:
     # tf.where, not a product: padded frames may hold anything, even inf.
     real = rows.row_mask[:, None]
     assignment = tf.where(real, assignment, tf.zeros_like(assignment))

@@ -28,8 +28,11 @@ class CrossEntropyLoss(BaseLoss):
   def calculate_loss(self, predictions, labels, **unused_params):
     epsilon = 1e-5
     labels = tf.cast(labels, tf.float32)
+    # max(1 - p, 0) is 1 - p in float32. Under --bf16 (8 mantissa bits) a mixture of
+    # experts can round p above 1, and 1 - p + epsilon, refolded as (1 + epsilon) - p,
+    # can round to 0: log would give NaN or -inf.
     cross_entropy = (labels * tf.math.log(predictions + epsilon) +
-                     (1 - labels) * tf.math.log(1 - predictions + epsilon))
+                     (1 - labels) * tf.math.log(tf.maximum(1 - predictions, 0.0) + epsilon))
     return tf.reduce_mean(tf.reduce_sum(-cross_entropy, axis=1))
 
 
@@ -87,11 +90,13 @@ def prediction_loss(teacher, student, kind="mse", reduction="sum"):
   if kind == "mse":
     per_example = tf.reduce_sum(tf.square(teacher - student), axis=1)
   elif kind == "kl":
+    # Each probability and its complement bounded away from 0 separately: under --bf16
+    # a clip to 1 - epsilon rounds to 1 and (1 - t) / (1 - s) would be 0 / 0.
     epsilon = 1e-6
-    t = tf.clip_by_value(teacher, epsilon, 1 - epsilon)
-    s = tf.clip_by_value(student, epsilon, 1 - epsilon)
-    per_example = tf.reduce_sum(t * tf.math.log(t / s) +
-                                (1 - t) * tf.math.log((1 - t) / (1 - s)), axis=1)
+    t, s = tf.maximum(teacher, epsilon), tf.maximum(student, epsilon)
+    t_c, s_c = tf.maximum(1 - teacher, epsilon), tf.maximum(1 - student, epsilon)
+    per_example = tf.reduce_sum(t * tf.math.log(t / s) + t_c * tf.math.log(t_c / s_c),
+                                axis=1)
   else:
     raise utils.UsageError("--kd_pred_loss must be mse or kl, got %r" % kind)
   return _reduce(per_example, reduction)

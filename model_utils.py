@@ -85,6 +85,24 @@ def _masked_moments(inputs, mask):
   return mean, variance
 
 
+def _fused_batch_norm(inputs, beta, gamma, epsilon):
+  """Training-mode batch norm of [..., C] in one fused kernel (and one for its gradient).
+
+  Returns (outputs, batch mean, batch variance). The kernel normalizes with the biased
+  variance but returns the unbiased one; the (n - 1) / n factor gives back the biased
+  variance, the same moment _masked_moments computes.
+  """
+  channels = int(inputs.shape[-1])
+  rows = tf.reshape(inputs, [-1, 1, 1, channels])
+  ones = tf.ones([channels], inputs.dtype)
+  outputs, mean, unbiased = tf1.nn.fused_batch_norm(
+      rows, ones if gamma is None else gamma, ones * 0 if beta is None else beta,
+      epsilon=epsilon, is_training=True)
+  n = tf.cast(tf.shape(rows)[0], unbiased.dtype)
+  variance = unbiased * (n - 1.0) / tf.maximum(n, 1.0)
+  return tf.reshape(outputs, tf.shape(inputs)), mean, variance
+
+
 def batch_norm(inputs, is_training, scope, center=True, scale=True, mask=None,
                decay=BATCH_NORM_DECAY, epsilon=BATCH_NORM_EPSILON, activation=None):
   """Batch normalization over the last axis of `inputs` [..., C].
@@ -116,8 +134,12 @@ def batch_norm(inputs, is_training, scope, center=True, scale=True, mask=None,
     update_count = tf1.get_variable("update_count", [], dtype=tf.float32,
                                     trainable=False, initializer=tf1.zeros_initializer(),
                                     collections=moving_collections)
-    if is_training:
+    outputs = None
+    if is_training and mask is None:
+      outputs, mean, variance = _fused_batch_norm(inputs, beta, gamma, epsilon)
+    elif is_training:
       mean, variance = _masked_moments(inputs, mask)
+    if is_training:
       count = tf1.assign_add(update_count, 1.0)
       rate = (1.0 - decay) / (1.0 - tf.pow(decay, count))
       tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
@@ -126,7 +148,8 @@ def batch_norm(inputs, is_training, scope, center=True, scale=True, mask=None,
           moving_variance, (moving_variance - variance) * rate))
     else:
       mean, variance = moving_mean, moving_variance
-    outputs = tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
+    if outputs is None:
+      outputs = tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
     if activation is not None:
       outputs = activation(outputs)
   return outputs
@@ -182,16 +205,22 @@ class FrameRows(object):
   Padded: all B*T rows, with a row mask (padding rows are computed and then ignored).
   Packed: only the rows of real frames, gathered into one [M, F] matrix (M = sum of
   num_frames), so per-frame work is proportional to real frames; `to_padded` scatters
-  results back to [B, T, C] with zeros at the padding.
+  results back to [B, T, C] with zeros at the padding. `row_mask` is None when every
+  row is real (packed, or no mask given).
   """
 
   def __init__(self, frames, mask, packed):
-    """frames [B, T, F], mask [B, T] (1/True for real frames), packed: Python bool."""
-    self.packed = packed
+    """frames [B, T, F], mask [B, T] (1/True for real frames; None: all real),
+    packed: Python bool."""
+    self.packed = packed and mask is not None
     self.batch_size = tf.shape(frames)[0]
     self.max_frames = tf.shape(frames)[1]
+    if mask is None:
+      self.rows = tf.reshape(frames, [-1, int(frames.shape[-1])])
+      self.row_mask = None
+      return
     real = tf.cast(mask, tf.bool)
-    if packed:
+    if self.packed:
       self.indices = tf.where(real)  # [M, 2] (video, frame), sorted by video
       self.rows = tf.gather_nd(frames, self.indices)
       self.row_mask = None
@@ -210,8 +239,8 @@ class FrameRows(object):
     return tf.reshape(values, [self.batch_size, self.max_frames, channels])
 
   def zero_padding(self, values):
-    """Row values [M, C] with padding rows set to 0 (a no-op when packed)."""
-    if self.packed:
+    """Row values [M, C] with padding rows set to 0 (a no-op when every row is real)."""
+    if self.row_mask is None:
       return values
     return values * tf.cast(self.row_mask, values.dtype)[:, None]
 

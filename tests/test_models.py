@@ -118,6 +118,32 @@ def test_batch_norm_inference_uses_moving_averages_and_adds_no_updates():
       np.testing.assert_allclose(sess.run(y), [[1.0, 2.0], [3.0, 6.0]])  # mean 0, var 1
 
 
+def test_fused_batch_norm_equals_the_masked_path_with_every_row_real():
+  # mask=None trains through one fused kernel; an all-true mask through the moments.
+  x = np.random.RandomState(0).normal(2.0, 3.0, size=(4, 6, 5)).astype(np.float32)
+  weights = np.arange(5, dtype=np.float32)
+  with tf.Graph().as_default():
+    inputs = tf.constant(x)
+    fused = model_utils.batch_norm(inputs, True, "fused")
+    masked = model_utils.batch_norm(inputs, True, "masked", mask=tf.ones([4, 6]))
+    grads = [tf.gradients(tf.reduce_sum(tf.sin(y) * weights), inputs)[0]
+             for y in (fused, masked)]
+    updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+    moving = [[v for v in tf1.global_variables() if v.op.name == scope + "/moving_variance"]
+              [0] for scope in ("fused", "masked")]
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      y_fused, y_masked, g_fused, g_masked = sess.run([fused, masked] + grads)
+      sess.run(updates)
+      var_fused, var_masked = sess.run(moving)
+  assert y_fused.shape == x.shape
+  np.testing.assert_allclose(y_fused, y_masked, atol=1e-5)
+  np.testing.assert_allclose(g_fused, g_masked, atol=1e-5)
+  # The biased variance (the unbiased one would be 24/23 = 4% larger).
+  np.testing.assert_allclose(var_fused, x.reshape(-1, 5).var(0), rtol=1e-4)
+  np.testing.assert_allclose(var_fused, var_masked, rtol=1e-4)
+
+
 def test_masked_batch_norm_statistics_skip_masked_rows():
   with tf.Graph().as_default():
     x = tf.constant([[1.0], [3.0], [1000.0]])
@@ -202,6 +228,22 @@ def test_distillation_losses_sum_and_mean_reductions():
   np.testing.assert_allclose(pred_sum, per_example.sum(), rtol=1e-6)
   expected_kl = (t * np.log(t / s) + (1 - t) * np.log((1 - t) / (1 - s))).sum(1).mean()
   np.testing.assert_allclose(kl, expected_kl, rtol=1e-4)
+  assert abs(kl_self) < 1e-6
+
+
+def test_probability_losses_stay_finite_at_bf16_rounding():
+  # Under --bf16 probabilities near 1 round to exactly 1 or just above it (1 + 2^-7).
+  p = np.array([[1.0, 1.0078125, 0.0, 0.5]], np.float32)
+  y = np.array([[1, 0, 0, 1]], np.float32)
+  with tf.Graph().as_default():
+    ce = _run(losses.CrossEntropyLoss().calculate_loss(tf.constant(p), tf.constant(y)))
+    kl = _run(losses.prediction_loss(tf.constant(p), tf.constant(p[:, ::-1]), "kl"))
+    kl_self = _run(losses.prediction_loss(tf.constant(p), tf.constant(p), "kl"))
+  # -log(1 + 1e-5) for the right 1.0, -log(1e-5) for the wrong 1.0078, 0 for the
+  # right 0.0, -log(0.5 + 1e-5) for the 0.5.
+  np.testing.assert_allclose(ce, -np.log(1 + 1e-5) - np.log(1e-5) - np.log(0.5 + 1e-5),
+                             rtol=1e-5)
+  assert np.isfinite(kl) and kl > 0
   assert abs(kl_self) < 1e-6
 
 
