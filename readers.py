@@ -93,6 +93,10 @@ class YT8MAggregatedFeatureReader(object):
       checks.append(tf.equal(tf.size(features[name].values), size))
     return tf.reduce_all(tf.stack(checks))
 
+  def parse_stages(self):
+    """The functions make_dataset maps over batches of serialized records, in order."""
+    return [self.parse_batch]
+
   def parse_batch(self, serialized):
     """[B] serialized Examples -> batch dict (video_matrix [B, sum(feature_sizes)])."""
     spec = {"id": tf.io.FixedLenFeature([], tf.string),
@@ -170,12 +174,27 @@ class YT8MFrameFeatureReader(object):
     range, missing labels) fail the batch with InvalidArgumentError; `find_bad_record`
     then names the file and record.
     """
-    context, frames, lengths = tf.io.parse_sequence_example(
+    return self.decode_parsed(*self.parse_records(serialized))
+
+  def parse_stages(self):
+    """parse_batch as two functions for tf.data to pipeline: parse, then decode.
+
+    As separate map stages, the decoding of one batch overlaps the parsing of the next.
+    """
+    return [self.parse_records, self.decode_parsed]
+
+  def parse_records(self, serialized):
+    """[B] serialized SequenceExamples -> (context, frame byte strings, lengths)."""
+    return tf.io.parse_sequence_example(
         serialized,
         context_features={"id": tf.io.FixedLenFeature([], tf.string),
                           "labels": tf.io.VarLenFeature(tf.int64)},
         sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string)
                            for name in self.feature_names})
+
+  def decode_parsed(self, context, frames, lengths):
+    """parse_records' output -> the batch dict of parse_batch."""
+    batch_size = tf.shape(context["id"])[0]
     num_frames = None
     matrices = []
     checks = []
@@ -194,13 +213,16 @@ class YT8MFrameFeatureReader(object):
     checks.append(tf.debugging.assert_positive(num_frames, message="video with 0 frames"))
     if self.require_labels:
       label_counts = tf.math.bincount(tf.cast(context["labels"].indices[:, 0], tf.int32),
-                                      minlength=tf.shape(serialized)[0])
+                                      minlength=batch_size)
       checks.append(tf.debugging.assert_positive(label_counts,
                                                  message="video without labels"))
+    padding = self.max_frames - tf.shape(matrices[0])[1]
+    # Pad copies even by 0 frames; most batches hold a video of max_frames frames.
+    matrices = [tf.cond(padding > 0,
+                        lambda m=m: tf.pad(m, [[0, 0], [0, padding], [0, 0]]),
+                        lambda m=m: m) for m in matrices]
     with tf.control_dependencies(checks):
       video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
-    padding = self.max_frames - tf.shape(video_matrix)[1]
-    video_matrix = tf.pad(video_matrix, [[0, 0], [0, padding], [0, 0]])
     video_matrix.set_shape([None, self.max_frames, sum(self.feature_sizes)])
     if self.dequantize:
       video_matrix = dequantize_frames(video_matrix, num_frames)
@@ -320,8 +342,9 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   if shuffle:
     dataset = dataset.shuffle(max(5 * batch_size, 256), seed=seed)
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-  dataset = dataset.map(reader.parse_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=deterministic)
+  for stage in reader.parse_stages():
+    dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic)
   return dataset.prefetch(2)
 
 
