@@ -134,7 +134,7 @@ def report(step, metrics, checkpoint, role):
       "hit_at_one": float(metrics["avg_hit_at_one"]),
       "perr": float(metrics["avg_perr"]), "loss": float(metrics["avg_loss"]),
       "num_examples": int(metrics["num_examples"]),
-      "skipped_records": metrics.get("skipped_records"),
+      "skipped_records": metrics.get("skipped_records"), "bf16": FLAGS.bf16,
       "data": FLAGS.eval_data_pattern, "time": time.time()})
 
 

@@ -81,6 +81,22 @@ def test_eval_metrics_equal_eval_util_on_direct_predictions(runs, run, role):
   assert "GAP: %.4f" % expected["gap"] in out
 
 
+def test_bf16_eval_stays_close_to_float32_and_is_recorded(runs):
+  pattern = "--eval_data_pattern=" + runs["validate"]
+  records = []
+  for extra in ([], ["--bf16"]):
+    helpers.run_cli("eval.py", ["--train_dir=" + runs["teacher"], pattern, "--run_once",
+                                "--batch_size=4"] + extra)
+    records.append([json.loads(l) for l in open(os.path.join(runs["teacher"],
+                                                               "eval.jsonl"))][-1])
+  fp32, bf16 = records
+  assert (fp32["bf16"], bf16["bf16"]) == (False, True)
+  assert fp32["num_examples"] == bf16["num_examples"] == 13
+  # bfloat16 keeps 8 bits of mantissa: the ranking moves a little, not a lot.
+  assert abs(bf16["gap"] - fp32["gap"]) < 0.03
+  assert abs(bf16["loss"] - fp32["loss"]) / fp32["loss"] < 0.05
+
+
 def test_kd_student_and_teacher_predictions_differ(runs):
   _, student, _ = _direct_predictions(runs["kd"], runs["validate"], "student")
   _, teacher, _ = _direct_predictions(runs["kd"], runs["validate"], "teacher")

@@ -5,7 +5,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -85,6 +84,33 @@ def test_model_type_student_is_the_baseline_too(data, tmp_path):
       "--model_type=student", "--k_frame=5", "--batch_size=4", "--max_steps=1"] +
       helpers.TINY_MODEL)
   assert tf1.train.latest_checkpoint(str(tmp_path / "run_student_k_5"))
+
+
+def test_bf16_trains_float32_variables_and_resumes_without_it(data, tmp_path):
+  train_pattern, _ = data
+  common = ["--train_data_pattern=" + train_pattern, "--train_dir=%s/run" % tmp_path,
+            "--batch_size=4", "--export_model_steps=100"] + helpers.TINY_MODEL
+  helpers.run_cli("train.py", common + ["--max_steps=2", "--bf16"])
+  run_dir = str(tmp_path / "run_teacher")
+  assert json.load(open(os.path.join(run_dir, "model_flags.json")))["bf16"] is True
+  reader = tf1.train.NewCheckpointReader(tf1.train.latest_checkpoint(run_dir))
+  dtypes = reader.get_variable_to_dtype_map()
+  assert dtypes and all(d in (tf.float32, tf.int64) for d in dtypes.values()), dtypes
+  before = _checkpoint_values(tf1.train.latest_checkpoint(run_dir), "teacher/")
+  assert all(np.all(np.isfinite(v)) for v in before.values())
+  # Recorded for information only: the run resumes in float32.
+  out = helpers.run_cli("train.py", common + ["--max_steps=3"]).stdout
+  assert "Starting at step 2 (resumed)" in out
+
+
+def test_bf16_session_config_turns_on_the_onednn_rewrite():
+  from tensorflow.core.protobuf import rewriter_config_pb2
+  import utils
+  rewrites = utils.session_config().graph_options.rewrite_options
+  assert rewrites.auto_mixed_precision_onednn_bfloat16 != rewriter_config_pb2.RewriterConfig.ON
+  tf1.flags.FLAGS.bf16 = True  # conftest restores the flags after each test
+  rewrites = utils.session_config().graph_options.rewrite_options
+  assert rewrites.auto_mixed_precision_onednn_bfloat16 == rewriter_config_pb2.RewriterConfig.ON
 
 
 def _one_step(train_pattern, train_dir, batch_size, towers):
