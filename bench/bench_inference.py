@@ -12,9 +12,6 @@ k=6 <= 10% and k=30 <= 16% of the teacher's; model-only videos/s k=30 >= 5x and 
 """
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 
 import common
@@ -70,6 +67,14 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
   return result
 
 
+def run_in_subprocess(case, source, batch_size, batches, data_pattern, extra_flags=()):
+  """Runs one case in a child process -> its dict of measurements."""
+  return common.run_child(__file__, ["--case=" + case, "--source=" + source,
+                                     "--batch_size=%d" % batch_size,
+                                     "--batches=%d" % batches,
+                                     "--data_pattern=" + data_pattern] + list(extra_flags))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=80)
@@ -89,12 +94,8 @@ def main():
   results = {}
   for case in CASES:
     for source in ("model", "e2e"):
-      out = subprocess.run(
-          [sys.executable, os.path.abspath(__file__), "--case=" + case,
-           "--source=" + source, "--batch_size=%d" % args.batch_size,
-           "--batches=%d" % args.batches, "--data_pattern=" + pattern] + extra_flags,
-          capture_output=True, text=True, check=True)
-      results[(case, source)] = json.loads(out.stdout.strip().splitlines()[-1])
+      results[(case, source)] = run_in_subprocess(case, source, args.batch_size,
+                                                  args.batches, pattern, extra_flags)
       print("%-12s %-6s %.1f videos/s" % (case, source,
                                           results[(case, source)]["videos_per_second"]),
             flush=True)

@@ -17,15 +17,11 @@ import argparse
 import heapq
 import json
 import os
-import resource
-import subprocess
-import sys
 import time
 
+import common
+import eval_util
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import eval_util  # noqa: E402
 
 DENSE_TARGET = 20000
 FAST_TARGET = 200000
@@ -157,26 +153,11 @@ def run_fast(inputs, num_class, top_k, count):
   return timed(work)
 
 
-def peak_rss_mb():
-  """Peak resident memory of this process in MiB.
-
-  VmHWM restarts at exec; ru_maxrss (the fallback) would keep the forked parent's peak.
-  """
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 1024.0
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def memory_child(args):
   """Fast path over args.videos synthetic videos; prints a JSON line (run in a subprocess)."""
   rng = np.random.default_rng(1)
   metrics = eval_util.EvaluationMetrics(args.classes, args.top_k)
-  before = peak_rss_mb()
+  before = common.peak_rss_mb()
   accumulate_seconds = 0.0
   done = 0
   while done < args.videos:
@@ -187,9 +168,9 @@ def memory_child(args):
     accumulate_seconds += time.perf_counter() - start
     done += size
   del batch
-  after_accumulate = peak_rss_mb()
+  after_accumulate = common.peak_rss_mb()
   result, get_seconds = timed(metrics.get)
-  after = peak_rss_mb()
+  after = common.peak_rss_mb()
   print(json.dumps({
       "videos": done, "pairs": done * args.top_k,
       "accumulate_seconds": accumulate_seconds, "get_seconds": get_seconds,
@@ -259,11 +240,9 @@ def main():
 
   memory = None
   if not args.skip_memory:
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory_child",
-                            "--videos=%d" % args.videos, "--batch=%d" % args.batch,
-                            "--classes=%d" % args.classes, "--top_k=%d" % args.top_k],
-                           check=True, capture_output=True, text=True)
-    memory = json.loads(child.stdout.strip().splitlines()[-1])
+    memory = common.run_child(__file__, [
+        "--memory_child", "--videos=%d" % args.videos, "--batch=%d" % args.batch,
+        "--classes=%d" % args.classes, "--top_k=%d" % args.top_k])
     seconds = memory["accumulate_seconds"] + memory["get_seconds"]
     rows.append(("(e) fast path, memory run", memory["videos"], seconds,
                  memory["videos"] / seconds))

@@ -14,9 +14,6 @@ train.py builds (train.TrainGraph). Targets (issue 4):
 """
 import argparse
 import json
-import os
-import subprocess
-import sys
 
 import common
 import numpy as np
@@ -105,11 +102,10 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
 
 
 def run_in_subprocess(case, source, steps, data_pattern, extra_flags=()):
-  out = subprocess.run([sys.executable, os.path.abspath(__file__), "--case=" + case,
-                        "--source=" + source, "--steps=%d" % steps,
-                        "--data_pattern=" + data_pattern] + list(extra_flags),
-                       capture_output=True, text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  """Runs one case in a child process -> its dict of measurements."""
+  return common.run_child(__file__, ["--case=" + case, "--source=" + source,
+                                     "--steps=%d" % steps, "--data_pattern=" + data_pattern]
+                          + list(extra_flags))
 
 
 def report(results):

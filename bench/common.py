@@ -1,6 +1,11 @@
-"""Shared benchmark helpers: generated data, timing, peak memory, FLOP counting."""
+"""Shared benchmark helpers: generated data, child processes, timing, peak memory,
+FLOP counting. TensorFlow is imported only by the helpers that need it, so numpy-only
+benchmarks (bench_metrics) measure their memory without it.
+"""
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -8,10 +13,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
-
-tf1 = tf.compat.v1
 
 
 def generated_data(directory, videos, num_classes=3862, seed=0, shards=4, **knobs):
@@ -30,8 +31,25 @@ def generated_data(directory, videos, num_classes=3862, seed=0, shards=4, **knob
   return pattern
 
 
+def run_child(script, args):
+  """Runs `python script args` -> the JSON object its last stdout line prints.
+
+  A failing child stops the benchmark with its command and the end of its stderr.
+  """
+  command = [sys.executable, os.path.abspath(script)] + list(args)
+  child = subprocess.run(command, capture_output=True, text=True)
+  if child.returncode != 0:
+    tail = "\n".join(child.stderr.strip().splitlines()[-15:])
+    raise SystemExit("benchmark child failed (exit %d): %s\n%s"
+                     % (child.returncode, " ".join(command), tail))
+  return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_mb():
-  """Peak resident memory of this process so far, in MB."""
+  """Peak resident memory of this process so far, in MB.
+
+  VmHWM restarts at exec; ru_maxrss (the fallback) would keep a forked parent's peak.
+  """
   try:
     with open("/proc/self/status") as f:
       for line in f:
@@ -54,13 +72,16 @@ def time_runs(session, fetches, runs, warmup=2, feed_dict=None):
 
 def float_ops(graph):
   """FLOPs of one run of `graph` as counted by tf.compat.v1.profiler (static shapes)."""
-  options = tf1.profiler.ProfileOptionBuilder.float_operation()
+  import tensorflow as tf
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
   options["output"] = "none"
-  return tf1.profiler.profile(graph, options=options).total_float_ops
+  return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
 
 
 def matmul_flops_per_second(session_config=None, size=4096, runs=10):
   """FLOP/s of a large fp32 matmul on this machine (the roofline for a dense model)."""
+  import tensorflow as tf
+  tf1 = tf.compat.v1
   graph = tf.Graph()
   with graph.as_default():
     a = tf.Variable(tf.random.normal([size, size]))
