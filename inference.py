@@ -14,7 +14,6 @@ import os
 import pathlib
 import shutil
 import tarfile
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads

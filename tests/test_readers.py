@@ -1,5 +1,4 @@
 """Readers round-trip hand-made YouTube-8M records exactly; bad records are named."""
-import os
 
 import numpy as np
 import pytest
