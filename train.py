@@ -118,11 +118,6 @@ def validate_flags():
     readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
 
 
-
-def _width(representation):
-  """Last dimension of a [B, H] tensor, or None when there is none (no KD)."""
-  return None if representation is None else int(representation.shape[-1])
-
 class Task(object):
   """This process's role in TF_CONFIG (or a lone master when it is not set)."""
 
@@ -325,10 +320,16 @@ class TrainGraph(object):
             terms["total"], var_list=train_vars, colocate_gradients_with_ops=True))
     grads = utils.combine_gradients(tower_grads)
     if FLAGS.clip_gradient_norm > 0:
-      grads = utils.clip_gradient_norms(grads, FLAGS.clip_gradient_norm)
+      grads, norms = utils.clip_gradient_norms(grads, FLAGS.clip_gradient_norm)
+      grad_norm = tf.add_n(norms)  # sum of per-tensor norms: finite iff every one is
+    else:
+      grad_norm = tf.linalg.global_norm([g for g, _ in grads])
 
-    self.loss_scale_note = kd_model.loss_scale_note(
-        FLAGS.batch_size, _width(towers[0].get("representation")))
+    if "representation" in towers[0]:  # KD
+      self.loss_scale_note = kd_model.loss_scale_note(
+          FLAGS.batch_size, int(towers[0]["representation"].shape[-1]))
+    else:
+      self.loss_scale_note = None
     self.loss_terms = {}
     for name in towers[0]:
       if name not in ("predictions", "representation"):
@@ -336,7 +337,6 @@ class TrainGraph(object):
     self.predictions = tf.concat([t["predictions"] for t in towers], axis=0)
     # A diverged step fails here, before any weight changes, so the last checkpoint
     # stays good and training stops with a message naming the step.
-    grad_norm = tf.linalg.global_norm([g for g, _ in grads])
     finite = tf.math.is_finite(self.loss_terms["total"])
     if not loss_scaling:
       finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))

@@ -162,17 +162,23 @@ def combine_gradients(tower_grads):
 
 
 def clip_gradient_norms(gradients_to_variables, max_norm):
-  """Clips each gradient tensor to L2 norm `max_norm` (per tensor, as the starter)."""
-  clipped = []
+  """Clips each gradient tensor to L2 norm `max_norm` (per tensor, as the starter).
+
+  Returns (clipped (gradient, variable) pairs, the L2 norm of each gradient before
+  clipping): the norms are computed anyway, and a NaN or Inf in any gradient makes its
+  norm non-finite, so callers check them instead of reading the gradients again.
+  """
+  clipped, norms = [], []
   for grad, var in gradients_to_variables:
     if grad is not None:
-      if isinstance(grad, tf.IndexedSlices):
-        grad = tf.IndexedSlices(tf.clip_by_norm(grad.values, max_norm), grad.indices,
-                                grad.dense_shape)
-      else:
-        grad = tf.clip_by_norm(grad, max_norm)
+      values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
+      norm = tf.norm(values)
+      values = values * (max_norm / tf.maximum(norm, max_norm))
+      norms.append(norm)
+      grad = (tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+              if isinstance(grad, tf.IndexedSlices) else values)
     clipped.append((grad, var))
-  return clipped
+  return clipped, norms
 
 
 @contextlib.contextmanager

@@ -247,6 +247,24 @@ def test_probability_losses_stay_finite_at_bf16_rounding():
   assert abs(kl_self) < 1e-6
 
 
+def test_gradient_clipping_per_tensor_returns_the_norms_before_clipping():
+  import utils
+  with tf.Graph().as_default():
+    big, small = tf.constant([3.0, 4.0]), tf.constant([0.3, 0.4])
+    sparse = tf.IndexedSlices(tf.constant([[6.0, 8.0]]), tf.constant([1]),
+                              tf.constant([3, 2]))
+    nan = tf.constant([np.nan, 1.0])
+    clipped, norms = utils.clip_gradient_norms(
+        [(big, "a"), (small, "b"), (sparse, "c"), (None, "d"), (nan, "e")], 1.0)
+    values = _run([clipped[0][0], clipped[1][0], clipped[2][0].values] + norms)
+  assert [v for _, v in clipped] == ["a", "b", "c", "d", "e"] and clipped[3][0] is None
+  np.testing.assert_allclose(values[0], [0.6, 0.8], rtol=1e-6)
+  np.testing.assert_allclose(values[1], [0.3, 0.4], rtol=1e-6)  # under the cap
+  np.testing.assert_allclose(values[2], [[0.6, 0.8]], rtol=1e-6)
+  np.testing.assert_allclose(values[3:6], [5.0, 0.5, 10.0], rtol=1e-6)
+  assert np.isnan(values[6])  # a NaN gradient shows in its norm
+
+
 def test_packing_choice_follows_the_flag_and_the_frame_axis():
   flags = tf1.flags.FLAGS
   flags.frame_packing = "auto"
