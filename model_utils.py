@@ -14,12 +14,11 @@ import utils
 tf1 = tf.compat.v1
 flags = tf1.flags
 FLAGS = flags.FLAGS
+PACK_ABOVE_FRAMES = 32
 flags.DEFINE_string("frame_packing", "auto",
                     "Per-frame layers on real frames only: always (gather the real frames "
                     "of the batch into one matrix), never (the padded [B, T] grid), auto "
-                    "(pack when a video has more than %d frame slots)." % 32)
-
-PACK_ABOVE_FRAMES = 32
+                    "(pack when a video has more than %d frame slots)." % PACK_ABOVE_FRAMES)
 
 BATCH_NORM_DECAY = 0.999
 BATCH_NORM_EPSILON = 1e-3
@@ -94,9 +93,9 @@ def _fused_batch_norm(inputs, beta, gamma, epsilon):
   """
   channels = int(inputs.shape[-1])
   rows = tf.reshape(inputs, [-1, 1, 1, channels])
-  ones = tf.ones([channels], inputs.dtype)
   outputs, mean, unbiased = tf1.nn.fused_batch_norm(
-      rows, ones if gamma is None else gamma, ones * 0 if beta is None else beta,
+      rows, tf.ones([channels], inputs.dtype) if gamma is None else gamma,
+      tf.zeros([channels], inputs.dtype) if beta is None else beta,
       epsilon=epsilon, is_training=True)
   n = tf.cast(tf.shape(rows)[0], unbiased.dtype)
   variance = unbiased * (n - 1.0) / tf.maximum(n, 1.0)
@@ -134,11 +133,14 @@ def batch_norm(inputs, is_training, scope, center=True, scale=True, mask=None,
     update_count = tf1.get_variable("update_count", [], dtype=tf.float32,
                                     trainable=False, initializer=tf1.zeros_initializer(),
                                     collections=moving_collections)
-    outputs = None
-    if is_training and mask is None:
+    if not is_training:
+      outputs = tf.nn.batch_normalization(inputs, moving_mean, moving_variance, beta,
+                                          gamma, epsilon)
+    elif mask is None:
       outputs, mean, variance = _fused_batch_norm(inputs, beta, gamma, epsilon)
-    elif is_training:
+    else:
       mean, variance = _masked_moments(inputs, mask)
+      outputs = tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
     if is_training:
       count = tf1.assign_add(update_count, 1.0)
       rate = (1.0 - decay) / (1.0 - tf.pow(decay, count))
@@ -146,10 +148,6 @@ def batch_norm(inputs, is_training, scope, center=True, scale=True, mask=None,
           moving_mean, (moving_mean - mean) * rate))
       tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
           moving_variance, (moving_variance - variance) * rate))
-    else:
-      mean, variance = moving_mean, moving_variance
-    if outputs is None:
-      outputs = tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, epsilon)
     if activation is not None:
       outputs = activation(outputs)
   return outputs
