@@ -517,6 +517,14 @@ def _kill(process):
   process.wait()
 
 
+def _kill_after(process, delay):
+  """SIGKILLs `process` after `delay` s -> whether it was still running then."""
+  time.sleep(delay)
+  running = process.poll() is None
+  _kill(process)
+  return running
+
+
 def _checkpoint_restores(run_dir):
   """The step of the latest checkpoint, after loading every variable (all finite)."""
   checkpoint = tf1.train.latest_checkpoint(run_dir)
@@ -597,9 +605,7 @@ def killed_training(data, tmp_path_factory):
           evaluation.wait(timeout=300)
           report["evals"].append((evaluation.returncode,
                                   open(str(root / ("eval%d.log" % i))).read()))
-      time.sleep(delay)
-      still_running = process.poll() is None
-      _kill(process)
+      still_running = _kill_after(process, delay)
     finally:
       if process.poll() is None:
         _kill(process)
@@ -656,9 +662,7 @@ def _killed_mid_run(script, args, watch_dir, prefix, delay, after_line=None):
     _wait_until(lambda: bool(glob.glob(os.path.join(watch_dir, prefix + "*"))) and (
         not after_line or after_line in open(log).read()), process,
                 "%s* in %s" % (prefix, watch_dir), log)
-    time.sleep(delay)
-    running = process.poll() is None
-    _kill(process)
+    running = _kill_after(process, delay)
   finally:
     if process.poll() is None:
       _kill(process)
