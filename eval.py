@@ -125,12 +125,15 @@ def report(step, metrics, checkpoint, role):
   summary_dir = "eval_" + FLAGS.role if FLAGS.role else "eval"
   writer = tf1.summary.FileWriterCache.get(os.path.join(FLAGS.train_dir, summary_dir))
   utils.AddScalarSummaries(writer, {
-      "Eval/GAP": metrics["gap"], "Eval/mAP": metrics["map"],
+      "Eval/GAP": metrics["gap"], "Eval/mAP_all_classes": metrics["map_all_classes"],
+      "Eval/mAP_labelled_classes": metrics["map_labelled_classes"],
       "Eval/Hit@1": metrics["avg_hit_at_one"], "Eval/PERR": metrics["avg_perr"],
       "Eval/loss": metrics["avg_loss"]}, step)
   utils.append_jsonl(os.path.join(FLAGS.train_dir, EVAL_FILE), {
       "step": step, "checkpoint": os.path.basename(checkpoint), "role": role,
-      "gap": float(metrics["gap"]), "map": float(metrics["map"]),
+      "gap": float(metrics["gap"]),
+      "map_all_classes": float(metrics["map_all_classes"]),
+      "map_labelled_classes": float(metrics["map_labelled_classes"]),
       "hit_at_one": float(metrics["avg_hit_at_one"]),
       "perr": float(metrics["avg_perr"]), "loss": float(metrics["avg_loss"]),
       "num_examples": int(metrics["num_examples"]),

@@ -10,8 +10,12 @@ Definitions (SPEC section 7):
          (positives within the first r) / r, where P counts all true labels of all videos,
          also those outside every top_k.
   AP     per class, the same sum over the pooled pairs of that class (pairs that made a
-         video's top_k), divided by the class's total number of true labels. mAP averages the
-         classes with at least one true label; classes without one get AP 0.
+         video's top_k), divided by the class's total number of true labels (AP 0 for a
+         class without one). Two mAPs are in use, and get() returns both:
+           map_all_classes       the mean AP over all num_class classes, so classes without
+                                 a true label count 0 (the original KD / NeXtVLAD code);
+           map_labelled_classes  the mean AP over classes with at least one true label
+                                 (today's starter code).
          With top_n, only a class's first top_n pairs count and the divisor becomes
          min(true labels, top_n) (the starter's AP@n).
 
@@ -361,6 +365,15 @@ def calculate_gap(predictions, actuals, top_k=20):
 
 # --- accumulation over batches ----------------------------------------------------------
 
+def _mean_loss(loss):
+  """A batch's loss as one float: a scalar as it is, an array of per-video losses averaged
+  (the starter documents the array and its callers pass the scalar; both are accepted)."""
+  values = np.asarray(loss, np.float64)
+  if values.size == 0:
+    return 0.0
+  return float(values.mean())
+
+
 class EvaluationMetrics(object):
   """Accumulates Hit@1, PERR, loss, GAP and per-class AP over batches of videos.
 
@@ -396,7 +409,8 @@ class EvaluationMetrics(object):
 
     Args:
       predictions: [B, num_class] scores. labels: [B, num_class] 0/1.
-      loss: float, the batch's mean loss.
+      loss: the batch's loss: a scalar (its mean) or an array of per-video losses, whose
+        mean is taken (the starter's documented form).
     Returns:
       dict of this batch alone: hit_at_one, perr, gap (with this metric's top_k), loss.
     """
@@ -422,7 +436,7 @@ class EvaluationMetrics(object):
       top_is_positive: [B, K] 0/1, whether each top class is a true label.
       num_positives: [B] int, true labels of each video (also those outside the top K).
       class_positive_counts: [num_class] int, true labels of each class in this batch.
-      loss: float, the batch's mean loss.
+      loss: the batch's loss: a scalar (its mean) or an array of per-video losses.
     Returns:
       dict of this batch alone: hit_at_one, perr, gap, loss.
     Raises:
@@ -482,7 +496,7 @@ class EvaluationMetrics(object):
            loss):
     """Accumulates validated top pairs ([B, K], rank order); returns the batch's dict."""
     num_videos = top_scores.shape[0]
-    loss = float(loss)
+    loss = _mean_loss(loss)
     if num_videos == 0:
       return {"hit_at_one": 0.0, "perr": 0.0, "gap": 0.0, "loss": loss}
     hits = _hits(top_is_positive)
@@ -521,8 +535,9 @@ class EvaluationMetrics(object):
     """Metrics over everything accumulated since the last clear().
 
     Returns:
-      dict: avg_hit_at_one, avg_perr, avg_loss (per video), gap, map, aps (list of
-      num_class floats), num_examples.
+      dict: avg_hit_at_one, avg_perr, avg_loss (per video), gap, map_all_classes,
+      map_labelled_classes (see the module docstring), aps (list of num_class floats),
+      num_examples.
     Raises:
       ValueError if nothing was accumulated.
     """
@@ -544,7 +559,8 @@ class EvaluationMetrics(object):
         "avg_perr": self._sum_perr / self.num_examples,
         "avg_loss": self._sum_loss / self.num_examples,
         "gap": gap,
-        "map": float(aps[labelled].mean()) if labelled.any() else 0.0,
+        "map_all_classes": float(aps.mean()),
+        "map_labelled_classes": float(aps[labelled].mean()) if labelled.any() else 0.0,
         "aps": aps.tolist(),
         "num_examples": self.num_examples,
     }

@@ -104,7 +104,8 @@ class FrameLevelLogisticModel(model_utils.BaseModel):
     mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
     representation = masked_mean(model_input, mask)
     with tf1.variable_scope("classifier"):
-      outputs = video_level_models.LogisticModel().create_model(
+      # The starter's model: L2 on the weights only.
+      outputs = video_level_models.StarterLogisticModel().create_model(
           representation, vocab_size, l2_penalty=l2_penalty)
     outputs["representation"] = representation
     return outputs

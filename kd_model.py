@@ -105,7 +105,8 @@ def get_model(name):
   model = getattr(video_level_models, name, None)
   if not isinstance(model, type) or not issubclass(model, model_utils.BaseModel):
     raise utils.UsageError("--model=%s is not a video-level model (LogisticModel, "
-                           "MoeModel); for frame-level models set --frame_features"
+                           "StarterLogisticModel, MoeModel); for frame-level models set "
+                           "--frame_features"
                            % name)
   return model()
 

@@ -43,11 +43,23 @@ def l2_regularizer(scale):
   return lambda weights: tf.multiply(scale, tf.nn.l2_loss(weights), name="l2_penalty")
 
 
+def variance_scaling_stddev(fan_in):
+  """The truncated-normal stddev of slim's `variance_scaling_initializer()` defaults.
+
+  factor 2.0, mode fan_in, not uniform: sqrt(1.3 * 2 / fan_in). The 1.3 makes up for the
+  truncation at 2 stddev, so the weights' actual standard deviation is about
+  sqrt(2 / fan_in). The NeXtVLAD solution and the KD code start every NeXtVLAD weight
+  and the logistic classifier from it.
+  """
+  return (1.3 * 2.0 / fan_in) ** 0.5
+
+
 def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
-                    l2_penalty=0.0, stddev=None):
+                    l2_penalty=0.0, stddev=None, penalize_biases=False):
   """Dense layer over the last axis: [..., D] -> [..., num_outputs].
 
-  Weights start from a truncated normal with stddev 1/sqrt(D) unless given.
+  Weights start from a truncated normal with stddev 1/sqrt(D) unless given; biases
+  from 0. l2_penalty regularizes the weights, and the biases too if penalize_biases.
   """
   input_size = int(inputs.shape[-1])
   with tf1.variable_scope(scope):
@@ -61,8 +73,9 @@ def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
     else:
       outputs = tf.tensordot(inputs, weights, axes=[[inputs.shape.ndims - 1], [0]])
     if use_bias:
-      biases = tf1.get_variable("biases", [num_outputs],
-                                initializer=tf1.zeros_initializer())
+      biases = tf1.get_variable(
+          "biases", [num_outputs], initializer=tf1.zeros_initializer(),
+          regularizer=l2_regularizer(l2_penalty) if penalize_biases else None)
       outputs = tf.nn.bias_add(outputs, biases)
     if activation is not None:
       outputs = activation(outputs)
@@ -174,13 +187,17 @@ def context_gating(inputs, is_training, scope="context_gating", use_batch_norm=T
 def se_context_gating(inputs, reduction, is_training, scope="gating"):
   """Squeeze-and-excitation gating [B, H] -> [B, H] (NeXtVLAD's head).
 
-  gates = sigmoid(relu(BN(x W1)) W2), W1: H -> H/reduction, W2: H/reduction -> H.
+  gates = sigmoid(relu(BN(x W1)) W2), W1: H -> H/reduction, W2: H/reduction -> H, both
+  initialised as the NeXtVLAD solution does (variance_scaling_stddev).
   """
   hidden_size = int(inputs.shape[-1])
+  squeezed_size = hidden_size // reduction
   with tf1.variable_scope(scope):
-    gates = fully_connected(inputs, hidden_size // reduction, "squeeze", use_bias=False)
+    gates = fully_connected(inputs, squeezed_size, "squeeze", use_bias=False,
+                            stddev=variance_scaling_stddev(hidden_size))
     gates = batch_norm(gates, is_training, "squeeze_bn", activation=tf.nn.relu)
-    gates = fully_connected(gates, hidden_size, "excite", use_bias=False)
+    gates = fully_connected(gates, hidden_size, "excite", use_bias=False,
+                            stddev=variance_scaling_stddev(squeezed_size))
     return inputs * tf.sigmoid(gates)
 
 

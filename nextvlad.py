@@ -27,8 +27,8 @@ flags.DEFINE_float("drop_rate", 0.5, "dropout ratio after VLAD encoding")
 flags.DEFINE_integer("expansion", 2, "expansion ratio in Group NetVlad")
 flags.DEFINE_integer("gating_reduction", 8, "reduction factor in se context gating")
 flags.DEFINE_string("video_level_classifier_model", "LogisticModel",
-                    "Classifier on top of a frame-level model: LogisticModel or "
-                    "MoeModel (video_level_models.py).")
+                    "Classifier on top of a frame-level model: LogisticModel, "
+                    "StarterLogisticModel or MoeModel (video_level_models.py).")
 
 
 def get_classifier(name):
@@ -38,7 +38,7 @@ def get_classifier(name):
                                                         model_utils.BaseModel):
     raise utils.UsageError(
         "--video_level_classifier_model=%s is not a model of video_level_models.py "
-        "(LogisticModel, MoeModel)" % name)
+        "(LogisticModel, StarterLogisticModel, MoeModel)" % name)
   return classifier()
 
 
@@ -78,13 +78,18 @@ class NeXtVLAD(object):
     rows = model_utils.FrameRows(frames, mask, packed)
     batch_size, max_frames = rows.batch_size, rows.max_frames
     expanded_size = self.expansion * self.feature_size
-    x = model_utils.fully_connected(rows.rows, expanded_size, "expansion")
-    attention = model_utils.fully_connected(x, self.groups, "group_attention",
-                                            activation=tf.sigmoid)
+    # Every weight starts as in the NeXtVLAD solution (slim's variance scaling).
+    x = model_utils.fully_connected(
+        rows.rows, expanded_size, "expansion",
+        stddev=model_utils.variance_scaling_stddev(self.feature_size))
+    attention = model_utils.fully_connected(
+        x, self.groups, "group_attention", activation=tf.sigmoid,
+        stddev=model_utils.variance_scaling_stddev(expanded_size))
     attention = rows.zero_padding(attention)  # [M, G]
 
-    logits = model_utils.fully_connected(x, self.groups * self.cluster_size,
-                                         "cluster_logits", use_bias=False)
+    logits = model_utils.fully_connected(
+        x, self.groups * self.cluster_size, "cluster_logits", use_bias=False,
+        stddev=model_utils.variance_scaling_stddev(expanded_size))
     logits = model_utils.batch_norm(logits, self.is_training, "cluster_bn",
                                     mask=rows.row_mask)
     logits = tf.reshape(logits, [-1, self.groups, self.cluster_size])
@@ -97,7 +102,8 @@ class NeXtVLAD(object):
 
     centers = tf1.get_variable(
         "cluster_centers", [1, self.group_size, self.cluster_size],
-        initializer=tf1.truncated_normal_initializer(stddev=self.group_size ** -0.5))
+        initializer=tf1.truncated_normal_initializer(
+            stddev=model_utils.variance_scaling_stddev(self.group_size)))
     assignment_sum = tf.reduce_sum(assignment, axis=1, keepdims=True)  # [B, 1, K]
     vlad = tf.matmul(assignment, grouped, transpose_a=True)  # [B, K, D/G]
     vlad = tf.transpose(vlad, [0, 2, 1]) - assignment_sum * centers  # [B, D/G, K]
@@ -153,12 +159,18 @@ class NeXtVLADModel(model_utils.BaseModel):
     vlad = tf.concat(vlads, axis=1) if len(vlads) > 1 else vlads[0]
     vlad = model_utils.dropout(vlad, drop_rate, is_training)
 
-    hidden = model_utils.fully_connected(vlad, hidden_size, "hidden1", use_bias=False)
+    hidden = model_utils.fully_connected(
+        vlad, hidden_size, "hidden1", use_bias=False,
+        stddev=model_utils.variance_scaling_stddev(int(vlad.shape[-1])))
     hidden = model_utils.batch_norm(hidden, is_training, "hidden1_bn")
     representation = model_utils.se_context_gating(hidden, gating_reduction, is_training)
 
     with tf1.variable_scope("classifier"):
+      # LogisticModel starts from the same initializer as the layers above, as in the
+      # NeXtVLAD solution; other classifiers keep their own.
       outputs = get_classifier(classifier).create_model(
-          representation, vocab_size, is_training=is_training, **classifier_params)
+          representation, vocab_size, is_training=is_training,
+          weights_stddev=model_utils.variance_scaling_stddev(hidden_size),
+          **classifier_params)
     outputs["representation"] = representation
     return outputs

@@ -466,14 +466,18 @@ class StepLogger(object):
 
   def log_validation(self, step, metrics):
     """Validation metrics into TensorBoard, validation.jsonl and the console."""
-    record = {"step": int(step), "gap": float(metrics["gap"]), "map": float(metrics["map"]),
+    record = {"step": int(step), "gap": float(metrics["gap"]),
+              "map_all_classes": float(metrics["map_all_classes"]),
+              "map_labelled_classes": float(metrics["map_labelled_classes"]),
               "hit_at_one": float(metrics["avg_hit_at_one"]),
               "perr": float(metrics["avg_perr"]), "loss": float(metrics["avg_loss"]),
               "num_examples": int(metrics["num_examples"])}
     print("validation " + utils.FormatEvalInfo(step, metrics), flush=True)
     if self.writer:
       utils.AddScalarSummaries(self.writer, {
-          "validation/gap": record["gap"], "validation/map": record["map"],
+          "validation/gap": record["gap"],
+          "validation/map_all_classes": record["map_all_classes"],
+          "validation/map_labelled_classes": record["map_labelled_classes"],
           "validation/hit_at_one": record["hit_at_one"],
           "validation/perr": record["perr"], "validation/loss": record["loss"]}, step)
       utils.append_jsonl(os.path.join(self.train_dir, VALIDATION_FILE), record)

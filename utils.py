@@ -130,11 +130,17 @@ def AddScalarSummaries(summary_writer, scalars, global_step):
 
 
 def FormatEvalInfo(global_step, metrics, examples_per_second=None):
-  """The starter's one-line evaluation summary (Hit@1, PERR, MAP, GAP, loss)."""
-  info = ("global_step {0} | Avg_Hit@1: {1:.4f} | Avg_PERR: {2:.4f} | MAP: {3:.4f} | "
-          "GAP: {4:.4f} | Avg_Loss: {5:.6f}").format(
+  """The starter's one-line evaluation summary (Hit@1, PERR, both mAPs, GAP, loss).
+
+  MAP_all_classes averages AP over every class (the original KD / NeXtVLAD code),
+  MAP_labelled_classes over the classes with a true label (today's starter).
+  """
+  info = ("global_step {0} | Avg_Hit@1: {1:.4f} | Avg_PERR: {2:.4f} | "
+          "MAP_all_classes: {3:.4f} | MAP_labelled_classes: {4:.4f} | GAP: {5:.4f} | "
+          "Avg_Loss: {6:.6f}").format(
               global_step, metrics["avg_hit_at_one"], metrics["avg_perr"],
-              metrics["map"], metrics["gap"], metrics["avg_loss"])
+              metrics["map_all_classes"], metrics["map_labelled_classes"], metrics["gap"],
+              metrics["avg_loss"])
   if examples_per_second is not None:
     info += " | Examples_per_sec: {0:.1f}".format(examples_per_second)
   return info

@@ -17,15 +17,33 @@ flags.DEFINE_float("l2_penalty", 1e-8, "L2 penalty on the classifier weights.")
 
 
 class LogisticModel(model_utils.BaseModel):
-  """Logistic regression: predictions = sigmoid(x W + b)."""
+  """Logistic regression: predictions = sigmoid(x W + b).
 
-  def create_model(self, model_input, vocab_size, l2_penalty=None, **unused_params):
-    """model_input [B, D] -> {predictions, logits [B, vocab_size], representation}."""
+  As in the original KD / NeXtVLAD code, the L2 penalty applies to W and b
+  (StarterLogisticModel: W only, as today's starter).
+  """
+
+  penalize_biases = True
+
+  def create_model(self, model_input, vocab_size, l2_penalty=None, weights_stddev=None,
+                   **unused_params):
+    """model_input [B, D] -> {predictions, logits [B, vocab_size], representation}.
+
+    weights_stddev: of W's truncated-normal initializer (default 1/sqrt(D)); NeXtVLAD
+    passes the original's variance scaling.
+    """
     l2_penalty = FLAGS.l2_penalty if l2_penalty is None else l2_penalty
     logits = model_utils.fully_connected(model_input, vocab_size, "logistic",
-                                         l2_penalty=l2_penalty)
+                                         l2_penalty=l2_penalty, stddev=weights_stddev,
+                                         penalize_biases=self.penalize_biases)
     return {"predictions": tf.sigmoid(logits), "logits": logits,
             "representation": model_input}
+
+
+class StarterLogisticModel(LogisticModel):
+  """LogisticModel as today's starter code has it: no L2 penalty on the biases."""
+
+  penalize_biases = False
 
 
 class MoeModel(model_utils.BaseModel):

@@ -115,7 +115,7 @@ class HeapMetrics(object):
     aps = [self._ap(p, n) for p, n in zip(self.class_pairs, self.class_totals)]
     labelled = [ap for ap, n in zip(aps, self.class_totals) if n]
     return {"gap": self._ap(self.pairs, self.num_positives),
-            "map": sum(labelled) / max(len(labelled), 1),
+            "map_labelled_classes": sum(labelled) / max(len(labelled), 1),
             "avg_hit_at_one": self.hits / self.videos, "avg_perr": self.perr / self.videos}
 
 
@@ -175,7 +175,8 @@ def memory_child(args):
       "videos": done, "pairs": done * args.top_k,
       "accumulate_seconds": accumulate_seconds, "get_seconds": get_seconds,
       "accumulate_peak_mb": after_accumulate - before, "peak_mb": after - before,
-      "gap": result["gap"], "map": result["map"]}))
+      "gap": result["gap"],
+      "map_labelled_classes": result["map_labelled_classes"]}))
 
 
 def verdict(name, rate, target):
@@ -266,8 +267,8 @@ def main():
   print("fast path on the dense batches of (a) gives identical get(): %s"
         % (same == dense_metrics))
   print("original-style vs ours on %d videos: GAP %.6f vs %.6f, mAP %.6f vs %.6f"
-        % (len(predictions), heap_result["gap"], ours["gap"], heap_result["map"],
-           ours["map"]))
+        % (len(predictions), heap_result["gap"], ours["gap"], heap_result["map_labelled_classes"],
+           ours["map_labelled_classes"]))
   if memory:
     pairs = memory["pairs"]
     print("(e) %d videos, %d pairs: accumulate %.2f s, get %.2f s; peak RSS +%.0f MB after "

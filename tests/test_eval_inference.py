@@ -75,8 +75,9 @@ def test_eval_metrics_equal_eval_util_on_direct_predictions(runs, run, role):
   metrics = eval_util.EvaluationMetrics(20, 20)
   metrics.accumulate(predictions, labels, 0.0)
   expected = metrics.get()
-  for key, name in [("gap", "gap"), ("map", "map"), ("hit_at_one", "avg_hit_at_one"),
-                    ("perr", "avg_perr")]:
+  for key, name in [("gap", "gap"), ("map_all_classes", "map_all_classes"),
+                    ("map_labelled_classes", "map_labelled_classes"),
+                    ("hit_at_one", "avg_hit_at_one"), ("perr", "avg_perr")]:
     assert record[key] == pytest.approx(expected[name], abs=1e-6), key
   assert "GAP: %.4f" % expected["gap"] in out
 

@@ -61,7 +61,8 @@ def ref_metrics(batches, top_k, top_n=None):
       "avg_perr": perr / video,
       "avg_loss": loss_sum / video,
       "gap": ref_ap([p[4] for p in pooled], total_positives),
-      "map": sum(labelled) / len(labelled) if labelled else 0.0,
+      "map_all_classes": sum(aps) / num_class,
+      "map_labelled_classes": sum(labelled) / len(labelled) if labelled else 0.0,
       "aps": aps,
       "num_examples": video,
   }
@@ -70,7 +71,8 @@ def ref_metrics(batches, top_k, top_n=None):
 def assert_metrics_close(got, want):
   assert set(got) == set(want)
   assert got["num_examples"] == want["num_examples"]
-  for key in ("avg_hit_at_one", "avg_perr", "avg_loss", "gap", "map", "aps"):
+  for key in ("avg_hit_at_one", "avg_perr", "avg_loss", "gap", "map_all_classes",
+              "map_labelled_classes", "aps"):
     np.testing.assert_allclose(got[key], want[key], err_msg=key, **TIGHT)
 
 
@@ -168,9 +170,11 @@ def test_hand_case_ties_and_labels_outside_top_k():
   # Hit@1 = (1 + 0) / 2. PERR: video 0 top {0, 1} -> 1/2, video 1 top {1, 2} -> 1/2.
   # Pool (top_k 2): 0.9+ (v0), 0.8- (v0), 0.7- (v1 c1), 0.7+ (v1 c2); P = 4 labels.
   # GAP = (1/1 + 2/4) / 4. AP: class 0 = 1; class 1 has no label; class 2 = (1/1) / 2
-  # (its label of video 0 is outside the top 2); class 3 = 0. mAP = (1 + .5 + 0) / 3.
+  # (its label of video 0 is outside the top 2); class 3 = 0. mAP over the labelled classes
+  # 0, 2, 3 = (1 + .5 + 0) / 3; over all four classes (class 1 counts 0) = 1.5 / 4.
   want = {"avg_hit_at_one": 0.5, "avg_perr": 0.5, "avg_loss": 2.0, "gap": 0.375,
-          "map": 0.5, "aps": [1.0, 0.0, 0.5, 0.0], "num_examples": 2}
+          "map_all_classes": 0.375, "map_labelled_classes": 0.5,
+          "aps": [1.0, 0.0, 0.5, 0.0], "num_examples": 2}
   batches = [(predictions, labels, 2.0)]
   assert_metrics_close(run(batches, 2), want)
   assert_metrics_close(ref_metrics(batches, 2), want)
@@ -207,9 +211,11 @@ def test_hand_case_zero_scores_and_unlabelled_video():
   # Video 0: all tie, class 0 ranks first and is right: a hit, but its score is not > 0 so
   # PERR 0. Video 1 has no labels: PERR 0, no hit. Pool (top_k 20 -> all 3 classes):
   # 0.3-, 0.2-, 0.1- (v1), then 0.0+ (v0 c0), 0.0-, 0.0-: the positive is at rank 4,
-  # GAP = (1/4) / 1. Class 0 alone: 0.3- (v1), 0.0+ (v0): AP = (1/2) / 1 = mAP.
+  # GAP = (1/4) / 1. Class 0 alone: 0.3- (v1), 0.0+ (v0): AP = (1/2) / 1, the mAP over
+  # labelled classes; over all three classes it is 0.5 / 3.
   want = {"avg_hit_at_one": 0.5, "avg_perr": 0.0, "avg_loss": 0.0, "gap": 0.25,
-          "map": 0.5, "aps": [0.5, 0.0, 0.0], "num_examples": 2}
+          "map_all_classes": 0.5 / 3, "map_labelled_classes": 0.5,
+          "aps": [0.5, 0.0, 0.0], "num_examples": 2}
   assert_metrics_close(run([(predictions, labels, 0.0)], 20), want)
   assert_metrics_close(ref_metrics([(predictions, labels, 0.0)], 20), want)
 
@@ -217,7 +223,8 @@ def test_hand_case_zero_scores_and_unlabelled_video():
 def test_hand_case_no_labels_at_all():
   predictions = np.array([[0.3, 0.2]], np.float32)
   got = run([(predictions, np.zeros((1, 2)), 1.5)], 20)
-  assert got["gap"] == 0.0 and got["map"] == 0.0 and got["aps"] == [0.0, 0.0]
+  assert got["gap"] == 0.0 and got["aps"] == [0.0, 0.0]
+  assert got["map_all_classes"] == got["map_labelled_classes"] == 0.0
   assert got["avg_loss"] == 1.5 and got["num_examples"] == 1
 
 
@@ -230,7 +237,8 @@ def test_many_batches_equal_one_batch(top_k):
   many = run(split(predictions, labels, [1, 7, 2, 30, 20], losses=[0.5] * 5), top_k)
   assert many["gap"] == one["gap"]  # identical pooled order, not an average
   assert many["aps"] == one["aps"]
-  assert many["map"] == one["map"]
+  assert many["map_all_classes"] == one["map_all_classes"]
+  assert many["map_labelled_classes"] == one["map_labelled_classes"]
   assert_metrics_close(many, one)
 
 
@@ -309,3 +317,21 @@ def test_clear_and_empty_get():
     metrics.get()
   metrics.accumulate(predictions[25:], labels[25:], 0.5)
   assert_metrics_close(metrics.get(), ref_metrics([(predictions[25:], labels[25:], 0.5)], 20))
+
+
+def test_accumulate_takes_a_scalar_or_per_video_losses():
+  # The starter documents `loss` as one value per video and takes its mean; its own
+  # callers pass the batch mean. Both give the same avg_loss (per video, over batches).
+  predictions, labels = random_data(3, num_videos=6)
+  per_video = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 9.0])
+  arrays = eval_util.EvaluationMetrics(labels.shape[1], 20)
+  scalars = eval_util.EvaluationMetrics(labels.shape[1], 20)
+  fast = eval_util.EvaluationMetrics(labels.shape[1], 20)
+  for rows in (slice(0, 2), slice(2, 6)):
+    batch = arrays.accumulate(predictions[rows], labels[rows], per_video[rows])
+    assert batch["loss"] == per_video[rows].mean()
+    scalars.accumulate(predictions[rows], labels[rows], float(per_video[rows].mean()))
+    top = eval_util.top_k_inputs(predictions[rows], labels[rows], 20)
+    assert fast.accumulate_top_k(*top, per_video[rows])["loss"] == batch["loss"]
+  assert arrays.get()["avg_loss"] == scalars.get()["avg_loss"] == per_video.mean()
+  assert fast.get()["avg_loss"] == per_video.mean()

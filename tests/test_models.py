@@ -1,4 +1,6 @@
 """Layers, NeXtVLAD, video-level classifiers and losses on tiny configs."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -83,6 +85,38 @@ def test_nextvlad_documented_config_has_88_9m_parameters():
   assert hidden.shape.as_list() == [128 * 256 + 64 * 64, 2048]
 
 
+def test_nextvlad_weights_start_as_slim_variance_scaling():
+  # The NeXtVLAD solution and the KD code: slim.variance_scaling_initializer() defaults,
+  # a normal with stddev sqrt(1.3 * 2 / fan_in) truncated at 2 stddev, whose standard
+  # deviation is that stddev times sqrt(1 - 4 phi(2) / (2 Phi(2) - 1)) = 0.8796.
+  # fan_in as slim counts it: shape[-2] times the leading dimensions.
+  truncation = np.sqrt(1 - 4 * np.exp(-2) / np.sqrt(2 * np.pi) / math.erf(2 / np.sqrt(2)))
+  config = dict(feature_sizes=[1024, 128], cluster_size=256, hidden_size=256, groups=32,
+                expansion=2, gating_reduction=8, drop_rate=0.0)
+  with tf.Graph().as_default():
+    tf1.set_random_seed(0)
+    x = tf1.placeholder(tf.float32, [None, 4, 1152])
+    n = tf1.placeholder(tf.int32, [None])
+    nextvlad.NeXtVLADModel().create_model(x, 20, n, True, **config)
+    weights = [v for v in tf1.global_variables()
+               if v.op.name.endswith(("weights", "cluster_centers"))]
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      values = sess.run({v.op.name: v for v in weights})
+  names = sorted(values)
+  # expansion, attention, cluster logits and centres of both branches, hidden layer,
+  # both gating layers, the logistic classifier.
+  assert len(names) == 12, names
+  assert "classifier/logistic/weights" in names
+  for name in names:
+    shape = values[name].shape
+    fan_in = shape[-2] * int(np.prod(shape[:-2]))
+    formula = np.sqrt(1.3 * 2.0 / fan_in)
+    assert model_utils.variance_scaling_stddev(fan_in) == pytest.approx(formula)
+    assert values[name].size >= 2000, name  # so 5% is beyond sampling noise
+    assert values[name].std() == pytest.approx(formula * truncation, rel=0.05), name
+
+
 def test_batch_norm_moving_averages_are_exact_debiased_means():
   decay = 0.9
   batches = [np.random.RandomState(i).normal(i, 1 + i, size=(5, 3)).astype(np.float32)
@@ -154,16 +188,21 @@ def test_masked_batch_norm_statistics_skip_masked_rows():
       np.testing.assert_allclose(sess.run(y)[:2, 0], [-1.0, 1.0], rtol=1e-6)
 
 
-def test_logistic_l2_penalty_lands_in_regularization_losses():
+@pytest.mark.parametrize("name,biases_penalized", [("LogisticModel", True),
+                                                    ("StarterLogisticModel", False)])
+def test_logistic_l2_penalty_lands_in_regularization_losses(name, biases_penalized):
+  # The original KD code penalizes weights and biases; today's starter the weights only.
   with tf.Graph().as_default():
     x = tf.ones([2, 3])
-    video_level_models.LogisticModel().create_model(x, 4, l2_penalty=0.5)
-    (penalty,) = tf1.losses.get_regularization_losses()
-    weights = [v for v in tf1.global_variables() if v.op.name.endswith("weights")][0]
+    getattr(video_level_models, name)().create_model(x, 4, l2_penalty=0.5)
+    penalty = tf.add_n(tf1.losses.get_regularization_losses())
+    params = {v.op.name.split("/")[-1]: v for v in tf1.global_variables()}
     with tf1.Session() as sess:
       sess.run(tf1.global_variables_initializer())
-      w, p = sess.run([weights, penalty])
-  np.testing.assert_allclose(p, 0.5 * (w ** 2).sum() / 2, rtol=1e-5)
+      sess.run(params["biases"].assign([1.0, -2.0, 0.5, 3.0]))
+      w, b, p = sess.run([params["weights"], params["biases"], penalty])
+  expected = 0.5 * (w ** 2).sum() / 2 + (0.5 * (b ** 2).sum() / 2 if biases_penalized else 0)
+  np.testing.assert_allclose(p, expected, rtol=1e-5)
 
 
 def test_moe_predictions_match_numpy_formula():
@@ -197,15 +236,19 @@ def _run(t):
 
 
 def test_label_losses_match_numpy():
-  p = np.array([[0.9, 0.2, 0.5], [0.1, 0.7, 0.3]], np.float32)
+  # A confidently wrong 1.0 and a missed 0.0 make the epsilon inside the logs visible.
+  p = np.array([[0.9, 1.0, 0.5], [0.1, 0.7, 0.0]], np.float32)
   y = np.array([[1, 0, 1], [0, 0, 1]], np.float32)
   with tf.Graph().as_default():
     ce = _run(losses.CrossEntropyLoss().calculate_loss(tf.constant(p), tf.constant(y)))
+    starter_ce = _run(losses.get_label_loss("StarterCrossEntropyLoss").calculate_loss(
+        tf.constant(p), tf.constant(y)))
     hinge = _run(losses.HingeLoss().calculate_loss(tf.constant(p), tf.constant(y)))
     soft = _run(losses.SoftmaxLoss().calculate_loss(tf.constant(p), tf.constant(y)))
-  eps = 1e-5
-  expected_ce = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).sum(1).mean()
-  np.testing.assert_allclose(ce, expected_ce, rtol=1e-5)
+  for value, eps in [(ce, 1e-8), (starter_ce, 1e-5)]:  # the original's, the starter's
+    expected = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).sum(1).mean()
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+  assert ce - starter_ce == pytest.approx(np.log(1e-5 / 1e-8), rel=1e-3)  # one such term per video
   np.testing.assert_allclose(hinge, np.maximum(0, 1 - (2 * y - 1) * p).sum(1).mean(),
                              rtol=1e-5)
   softmax = np.exp(p) / np.exp(p).sum(1, keepdims=True)
@@ -239,9 +282,9 @@ def test_probability_losses_stay_finite_at_bf16_rounding():
     ce = _run(losses.CrossEntropyLoss().calculate_loss(tf.constant(p), tf.constant(y)))
     kl = _run(losses.prediction_loss(tf.constant(p), tf.constant(p[:, ::-1]), "kl"))
     kl_self = _run(losses.prediction_loss(tf.constant(p), tf.constant(p), "kl"))
-  # -log(1 + 1e-5) for the right 1.0, -log(1e-5) for the wrong 1.0078, 0 for the
-  # right 0.0, -log(0.5 + 1e-5) for the 0.5.
-  np.testing.assert_allclose(ce, -np.log(1 + 1e-5) - np.log(1e-5) - np.log(0.5 + 1e-5),
+  # -log(1 + 1e-8) for the right 1.0, -log(1e-8) for the wrong 1.0078, 0 for the
+  # right 0.0, -log(0.5 + 1e-8) for the 0.5.
+  np.testing.assert_allclose(ce, -np.log(1 + 1e-8) - np.log(1e-8) - np.log(0.5 + 1e-8),
                              rtol=1e-5)
   assert np.isfinite(kl) and kl > 0
   assert abs(kl_self) < 1e-6
