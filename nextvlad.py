@@ -166,11 +166,7 @@ class NeXtVLADModel(model_utils.BaseModel):
     representation = model_utils.se_context_gating(hidden, gating_reduction, is_training)
 
     with tf1.variable_scope("classifier"):
-      # LogisticModel starts from the same initializer as the layers above, as in the
-      # NeXtVLAD solution; other classifiers keep their own.
       outputs = get_classifier(classifier).create_model(
-          representation, vocab_size, is_training=is_training,
-          weights_stddev=model_utils.variance_scaling_stddev(hidden_size),
-          **classifier_params)
+          representation, vocab_size, is_training=is_training, **classifier_params)
     outputs["representation"] = representation
     return outputs

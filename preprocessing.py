@@ -1,12 +1,13 @@
 """Frame preprocessing between the reader and the model.
 
-With `--pca_eigenvals` (the YouTube-8M PCA eigenvalues, `yt8m_pca/eigenvals.npy` from
-Google's yt8m_pca.tgz, shape (2048, 1), first 1024 used) the rgb part is shifted by the
-half-bucket bias and scaled per dimension by sqrt(eigenvalue) + 1e-4, as the NeXtVLAD
-solution does; audio is left unchanged. Without it frames enter the model as
-dequantized. The scale lives in the graph as the variable `input_preprocessing/rgb_scale`,
-so a checkpoint carries the preprocessing it was trained with and eval, inference and
-exported models apply the same one without the .npy file.
+As the original KD code and the NeXtVLAD solution do, frame-level rgb features (the first
+feature, named rgb, 1024 values) are shifted by the half-bucket bias and scaled per
+dimension by sqrt(eigenvalue) + 1e-4 of the YouTube-8M PCA eigenvalues (audio is left
+unchanged). The eigenvalues ship with this repository as `yt8m_pca/eigenvals.npy`, the
+path the originals load; `--pca_eigenvals=` (empty) turns the scaling off, and other
+features are never scaled. The scale lives in the graph as the variable
+`input_preprocessing/rgb_scale`, so a checkpoint carries the preprocessing it was trained
+with and eval, inference and exported models apply the same one without the .npy file.
 """
 
 import os
@@ -14,31 +15,50 @@ import os
 import numpy as np
 import tensorflow as tf
 
+import readers  # noqa: F401  (defines --feature_names, --frame_features)
 import utils
 
 tf1 = tf.compat.v1
 flags = tf1.flags
 FLAGS = flags.FLAGS
-flags.DEFINE_string("pca_eigenvals", "",
-                    "Path of yt8m_pca/eigenvals.npy (YouTube-8M PCA eigenvalues). When "
-                    "given, rgb features are scaled by sqrt(eigenvalue) + 1e-4 before the "
-                    "model (the NeXtVLAD recipe); empty: no scaling.")
+DEFAULT_EIGENVALS = "yt8m_pca/eigenvals.npy"
+REPOSITORY = os.path.dirname(os.path.abspath(__file__))
+flags.DEFINE_string("pca_eigenvals", DEFAULT_EIGENVALS,
+                    "The YouTube-8M PCA eigenvalues (.npy, >= 1024 values). Frame-level rgb "
+                    "features are scaled by sqrt(eigenvalue) + 1e-4 before the model, as in "
+                    "the original KD code. A relative path is looked up in the current "
+                    "directory, then in this repository (which ships the default). Empty: "
+                    "no scaling.")
 
 PCA = "pca_eigenvals"
 NONE = "none"
 RGB_BIAS = 4.0 / 512.0
+RGB_NAME, RGB_SIZE = "rgb", 1024
 
 
-def load_rgb_scale(path, rgb_size=1024):
+def resolve_path(path):
+  """Where the --pca_eigenvals file is: as given, or relative to this repository.
+
+  The originals load `yt8m_pca/eigenvals.npy` relative to where they run; this
+  repository ships that file, so the default works from any directory.
+  """
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  shipped = os.path.join(REPOSITORY, path)
+  return shipped if os.path.exists(shipped) else path
+
+
+def load_rgb_scale(path, rgb_size=RGB_SIZE):
   """Reads the eigenvalue file -> float32 [rgb_size] scale sqrt(eigenvalue) + 1e-4.
 
   Raises:
     UsageError naming --pca_eigenvals for a missing or malformed file.
   """
-  if not os.path.exists(path):
+  resolved = resolve_path(path)
+  if not os.path.exists(resolved):
     raise utils.UsageError("--pca_eigenvals=%s does not exist" % path)
   try:
-    eigenvalues = np.load(path).astype(np.float64).reshape(-1)
+    eigenvalues = np.load(resolved).astype(np.float64).reshape(-1)
   except Exception as e:  # numpy raises several types for a bad file
     raise utils.UsageError("--pca_eigenvals=%s is not a .npy array: %s" % (path, e))
   if eigenvalues.size < rgb_size:
@@ -52,11 +72,28 @@ def load_rgb_scale(path, rgb_size=1024):
 
 
 def kind_from_flags():
-  """The preprocessing the flags ask for: PCA or NONE."""
-  return PCA if FLAGS.pca_eigenvals else NONE
+  """The preprocessing the flags ask for: PCA or NONE.
+
+  PCA when --pca_eigenvals is set and the features are frame-level with rgb (1024
+  values) first; the default path is simply not applied to other features, while a
+  path given for them is a UsageError.
+  """
+  if not FLAGS.pca_eigenvals:
+    return NONE
+  names, sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
+                                                     FLAGS.feature_sizes)
+  if FLAGS.frame_features and (names[0], sizes[0]) == (RGB_NAME, RGB_SIZE):
+    return PCA
+  if FLAGS.pca_eigenvals != DEFAULT_EIGENVALS:
+    raise utils.UsageError(
+        "--pca_eigenvals=%s scales frame-level rgb features (--frame_features with "
+        "--feature_names starting with rgb of size 1024); these features are %s"
+        % (FLAGS.pca_eigenvals, "video-level" if not FLAGS.frame_features
+           else "%s of size %d" % (names[0], sizes[0])))
+  return NONE
 
 
-def preprocess(frames, num_frames, kind, rgb_size=1024, training_scale=None):
+def preprocess(frames, num_frames, kind, rgb_size=RGB_SIZE, training_scale=None):
   """Applies the preprocessing `kind` to dequantized frames.
 
   Args:

@@ -225,10 +225,39 @@ def resolve_teacher_checkpoint():
   return path
 
 
+def resolve_preprocessing(train_dir, teacher_checkpoint):
+  """Settles --pca_eigenvals when the command line leaves it at its default.
+
+  PCA scaling became the default after runs had been written without it. So that those
+  keep working with the command that made them, a resumed run keeps the preprocessing
+  its model_flags.json records, and a fresh serial-KD run follows its teacher's
+  checkpoint. A --pca_eigenvals given on the command line is taken as it is (and a
+  mismatch is refused later, naming both).
+  """
+  if FLAGS["pca_eigenvals"].present or not FLAGS.pca_eigenvals:
+    return
+  flags_path = os.path.join(train_dir, kd_model.MODEL_FLAGS_FILE)
+  if not FLAGS.start_new_model and os.path.exists(flags_path):
+    source = "as recorded in " + flags_path
+    scaled = utils.read_json(flags_path).get("preprocessing") == preprocessing.PCA
+  elif teacher_checkpoint:
+    source = "as the teacher %s was trained" % teacher_checkpoint
+    scaled = PCA_VARIABLE in dict(tf.train.list_variables(teacher_checkpoint))
+  else:
+    return
+  if not scaled and preprocessing.kind_from_flags() == preprocessing.PCA:
+    FLAGS.pca_eigenvals = ""
+    print("Preprocessing: none (no PCA scaling), %s; pass --pca_eigenvals to choose"
+          % source, flush=True)
+
+
+PCA_VARIABLE = "input_preprocessing/rgb_scale"
+
+
 def check_teacher_preprocessing(checkpoint, rgb_scale):
   """The teacher must have been trained on the same preprocessed inputs."""
   stored = dict(tf.train.list_variables(checkpoint))
-  name = "input_preprocessing/rgb_scale"
+  name = PCA_VARIABLE
   if (name in stored) != (rgb_scale is not None):
     raise utils.UsageError(
         "the teacher %s was trained %s --pca_eigenvals but this run is %s it"
@@ -576,16 +605,18 @@ def main(unused_argv):
       print("Parameter server %d serving." % task.index, flush=True)
       server.join()
       return 0
-  rgb_scale = (preprocessing.load_rgb_scale(FLAGS.pca_eigenvals)
-               if preprocessing.kind_from_flags() == preprocessing.PCA else None)
   teacher_checkpoint = None
   # The teacher is resolved before the run directory is touched, so a KD run without
   # a usable teacher leaves nothing behind.
   if (FLAGS.model_type == "KD" and FLAGS.kd_mode == "serial" and
       (FLAGS.start_new_model or not tf1.train.latest_checkpoint(train_dir))):
     teacher_checkpoint = resolve_teacher_checkpoint()
-    check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
     print("Teacher: %s" % teacher_checkpoint)
+  resolve_preprocessing(train_dir, teacher_checkpoint)
+  rgb_scale = (preprocessing.load_rgb_scale(FLAGS.pca_eigenvals)
+               if preprocessing.kind_from_flags() == preprocessing.PCA else None)
+  if teacher_checkpoint:
+    check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
   prepare_run_dir(train_dir, task.is_chief)
   train(train_dir, task, server, rgb_scale, teacher_checkpoint)
   return 0

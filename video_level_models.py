@@ -19,31 +19,37 @@ flags.DEFINE_float("l2_penalty", 1e-8, "L2 penalty on the classifier weights.")
 class LogisticModel(model_utils.BaseModel):
   """Logistic regression: predictions = sigmoid(x W + b).
 
-  As in the original KD / NeXtVLAD code, the L2 penalty applies to W and b
-  (StarterLogisticModel: W only, as today's starter).
+  As in the original KD / NeXtVLAD code: W starts from slim's variance-scaling defaults
+  (model_utils.variance_scaling_stddev) and the L2 penalty applies to W and b.
+  StarterLogisticModel is today's starter's variant.
   """
 
   penalize_biases = True
 
-  def create_model(self, model_input, vocab_size, l2_penalty=None, weights_stddev=None,
-                   **unused_params):
-    """model_input [B, D] -> {predictions, logits [B, vocab_size], representation}.
+  def weights_stddev(self, input_size):
+    """Stddev of W's truncated-normal initializer for D = input_size inputs."""
+    return model_utils.variance_scaling_stddev(input_size)
 
-    weights_stddev: of W's truncated-normal initializer (default 1/sqrt(D)); NeXtVLAD
-    passes the original's variance scaling.
-    """
+  def create_model(self, model_input, vocab_size, l2_penalty=None, **unused_params):
+    """model_input [B, D] -> {predictions, logits [B, vocab_size], representation}."""
     l2_penalty = FLAGS.l2_penalty if l2_penalty is None else l2_penalty
-    logits = model_utils.fully_connected(model_input, vocab_size, "logistic",
-                                         l2_penalty=l2_penalty, stddev=weights_stddev,
-                                         penalize_biases=self.penalize_biases)
+    logits = model_utils.fully_connected(
+        model_input, vocab_size, "logistic", l2_penalty=l2_penalty,
+        stddev=self.weights_stddev(int(model_input.shape[-1])),
+        penalize_biases=self.penalize_biases)
     return {"predictions": tf.sigmoid(logits), "logits": logits,
             "representation": model_input}
 
 
 class StarterLogisticModel(LogisticModel):
-  """LogisticModel as today's starter code has it: no L2 penalty on the biases."""
+  """LogisticModel as the starter-based models of this port had it: W from a truncated
+  normal with stddev 1/sqrt(D), L2 penalty on W only (today's starter penalizes W only).
+  """
 
   penalize_biases = False
+
+  def weights_stddev(self, input_size):
+    return input_size ** -0.5
 
 
 class MoeModel(model_utils.BaseModel):

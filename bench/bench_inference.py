@@ -4,7 +4,7 @@
 
 The documented NeXtVLAD config (cluster 128, hidden 2048, groups 8, expansion 2, 3862
 classes), in inference mode, exactly as eval.py and inference.py build it
-(kd_model.inference_outputs + top-20): model only (in-graph random uint8 input) and end
+(kd_model.inference_outputs + top-20, with the default PCA scaling of rgb): model only (in-graph random uint8 input) and end
 to end (reading, parsing and decoding generated shards included). FLOPs per video are
 counted from the graph. Each case runs in its own process. Targets (issue 5): FLOPs
 k=6 <= 10% and k=30 <= 16% of the teacher's; model-only videos/s k=30 >= 5x and k=6
@@ -27,6 +27,7 @@ CASES = {"teacher": ["--model_type=teacher", "--k_frame=300"],
 def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
   """Builds and times one case in this process; returns a dict of measurements."""
   import kd_model
+  import preprocessing
   import readers
   import train  # noqa: F401  (defines the training flags of the documented command)
   import utils
@@ -45,7 +46,7 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
         batch = readers.get_input_data_tensors(reader, data_pattern, batch_size,
                                                num_readers=2, num_epochs=None,
                                                shuffle=False)
-      outputs = kd_model.inference_outputs(batch, role, "none")
+      outputs = kd_model.inference_outputs(batch, role, preprocessing.kind_from_flags())
       top = tf.math.top_k(outputs["predictions"], k=20)
       return graph, [top.values, top.indices], tf1.global_variables_initializer()
 

@@ -24,7 +24,9 @@ DBOF = ["--model=DbofModel", "--dbof_cluster_size=8192", "--dbof_hidden_size=102
         "--video_level_classifier_model=MoeModel", "--moe_num_mixtures=2",
         "--sample_random_frames=True", "--feature_names=rgb,audio",
         "--feature_sizes=1024,128", "--frame_features=True", "--batch_size=80",
-        "--num_readers=2", "--num_epochs=1000"]
+        "--num_readers=2", "--num_epochs=1000",
+        # Model Garden does no PCA scaling: off, so both sides do the same work.
+        "--pca_eigenvals="]
 # Model Garden: (videos/s, peak RSS GiB), float32, batch 80.
 PEER = {("train", 300): (9.6, 18.3), ("train", 30): (74.0, 4.0),
         ("eval", 300): (19.4, None), ("eval", 30): (198.0, None)}

@@ -6,7 +6,9 @@ Cases: the teacher (all 300 frames), k=30 and k=6 student baselines, KD at k=30 
 k=6, and the teacher's inference-mode forward pass (for the KD bound). Each case runs in
 its own process (so its peak RSS is its own), once fed by in-graph random input (model
 only) and once by the reader over generated shards (end to end). The graph is the one
-train.py builds (train.TrainGraph). Targets (issue 4):
+train.py builds (train.TrainGraph), with the README's documented command's flags and its
+default preprocessing (PCA scaling of rgb, as the original; one multiply per rgb value).
+Targets (issue 4):
   teacher step (model only) >= 80% of a large matmul's FLOP/s, measured in the same run;
   end to end >= 0.9 x model only;
   KD step <= 1.15 x (teacher forward + student training step);
@@ -19,17 +21,12 @@ import common
 import numpy as np
 import tensorflow as tf
 
+from tools import documented_command
+
 tf1 = tf.compat.v1
 
-DOCUMENTED = ["--feature_names=rgb,audio", "--feature_sizes=1024,128", "--groups=8",
-              "--nextvlad_cluster_size=128", "--nextvlad_hidden_size=2048",
-              "--expansion=2", "--gating_reduction=8", "--drop_rate=0.5",
-              "--model=NeXtVLADModel", "--num_readers=8",
-              "--learning_rate_decay_examples=2000000",
-              "--video_level_classifier_model=LogisticModel",
-              "--label_loss=CrossEntropyLoss", "--frame_features=True", "--batch_size=80",
-              "--base_learning_rate=0.0002", "--learning_rate_decay=0.8",
-              "--l2_penalty=1e-5", "--num_gpu=2"]
+# The README's documented command; appended flags (the case, the data) override its own.
+DOCUMENTED = documented_command.documented_flags()
 CASES = {
     "teacher": ["--model_type=teacher", "--k_frame=300"],
     "student_k30": ["--model_type=student", "--k_frame=30"],
@@ -61,6 +58,7 @@ def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0):
 def run_case(case, source, steps, data_pattern, extra_flags=()):
   """Builds and times one case in this process; returns a dict of measurements."""
   import kd_model
+  import preprocessing
   import train
   import utils
   FLAGS = tf1.flags.FLAGS
@@ -74,10 +72,13 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
       graph = tf.Graph()
       with graph.as_default():
         batch = (input_fn or train.reader_input)(80)
-        outputs = kd_model.inference_outputs(batch, kd_model.TEACHER, "none")
+        outputs = kd_model.inference_outputs(batch, kd_model.TEACHER,
+                                             preprocessing.kind_from_flags())
         return graph, tf.reduce_sum(outputs["predictions"]), \
             tf1.global_variables_initializer()
-    model = train.TrainGraph(["/cpu:0"], train.Task(), None, None, input_fn=input_fn)
+    model = train.TrainGraph(["/cpu:0"], train.Task(),
+                             preprocessing.load_rgb_scale(FLAGS.pca_eigenvals), None,
+                             input_fn=input_fn)
     with model.graph.as_default():
       return model.graph, model.train_op, tf1.global_variables_initializer()
 

@@ -1,4 +1,10 @@
-"""Shared test fixtures: tiny generated datasets and running the CLIs as a user would."""
+"""Shared test fixtures: tiny generated datasets and running the CLIs as a user would.
+
+Preprocessing: CLI tests run train.py with its defaults, so generated frame-level rgb
+(1024 values) is PCA-scaled with the shipped yt8m_pca/eigenvals.npy as in the original;
+tests that check numbers independent of it pass --pca_eigenvals= or build graphs with
+feature sizes other than 1024 (never scaled).
+"""
 import os
 import subprocess
 import sys
@@ -8,18 +14,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A NeXtVLAD small enough for a training step in milliseconds.
 TINY_MODEL = ["--nextvlad_cluster_size=4", "--nextvlad_hidden_size=16", "--groups=2",
               "--expansion=1", "--gating_reduction=4", "--num_classes=20"]
-
-DOCUMENTED_COMMAND = (
-    '--feature_names="rgb,audio" --feature_sizes="1024,128" --groups=8 '
-    '--nextvlad_cluster_size=128 --nextvlad_hidden_size=2048 --expansion=2 '
-    '--gating_reduction=8 --drop_rate=0.5 --model=NeXtVLADModel --num_readers=8 '
-    '--learning_rate_decay_examples 2000000  --video_level_classifier_model=LogisticModel '
-    '--label_loss=CrossEntropyLoss --train_data_pattern=/data/yt8m/train*.tfrecord '
-    '--frame_features=True   --batch_size=80 --base_learning_rate=0.0002  '
-    '--learning_rate_decay=0.8 --l2_penalty=1e-5 --max_step=700000 --num_gpu=2 '
-    '--export_model_steps=200 --train_dir=nextvlad_8g_5l2_5drop_128k_2048_2x80_logistic  '
-    '--visible_gpu="1"  --start_new_model=False --k_frame=30 --model_type=KD')
-
 
 def make_dataset(directory, train_videos=24, validate_videos=12, num_classes=20,
                  seed=1, **kwargs):

@@ -207,8 +207,10 @@ def test_serial_kd_trains_only_the_student_and_keeps_the_restored_teacher(
     student_trainable = _role_variables("student", trainable_only=True)
     student_count = [v for v in _role_variables("student")
                      if v.op.name.endswith("hidden1_bn/update_count")]
+    # The original's logistic classifier penalizes its weights and its biases.
     penalty = tf.add_n([FLAGS.l2_penalty * tf.nn.l2_loss(v) for v in student_trainable
-                        if v.op.name.endswith("classifier/logistic/weights")])
+                        if v.op.name.endswith(("classifier/logistic/weights",
+                                               "classifier/logistic/biases"))])
     with tf1.Session() as sess:
       sess.run(tf1.global_variables_initializer())
       teacher_saver.restore(sess, teacher_checkpoint)

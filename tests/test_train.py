@@ -1,7 +1,6 @@
 """train.py end to end on tiny configs: the documented recipe, towers, resume, TF_CONFIG."""
 import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -27,42 +26,47 @@ def _checkpoint_values(checkpoint, prefix=""):
           for name, _ in tf.train.list_variables(checkpoint) if name.startswith(prefix)}
 
 
-def _documented_args(train_pattern, **overrides):
-  """The README's long command, with the data pattern and any flag replaced."""
-  args = shlex.split(helpers.DOCUMENTED_COMMAND.replace("/data/yt8m/train*.tfrecord",
-                                                        train_pattern))
-  names = {a.split("=")[0] for a in ["--%s" % k for k in overrides]}
-  kept = []
-  skip_next = False
-  for i, arg in enumerate(args):
-    if skip_next:
-      skip_next = False
-      continue
-    if arg.split("=")[0] in names:
-      skip_next = "=" not in arg
-      continue
-    kept.append(arg)
-  return kept + ["--%s=%s" % kv for kv in overrides.items()]
+def test_readme_documented_command_runs_verbatim(data, tmp_path):
+  """The README's command string itself, with only data, steps and sizes appended.
 
-
-def test_documented_command_parses_unchanged_and_recipe_trains_three_runs(data, tmp_path):
+  absl keeps the last value of a repeated flag, so appended flags override the
+  command's own; everything else (model, features, PCA preprocessing by default,
+  classifier, loss, learning rate, --max_step, --num_gpu=2, --visible_gpu, the relative
+  --train_dir) runs as written. The teacher and the baseline runs append their
+  --model_type and --k_frame too; the KD run (the command's own k=30) does not.
+  """
+  from tools import documented_command
+  import preprocessing
+  command = documented_command.documented_command()
+  assert command.startswith("python train.py ") and command.endswith(
+      "--k_frame=30 --model_type=KD")
   train_pattern, _ = data
-  tiny = dict(groups=2, nextvlad_cluster_size=4, nextvlad_hidden_size=16, expansion=1,
-              gating_reduction=4, num_classes=20, batch_size=4, max_step=3,
-              export_model_steps=2)
-  # (1) teacher on all frames, (2) the k=6 student baseline alone, (3) KD at k=6.
-  for model_type, k in [("teacher", 300), ("teacher", 6), ("KD", 6)]:
-    args = _documented_args(train_pattern, model_type=model_type, k_frame=k, **tiny)
-    out = helpers.run_cli("train.py", args, cwd=str(tmp_path)).stdout
+  overrides = ["--train_data_pattern=" + train_pattern, "--max_step=3",
+               "--export_model_steps=2", "--batch_size=4", "--groups=2",
+               "--nextvlad_cluster_size=4", "--nextvlad_hidden_size=16", "--expansion=1",
+               "--gating_reduction=4", "--num_classes=20"]
+  verbatim = documented_command.documented_flags()
+  runs = [(["--model_type=teacher", "--k_frame=300"], "_teacher"),
+          (["--model_type=teacher", "--k_frame=30"], "_student_k_30"),
+          ([], "_KD_k_30")]
+  for kind_flags, _ in runs:
+    out = helpers.run_cli("train.py", verbatim + overrides + kind_flags,
+                          cwd=str(tmp_path)).stdout
     assert out.splitlines()[0].startswith("Run directory: ")
-  base = tmp_path / "nextvlad_8g_5l2_5drop_128k_2048_2x80_logistic"
-  teacher_dir, student_dir, kd_dir = [str(base) + s for s in
-                                      ("_teacher", "_student_k_6", "_KD_k_6")]
+  base = str(tmp_path / "nextvlad_8g_5l2_5drop_128k_2048_2x80_logistic")
+  teacher_dir, student_dir, kd_dir = [base + suffix for _, suffix in runs]
+  scale = preprocessing.load_rgb_scale(preprocessing.DEFAULT_EIGENVALS)
   for directory in (teacher_dir, student_dir, kd_dir):
-    assert tf1.train.latest_checkpoint(directory).endswith("-3"), directory
+    checkpoint = tf1.train.latest_checkpoint(directory)
+    assert checkpoint.endswith("-3"), directory
+    # PCA scaling by default, from the repository's yt8m_pca/ although cwd is tmp_path.
+    recorded = json.load(open(os.path.join(directory, "model_flags.json")))
+    assert recorded["preprocessing"] == "pca_eigenvals"
+    np.testing.assert_array_equal(
+        tf.train.load_variable(checkpoint, "input_preprocessing/rgb_scale"), scale)
   flags = json.load(open(os.path.join(kd_dir, "model_flags.json")))
-  assert (flags["model_type"], flags["k_frame"], flags["model"]) == ("KD", 6,
-                                                                    "NeXtVLADModel")
+  assert (flags["model_type"], flags["k_frame"], flags["model"], flags["label_loss"],
+          flags["l2_penalty"]) == ("KD", 30, "NeXtVLADModel", "CrossEntropyLoss", 1e-5)
   teacher = _checkpoint_values(tf1.train.latest_checkpoint(teacher_dir), "teacher/")
   kd_teacher = _checkpoint_values(tf1.train.latest_checkpoint(kd_dir), "teacher/")
   # Every teacher variable of the KD graph (weights and batch-norm statistics; the
