@@ -19,8 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
-import kd_model  # noqa: E402
+import config  # noqa: E402,F401  (the graph flags: --role, ...)
+import inference_graph  # noqa: E402
 import readers  # noqa: E402
+import run_dir  # noqa: E402
 import utils  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -36,38 +38,36 @@ SIGNATURE_INPUT = "examples"
 SERVING_TOP_K = 20
 
 
-def build_serving_outputs(serialized, role, preprocessing_kind, top_k=SERVING_TOP_K):
+def build_serving_outputs(cfg, serialized, role, top_k=SERVING_TOP_K):
   """The run's model in inference mode on serialized records [B] string.
 
   Returns:
     dict video_id [B] string, class_indexes [B, k] int32, predictions [B, k] float32.
   """
-  reader = readers.get_reader(dequantize=False, require_labels=False)
-  batch = reader.parse_batch(serialized)
-  outputs = kd_model.inference_outputs(batch, role, preprocessing_kind)
-  scores, indexes = tf.math.top_k(outputs["predictions"],
-                                  k=min(top_k, FLAGS.num_classes), sorted=True)
-  return {"video_id": tf.identity(batch["video_ids"], name="video_id"),
-          "class_indexes": tf.identity(indexes, name="class_indexes"),
-          "predictions": tf.identity(scores, name="predictions")}
+  reader = readers.get_reader(cfg, dequantize=False, require_labels=False)
+  outputs = inference_graph.top_k_outputs(cfg, reader.parse_batch(serialized), role,
+                                          top_k, with_labels=False)
+  return {"video_id": tf.identity(outputs["video_ids"], name="video_id"),
+          "class_indexes": tf.identity(outputs["top_indices"], name="class_indexes"),
+          "predictions": tf.identity(outputs["top_scores"], name="predictions")}
 
 
-def export(run_dir, checkpoint, output_dir, role):
+def export(model_dir, cfg, checkpoint, output_dir, role):
   """Writes the SavedModel of `checkpoint` to output_dir, replacing it atomically.
 
   The model is written to a temporary directory next to output_dir and renamed into
   place only when complete, so output_dir never holds a half-written model.
   """
-  recorded = utils.read_json(os.path.join(run_dir, kd_model.MODEL_FLAGS_FILE))
   graph = tf.Graph()
   with graph.as_default():
     serialized = tf1.placeholder(tf.string, [None], name="serialized_examples")
-    outputs = build_serving_outputs(serialized, role, recorded["preprocessing"])
+    outputs = build_serving_outputs(cfg, serialized, role)
     variables = tf1.global_variables()
-    kd_model.check_checkpoint_matches(variables, checkpoint, "checkpoint")
     saver = tf1.train.Saver(variables)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
+    # Checked before the staging directory exists, so a bad checkpoint leaves nothing.
+    run_dir.check_checkpoint_matches(variables, checkpoint, "checkpoint")
     staging = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".", dir=parent)
     try:
       with tf1.Session() as sess:
@@ -82,7 +82,7 @@ def export(run_dir, checkpoint, output_dir, role):
         builder.save()
       extra = os.path.join(staging, "model", "assets.extra")
       os.makedirs(extra, exist_ok=True)
-      shutil.copy(os.path.join(run_dir, kd_model.MODEL_FLAGS_FILE), extra)
+      shutil.copy(run_dir.flags_path(model_dir), extra)
       replace_directory(os.path.join(staging, "model"), output_dir)
     finally:
       shutil.rmtree(staging, ignore_errors=True)
@@ -109,12 +109,10 @@ def main(unused_argv):
     raise utils.UsageError("--train_dir is required (a run directory of train.py)")
   if not FLAGS.output_dir:
     raise utils.UsageError("--output_dir is required (where the SavedModel goes)")
-  kd_model.load_run(FLAGS.train_dir)
-  role = kd_model.role_to_use()
-  checkpoint = FLAGS.checkpoint or kd_model.latest_checkpoint(FLAGS.train_dir)
-  if not kd_model.checkpoint_exists(checkpoint):
-    raise utils.UsageError("--checkpoint=%s does not exist" % checkpoint)
-  export(FLAGS.train_dir, checkpoint, FLAGS.output_dir, role)
+  cfg = run_dir.load(FLAGS.train_dir)
+  role = cfg.role(FLAGS.role)
+  checkpoint = run_dir.chosen_checkpoint(FLAGS.train_dir, FLAGS.checkpoint)
+  export(FLAGS.train_dir, cfg, checkpoint, FLAGS.output_dir, role)
   print("Exported the %s of %s (%s) to %s" % (role, FLAGS.train_dir,
                                                os.path.basename(checkpoint),
                                                FLAGS.output_dir))

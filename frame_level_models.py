@@ -16,55 +16,15 @@ recurrent state stops at the last real frame.
 
 import tensorflow as tf
 
+import frame_selection
 import model_utils
-import readers
+import registry
 import utils
 import video_level_models
-from nextvlad import NeXtVLADModel, get_classifier
+from nextvlad import NeXtVLADModel, classify
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("iterations", 30, "Frames DbofModel samples per video (0: all "
-                     "real frames).")
-flags.DEFINE_bool("dbof_add_batch_norm", True, "Adds batch normalization to the DBoF "
-                  "model.")
-flags.DEFINE_bool("sample_random_frames", True, "DbofModel samples --iterations random "
-                  "frames if True, uniformly spread frames if False.")
-flags.DEFINE_integer("dbof_cluster_size", 8192, "Number of units in the DBoF cluster "
-                     "layer.")
-flags.DEFINE_integer("dbof_hidden_size", 1024, "Number of units in the DBoF hidden "
-                     "layer.")
-flags.DEFINE_string("dbof_pooling_method", "max", "Pooling of the DBoF cluster layer "
-                    "over frames: max or average.")
-flags.DEFINE_integer("lstm_cells", 1024, "Number of LSTM cells.")
-flags.DEFINE_integer("lstm_layers", 2, "Number of LSTM layers.")
-flags.DEFINE_integer("netvlad_cluster_size", 64, "Number of NetVLAD clusters of the "
-                     "first modality (the others get half).")
-flags.DEFINE_integer("netvlad_hidden_size", 1024, "Number of units in the NetVLAD "
-                     "hidden layer.")
-flags.DEFINE_bool("netvlad_add_batch_norm", True, "Adds batch normalization to the "
-                  "NetVLAD model.")
-flags.DEFINE_bool("gating", True, "Context gating after the NetVLAD hidden layer.")
-flags.DEFINE_integer("hrnn_cells", 1024, "Number of LSTM cells of both HRNN levels.")
-flags.DEFINE_integer("hrnn_block_size", 15, "Consecutive frames per HRNN block.")
-
-POOLING_METHODS = ("max", "average")
-
-
-def _flag(value, name):
-  """`value`, or the flag `name` when value is None."""
-  return getattr(FLAGS, name) if value is None else value
-
-
-def _classify(representation, vocab_size, is_training, classifier, classifier_params):
-  """Runs the video-level classifier on [B, H] under `classifier/`; returns its dict."""
-  classifier = classifier or FLAGS.video_level_classifier_model
-  with tf1.variable_scope("classifier"):
-    outputs = get_classifier(classifier).create_model(
-        representation, vocab_size, is_training=is_training, **classifier_params)
-  outputs["representation"] = representation
-  return outputs
+POOLING_METHODS = ("max", "average")  # --dbof_pooling_method
 
 
 def _branch_names(count):
@@ -98,7 +58,7 @@ class FrameLevelLogisticModel(model_utils.BaseModel):
   """Logistic regression on the mean of the real frames."""
 
   def create_model(self, model_input, vocab_size, num_frames, is_training,
-                   l2_penalty=None, **unused_params):
+                   l2_penalty=video_level_models.L2_PENALTY, **unused_params):
     """model_input [B, T, F], num_frames [B] -> {predictions, logits [B, vocab],
     representation [B, F] the mean frame}."""
     mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
@@ -119,11 +79,12 @@ class DbofModel(model_utils.BaseModel):
   """
 
   def create_model(self, model_input, vocab_size, num_frames, is_training,
-                   iterations=None, sample_random_frames=None, add_batch_norm=None,
-                   cluster_size=None, hidden_size=None, pooling_method=None,
-                   classifier=None, **classifier_params):
-    """Builds the model; arguments left None come from the flags (--iterations,
-    --sample_random_frames, --dbof_*).
+                   iterations=30, sample_random_frames=True, add_batch_norm=True,
+                   cluster_size=8192, hidden_size=1024, pooling_method="max",
+                   classifier="LogisticModel", frame_packing="auto",
+                   **classifier_params):
+    """Builds the model (defaults: the flags --iterations, --sample_random_frames,
+    --dbof_*).
 
     Args:
       model_input: [B, T, F] float frames, padded beyond num_frames.
@@ -134,12 +95,6 @@ class DbofModel(model_utils.BaseModel):
       {"predictions": [B, vocab_size], "logits" (LogisticModel only),
        "representation": [B, hidden_size]}.
     """
-    iterations = _flag(iterations, "iterations")
-    sample_random_frames = _flag(sample_random_frames, "sample_random_frames")
-    add_batch_norm = _flag(add_batch_norm, "dbof_add_batch_norm")
-    cluster_size = _flag(cluster_size, "dbof_cluster_size")
-    hidden_size = _flag(hidden_size, "dbof_hidden_size")
-    pooling_method = _flag(pooling_method, "dbof_pooling_method")
     if pooling_method not in POOLING_METHODS:
       raise utils.UsageError("--dbof_pooling_method must be max or average, got %r"
                              % pooling_method)
@@ -148,7 +103,8 @@ class DbofModel(model_utils.BaseModel):
 
     frames, mask = self._sample(model_input, num_frames, iterations,
                                 "random" if sample_random_frames else "uniform")
-    rows = model_utils.FrameRows(frames, mask, model_utils.packing_enabled(frames.shape[1]))
+    rows = model_utils.FrameRows(
+        frames, mask, model_utils.packing_enabled(frame_packing, frames.shape[1]))
     clusters = self._cluster_layer(rows, cluster_size, add_batch_norm, is_training)
     pooled = self._pool(rows, clusters, pooling_method)
 
@@ -157,8 +113,8 @@ class DbofModel(model_utils.BaseModel):
     if add_batch_norm:
       hidden = model_utils.batch_norm(hidden, is_training, "hidden1_bn")
     representation = tf.nn.relu6(hidden)
-    return _classify(representation, vocab_size, is_training, classifier,
-                     classifier_params)
+    return classify(representation, vocab_size, is_training, classifier,
+                    classifier_params)
 
   @staticmethod
   def _sample(model_input, num_frames, iterations, strategy):
@@ -176,7 +132,8 @@ class DbofModel(model_utils.BaseModel):
       # select_frames needs at least `iterations` frames; it only picks real ones.
       shortfall = tf.maximum(iterations - tf.shape(model_input)[1], 0)
       model_input = tf.pad(model_input, [[0, 0], [0, shortfall], [0, 0]])
-    frames, _ = readers.select_frames(model_input, num_frames, iterations, strategy)
+    frames, _ = frame_selection.select_frames(model_input, num_frames, iterations,
+                                             strategy)
     return frames, None
 
   @staticmethod
@@ -210,9 +167,9 @@ class DbofModel(model_utils.BaseModel):
 class LstmModel(model_utils.BaseModel):
   """A stack of LSTMs over the real frames; the top layer's final state is classified."""
 
-  def create_model(self, model_input, vocab_size, num_frames, is_training, cells=None,
-                   layers=None, classifier=None, **classifier_params):
-    """Builds the model; cells / layers left None come from --lstm_cells/--lstm_layers.
+  def create_model(self, model_input, vocab_size, num_frames, is_training, cells=1024,
+                   layers=2, classifier="LogisticModel", **classifier_params):
+    """Builds the model (defaults: --lstm_cells, --lstm_layers).
 
     Args:
       model_input: [B, T, F] float frames, padded beyond num_frames.
@@ -221,16 +178,14 @@ class LstmModel(model_utils.BaseModel):
       {"predictions": [B, vocab_size], "logits" (LogisticModel only),
        "representation": [B, cells] the top layer's state after the last real frame}.
     """
-    cells = _flag(cells, "lstm_cells")
-    layers = _flag(layers, "lstm_layers")
     if layers < 1:
       raise utils.UsageError("--lstm_layers must be >= 1, got %d" % layers)
     representation = _stacked_lstm(model_input, num_frames, cells, layers, "lstm")
-    return _classify(representation, vocab_size, is_training, classifier,
-                     classifier_params)
+    return classify(representation, vocab_size, is_training, classifier,
+                    classifier_params)
 
 
-def netvlad(frames, mask, cluster_size, add_batch_norm, is_training):
+def netvlad(frames, mask, cluster_size, add_batch_norm, is_training, packed=False):
   """Learnable NetVLAD of one modality (variables in the current scope).
 
   a = softmax_K(BN(x W)) * mask, vlad[d, k] = sum_t a_tk (x_td - c_dk), L2-normalized
@@ -240,11 +195,12 @@ def netvlad(frames, mask, cluster_size, add_batch_norm, is_training):
     frames: [B, T, D] float, padded beyond the mask.
     mask: [B, T] float, 1 for real frames.
     cluster_size: K.
+    packed: run the per-frame layers on the real frames only (model_utils.FrameRows).
   Returns:
     [B, K*D] float.
   """
   feature_size = int(frames.shape[-1])
-  rows = model_utils.FrameRows(frames, mask, model_utils.packing_enabled(frames.shape[1]))
+  rows = model_utils.FrameRows(frames, mask, packed)
   x = rows.rows
   if add_batch_norm:
     x = model_utils.batch_norm(x, is_training, "input_bn", mask=rows.row_mask)
@@ -275,11 +231,10 @@ class NetVLADModel(model_utils.BaseModel):
   """NetVLAD per modality -> hidden FC + BN + relu6 -> context gating -> classifier."""
 
   def create_model(self, model_input, vocab_size, num_frames, is_training,
-                   feature_sizes=None, cluster_size=None, hidden_size=None,
-                   add_batch_norm=None, gating=None, classifier=None,
-                   **classifier_params):
-    """Builds the model; arguments left None come from --netvlad_*, --gating and
-    --feature_sizes.
+                   feature_sizes=(1024, 128), cluster_size=64, hidden_size=1024,
+                   add_batch_norm=True, gating=True, classifier="LogisticModel",
+                   frame_packing="auto", **classifier_params):
+    """Builds the model (defaults: --feature_sizes, --netvlad_*, --gating).
 
     Args:
       model_input: [B, T, sum(feature_sizes)] float frames, padded beyond num_frames.
@@ -290,15 +245,8 @@ class NetVLADModel(model_utils.BaseModel):
       {"predictions": [B, vocab_size], "logits" (LogisticModel only),
        "representation": [B, hidden_size] the (gated) hidden vector}.
     """
-    if feature_sizes is None:
-      _, feature_sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
-                                                             FLAGS.feature_sizes)
-    cluster_size = _flag(cluster_size, "netvlad_cluster_size")
-    hidden_size = _flag(hidden_size, "netvlad_hidden_size")
-    add_batch_norm = _flag(add_batch_norm, "netvlad_add_batch_norm")
-    gating = _flag(gating, "gating")
-
     mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
+    packed = model_utils.packing_enabled(frame_packing, model_input.shape[1])
     vlads = []
     start = 0
     for i, (name, size) in enumerate(zip(_branch_names(len(feature_sizes)),
@@ -306,7 +254,7 @@ class NetVLADModel(model_utils.BaseModel):
       with tf1.variable_scope("%s_netvlad" % name):
         vlads.append(netvlad(model_input[:, :, start:start + size], mask,
                              cluster_size if i == 0 else max(cluster_size // 2, 1),
-                             add_batch_norm, is_training))
+                             add_batch_norm, is_training, packed))
       start += size
     vlad = tf.concat(vlads, axis=1) if len(vlads) > 1 else vlads[0]
 
@@ -318,8 +266,8 @@ class NetVLADModel(model_utils.BaseModel):
     if gating:
       representation = model_utils.context_gating(
           representation, is_training, use_batch_norm=add_batch_norm)
-    return _classify(representation, vocab_size, is_training, classifier,
-                     classifier_params)
+    return classify(representation, vocab_size, is_training, classifier,
+                    classifier_params)
 
 
 class HRNNModel(model_utils.BaseModel):
@@ -331,10 +279,10 @@ class HRNNModel(model_utils.BaseModel):
   (ceil(num_frames / S) of them) feed the upper LSTM, whose final state is classified.
   """
 
-  def create_model(self, model_input, vocab_size, num_frames, is_training, cells=None,
-                   block_size=None, block_layers=2, classifier=None,
+  def create_model(self, model_input, vocab_size, num_frames, is_training, cells=1024,
+                   block_size=15, block_layers=2, classifier="LogisticModel",
                    **classifier_params):
-    """Builds the model; cells / block_size left None come from --hrnn_*.
+    """Builds the model (defaults: --hrnn_cells, --hrnn_block_size).
 
     Args:
       model_input: [B, T, F] float frames, padded beyond num_frames.
@@ -344,8 +292,6 @@ class HRNNModel(model_utils.BaseModel):
       {"predictions": [B, vocab_size], "logits" (LogisticModel only),
        "representation": [B, cells] the upper LSTM's final state}.
     """
-    cells = _flag(cells, "hrnn_cells")
-    block_size = _flag(block_size, "hrnn_block_size")
     if block_size < 1:
       raise utils.UsageError("--hrnn_block_size must be >= 1, got %d" % block_size)
     if model_input.shape[1] is not None:
@@ -358,8 +304,8 @@ class HRNNModel(model_utils.BaseModel):
     block_states = tf.reshape(block_states, [tf.shape(model_input)[0], -1, cells])
     num_blocks = (num_frames + block_size - 1) // block_size
     _, representation = model_utils.lstm(block_states, num_blocks, cells, "video_lstm")
-    return _classify(representation, vocab_size, is_training, classifier,
-                     classifier_params)
+    return classify(representation, vocab_size, is_training, classifier,
+                    classifier_params)
 
   @staticmethod
   def _split_blocks(frames, num_frames, block_size):
@@ -376,14 +322,7 @@ class HRNNModel(model_utils.BaseModel):
     return blocks, block_frames
 
 
-MODELS = (FrameLevelLogisticModel, DbofModel, LstmModel, NetVLADModel, HRNNModel,
-          NeXtVLADModel)
-
-
-def get_frame_level_model(name):
-  """An instance of the frame-level model class called `name` (--model)."""
-  for model in MODELS:
-    if model.__name__ == name:
-      return model()
-  raise utils.UsageError("--model=%s is not a frame-level model (choose from: %s)"
-                         % (name, ", ".join(model.__name__ for model in MODELS)))
+MODELS = registry.Registry("frame-level model", "--model")
+for _model in (FrameLevelLogisticModel, DbofModel, LstmModel, NetVLADModel, HRNNModel,
+               NeXtVLADModel):
+  MODELS.register(_model)

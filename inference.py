@@ -20,8 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
-import kd_model  # noqa: E402
+import config  # noqa: E402,F401  (the graph flags: --role, --bf16, ...)
+import inference_graph  # noqa: E402
 import readers  # noqa: E402
+import run_dir  # noqa: E402
 import utils  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -40,9 +42,11 @@ flags.DEFINE_string("output_model_tgz", "", "Also pack the model (checkpoint and
                     "model_flags.json) into this tarball for inference elsewhere.")
 flags.DEFINE_string("output_file", "", "The CSV file to write.")
 flags.DEFINE_string("input_data_pattern", "", "File glob of the records to predict.")
-flags.DEFINE_integer("batch_size", 128, "Videos per batch.")
-flags.DEFINE_integer("num_readers", 1, "How many files to read in parallel.")
-flags.DEFINE_integer("top_k", 20, "How many predictions to output per video.")
+flags.DEFINE_integer("batch_size", 128, "Videos per batch.", lower_bound=1)
+flags.DEFINE_integer("num_readers", 1, "How many files to read in parallel.",
+                     lower_bound=1)
+flags.DEFINE_integer("top_k", 20, "How many predictions to output per video.",
+                     lower_bound=1)
 flags.DEFINE_integer("progress_every_secs", 30, "Seconds between progress lines.")
 
 PACKED_DIR = "model"
@@ -76,30 +80,21 @@ class Progress(object):
     return self.videos / max(time.time() - self.start, 1e-9)
 
 
-def predict_from_checkpoint(run_dir, output):
+def predict_from_checkpoint(model_dir, output):
   """Runs the run's model over --input_data_pattern; writes rows to `output`."""
-  recorded = kd_model.load_run(run_dir, flag_name=model_flag_name())
-  role = kd_model.role_to_use()
-  checkpoint = kd_model.latest_checkpoint(run_dir, model_flag_name())
-  graph = tf.Graph()
-  with graph.as_default():
-    reader = readers.get_reader(dequantize=False, require_labels=False)
-    dataset = readers.make_dataset(reader, FLAGS.input_data_pattern, FLAGS.batch_size,
-                                   FLAGS.num_readers, num_epochs=1, shuffle=False,
-                                   flag_name="--input_data_pattern")
-    batch = tf1.data.make_one_shot_iterator(dataset).get_next()
-    outputs = kd_model.inference_outputs(batch, role, recorded["preprocessing"])
-    scores, indexes = tf.math.top_k(outputs["predictions"],
-                                    k=min(FLAGS.top_k, FLAGS.num_classes))
-    variables = tf1.global_variables()
-    kd_model.check_checkpoint_matches(variables, checkpoint, "checkpoint")
-    saver = tf1.train.Saver(variables)
-    graph.finalize()
-  print("Predicting with the %s of %s (%s)" % (role, run_dir, os.path.basename(checkpoint)),
-        flush=True)
-  with tf1.Session(graph=graph, config=utils.session_config()) as sess:
-    utils.restore_checkpoint(saver, sess, checkpoint)
-    return write_rows(sess, [batch["video_ids"], indexes, scores], output, reader)
+  cfg = run_dir.load(model_dir, flag_name=model_flag_name())
+  role = cfg.role(FLAGS.role)
+  checkpoint = run_dir.latest_checkpoint(model_dir, model_flag_name())
+  model = inference_graph.InferenceGraph(
+      cfg, role, FLAGS.input_data_pattern, "--input_data_pattern", FLAGS.batch_size,
+      FLAGS.num_readers, FLAGS.top_k, with_labels=False)
+  print("Predicting with the %s of %s (%s)" % (role, model_dir,
+                                               os.path.basename(checkpoint)), flush=True)
+  fetches = [model.fetches[key] for key in ("video_ids", "top_indices", "top_scores")]
+  with model.session(checkpoint, FLAGS.bf16) as sess:
+    with readers.data_errors_named(model.reader, FLAGS.input_data_pattern,
+                                   "--input_data_pattern"):
+      return write_rows(sess, fetches, output)
 
 
 def predict_from_saved_model(export_dir, output):
@@ -111,7 +106,7 @@ def predict_from_saved_model(export_dir, output):
     files = readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
     records = tf.data.TFRecordDataset(files).batch(FLAGS.batch_size).prefetch(2)
     serialized = tf1.data.make_one_shot_iterator(records).get_next()
-    with tf1.Session(graph=graph, config=utils.session_config()) as sess:
+    with tf1.Session(graph=graph, config=utils.session_config(FLAGS.bf16)) as sess:
       try:
         meta_graph = tf1.saved_model.load(sess, [tf1.saved_model.tag_constants.SERVING],
                                           export_dir)
@@ -123,12 +118,21 @@ def predict_from_saved_model(export_dir, output):
       fetches = [graph.get_tensor_by_name(signature.outputs[key].name)
                  for key in ("video_id", "class_indexes", "predictions")]
       print("Predicting with the SavedModel %s" % export_dir, flush=True)
-      return write_rows(sess, fetches, output, None, feed=(serialized, input_name))
+      # Records are parsed inside the SavedModel: a bad one is named by scanning the
+      # files as a (label-free) reader of the features it records would read them.
+      extra = os.path.join(export_dir, "assets.extra", run_dir.MODEL_FLAGS_FILE)
+      cfg = (config.from_json(utils.read_json(extra), extra) if os.path.exists(extra)
+             else config.from_flags())
+      reader = readers.get_reader(cfg, require_labels=False)
+      with readers.data_errors_named(reader, FLAGS.input_data_pattern,
+                                     "--input_data_pattern"):
+        return write_rows(sess, fetches, output, feed=(serialized, input_name))
 
 
-def write_rows(sess, fetches, output, reader, feed=None):
+def write_rows(sess, fetches, output, feed=None):
   """Writes one CSV row per video until the data ends; returns the number of videos.
 
+  fetches: [video ids [B], top classes [B, K], their scores [B, K]] (K >= --top_k).
   feed: (tensor of serialized records, name of the model input to feed them to), for
   a SavedModel whose graph was imported without our reader.
   """
@@ -142,9 +146,6 @@ def write_rows(sess, fetches, output, reader, feed=None):
         video_ids, indexes, scores = sess.run(fetches, {feed[1]: records})
     except tf.errors.OutOfRangeError:
       break
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-      raise readers.data_error(e, reader or readers.get_reader(require_labels=False),
-                               FLAGS.input_data_pattern, "--input_data_pattern")
     output.writelines(csv_rows(video_ids, indexes[:, :FLAGS.top_k],
                                scores[:, :FLAGS.top_k]))
     progress.add(len(video_ids))
@@ -156,28 +157,28 @@ def model_flag_name():
   return "--input_model_tgz" if FLAGS.input_model_tgz else "--train_dir"
 
 
-def pack_model(run_dir, tgz_path):
-  """Packs the latest checkpoint and model_flags.json of run_dir into tgz_path.
+def pack_model(model_dir, tgz_path):
+  """Packs the latest checkpoint and model_flags.json of model_dir into tgz_path.
 
   The tarball holds one directory, `model/`, with model_flags.json, a `checkpoint`
   state file naming the packed checkpoint, and its .index/.data files.
   """
-  checkpoint = kd_model.latest_checkpoint(run_dir)
+  checkpoint = run_dir.latest_checkpoint(model_dir)
   prefix = os.path.basename(checkpoint)
   with utils.atomic_output(tgz_path, "wb") as raw, \
       tarfile.open(fileobj=raw, mode="w:gz") as tar:
-    tar.add(os.path.join(run_dir, kd_model.MODEL_FLAGS_FILE),
-            arcname="%s/%s" % (PACKED_DIR, kd_model.MODEL_FLAGS_FILE))
-    for name in sorted(os.listdir(run_dir)):
+    tar.add(run_dir.flags_path(model_dir),
+            arcname="%s/%s" % (PACKED_DIR, run_dir.MODEL_FLAGS_FILE))
+    for name in sorted(os.listdir(model_dir)):
       if name.startswith(prefix + ".") and not name.endswith(".meta"):
-        tar.add(os.path.join(run_dir, name), arcname="%s/%s" % (PACKED_DIR, name))
+        tar.add(os.path.join(model_dir, name), arcname="%s/%s" % (PACKED_DIR, name))
     state = ('model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n'
              % (prefix, prefix)).encode("utf-8")
     info = tarfile.TarInfo("%s/checkpoint" % PACKED_DIR)
     info.size = len(state)
     info.mtime = int(time.time())
     tar.addfile(info, io.BytesIO(state))
-  print("Packed %s (%s) into %s" % (run_dir, prefix, tgz_path), flush=True)
+  print("Packed %s (%s) into %s" % (model_dir, prefix, tgz_path), flush=True)
 
 
 def safe_untar(tgz_path, target_dir):
@@ -214,11 +215,11 @@ def safe_untar(tgz_path, target_dir):
       os.makedirs(os.path.dirname(destination), exist_ok=True)
       with tar.extractfile(member) as source, open(destination, "wb") as sink:
         shutil.copyfileobj(source, sink)
-  model_dirs = [d for d, _, files in os.walk(root) if kd_model.MODEL_FLAGS_FILE in files]
+  model_dirs = [d for d, _, files in os.walk(root) if run_dir.MODEL_FLAGS_FILE in files]
   if len(model_dirs) != 1:
     raise utils.UsageError("--input_model_tgz=%s holds %d model directories (with %s); "
                            "expected one" % (tgz_path, len(model_dirs),
-                                             kd_model.MODEL_FLAGS_FILE))
+                                             run_dir.MODEL_FLAGS_FILE))
   return model_dirs[0]
 
 
@@ -236,10 +237,6 @@ def validate_flags():
     raise utils.UsageError("--output_file is required")
   if FLAGS.output_file and not FLAGS.input_data_pattern:
     raise utils.UsageError("--input_data_pattern is required with --output_file")
-  if FLAGS.batch_size <= 0:
-    raise utils.UsageError("--batch_size must be positive, got %d" % FLAGS.batch_size)
-  if FLAGS.top_k <= 0:
-    raise utils.UsageError("--top_k must be positive, got %d" % FLAGS.top_k)
   if FLAGS.skip_corrupt_records:
     raise utils.UsageError("--skip_corrupt_records is for train.py and eval.py: "
                            "inference never drops a video")
@@ -249,12 +246,12 @@ def validate_flags():
 
 def main(unused_argv):
   validate_flags()
-  run_dir = FLAGS.train_dir
+  model_dir = FLAGS.train_dir
   if FLAGS.input_model_tgz:
-    run_dir = safe_untar(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
+    model_dir = safe_untar(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
   if FLAGS.output_model_tgz:
-    kd_model.load_run(run_dir, model_flag_name())
-    pack_model(run_dir, FLAGS.output_model_tgz)
+    run_dir.load(model_dir, model_flag_name())
+    pack_model(model_dir, FLAGS.output_model_tgz)
   if not FLAGS.output_file:
     return 0
   readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
@@ -263,7 +260,7 @@ def main(unused_argv):
     if FLAGS.saved_model:
       count = predict_from_saved_model(FLAGS.saved_model, output)
     else:
-      count = predict_from_checkpoint(run_dir, output)
+      count = predict_from_checkpoint(model_dir, output)
   print("Wrote %d videos to %s" % (count, FLAGS.output_file))
   return 0
 

@@ -2,16 +2,10 @@
 
 import tensorflow as tf
 
+import registry
 import utils
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-FLAGS = flags.FLAGS
-flags.DEFINE_string("label_loss", "CrossEntropyLoss",
-                    "Which loss function to use for training the model: "
-                    "CrossEntropyLoss (epsilon 1e-8, the original KD code), "
-                    "StarterCrossEntropyLoss (epsilon 1e-5, today's starter), HingeLoss or "
-                    "SoftmaxLoss.")
 
 REDUCTIONS = ("sum", "mean")
 PREDICTION_LOSSES = ("mse", "kl")
@@ -70,13 +64,16 @@ class SoftmaxLoss(BaseLoss):
     return tf.reduce_mean(-tf.reduce_sum(labels / label_sum * log_softmax, axis=1))
 
 
+# --label_loss: CrossEntropyLoss (epsilon 1e-8, the original KD code),
+# StarterCrossEntropyLoss (epsilon 1e-5, today's starter), HingeLoss, SoftmaxLoss.
+LABEL_LOSSES = registry.Registry("label loss", "--label_loss")
+for _loss in (CrossEntropyLoss, StarterCrossEntropyLoss, HingeLoss, SoftmaxLoss):
+  LABEL_LOSSES.register(_loss)
+
+
 def get_label_loss(name):
-  """The loss class called `name` (--label_loss), instantiated."""
-  loss = globals().get(name)
-  if not isinstance(loss, type) or not issubclass(loss, BaseLoss) or loss is BaseLoss:
-    raise utils.UsageError("--label_loss=%s is not one of CrossEntropyLoss, "
-                           "StarterCrossEntropyLoss, HingeLoss, SoftmaxLoss" % name)
-  return loss()
+  """The label loss called `name` (--label_loss), instantiated."""
+  return LABEL_LOSSES.create(name)
 
 
 def _reduce(per_example, reduction):

@@ -12,13 +12,8 @@ import tensorflow as tf
 import utils
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-FLAGS = flags.FLAGS
 PACK_ABOVE_FRAMES = 32
-flags.DEFINE_string("frame_packing", "auto",
-                    "Per-frame layers on real frames only: always (gather the real frames "
-                    "of the batch into one matrix), never (the padded [B, T] grid), auto "
-                    "(pack when a video has more than %d frame slots)." % PACK_ABOVE_FRAMES)
+FRAME_PACKINGS = ("auto", "always", "never")  # --frame_packing
 
 BATCH_NORM_DECAY = 0.999
 BATCH_NORM_EPSILON = 1e-3
@@ -201,16 +196,18 @@ def se_context_gating(inputs, reduction, is_training, scope="gating"):
     return inputs * tf.sigmoid(gates)
 
 
-def packing_enabled(max_frames):
-  """Whether per-frame layers should run on packed real frames (--frame_packing).
+def packing_enabled(frame_packing, max_frames):
+  """Whether per-frame layers run on packed real frames.
 
+  frame_packing: "always", "never", or "auto": pack when the frame axis is longer than
+    PACK_ABOVE_FRAMES (teachers), keep the dense grid for k-frame students.
   max_frames: the static frame-axis length, or None when unknown.
   """
-  if FLAGS.frame_packing not in ("auto", "always", "never"):
+  if frame_packing not in FRAME_PACKINGS:
     raise utils.UsageError("--frame_packing must be auto, always or never, got %r"
-                           % FLAGS.frame_packing)
-  if FLAGS.frame_packing != "auto":
-    return FLAGS.frame_packing == "always"
+                           % frame_packing)
+  if frame_packing != "auto":
+    return frame_packing == "always"
   return max_frames is None or max_frames > PACK_ABOVE_FRAMES
 
 

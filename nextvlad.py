@@ -11,35 +11,20 @@ Head: concat branches -> dropout -> FC (no bias) -> BN -> SE gating -> classifie
 import tensorflow as tf
 
 import model_utils
-import readers  # noqa: F401  (defines --feature_names, --feature_sizes)
 import utils
 import video_level_models
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("nextvlad_cluster_size", 64,
-                     "Number of units in the NeXtVLAD cluster layer.")
-flags.DEFINE_integer("nextvlad_hidden_size", 1024,
-                     "Number of units in the NeXtVLAD hidden layer.")
-flags.DEFINE_integer("groups", 8, "number of groups in VLAD encoding")
-flags.DEFINE_float("drop_rate", 0.5, "dropout ratio after VLAD encoding")
-flags.DEFINE_integer("expansion", 2, "expansion ratio in Group NetVlad")
-flags.DEFINE_integer("gating_reduction", 8, "reduction factor in se context gating")
-flags.DEFINE_string("video_level_classifier_model", "LogisticModel",
-                    "Classifier on top of a frame-level model: LogisticModel, "
-                    "StarterLogisticModel or MoeModel (video_level_models.py).")
 
 
-def get_classifier(name):
-  """The video-level classifier class called `name` (--video_level_classifier_model)."""
-  classifier = getattr(video_level_models, name, None)
-  if not isinstance(classifier, type) or not issubclass(classifier,
-                                                        model_utils.BaseModel):
-    raise utils.UsageError(
-        "--video_level_classifier_model=%s is not a model of video_level_models.py "
-        "(LogisticModel, StarterLogisticModel, MoeModel)" % name)
-  return classifier()
+def classify(representation, vocab_size, is_training, classifier, classifier_params):
+  """The video-level classifier `classifier` on [B, H] under `classifier/` -> its dict,
+  with `representation` set to [B, H]."""
+  with tf1.variable_scope("classifier"):
+    outputs = video_level_models.CLASSIFIERS.create(classifier).create_model(
+        representation, vocab_size, is_training=is_training, **classifier_params)
+  outputs["representation"] = representation
+  return outputs
 
 
 class NeXtVLAD(object):
@@ -116,35 +101,27 @@ class NeXtVLADModel(model_utils.BaseModel):
   """NeXtVLAD video classifier over frame features (rgb then audio)."""
 
   def create_model(self, model_input, vocab_size, num_frames, is_training,
-                   feature_sizes=None, cluster_size=None, hidden_size=None, groups=None,
-                   expansion=None, gating_reduction=None, drop_rate=None,
-                   classifier=None, **classifier_params):
-    """Builds the model; arguments left None come from the flags of the same name.
+                   feature_sizes=(1024, 128), cluster_size=64, hidden_size=1024, groups=8,
+                   expansion=2, gating_reduction=8, drop_rate=0.5,
+                   classifier="LogisticModel", frame_packing="auto",
+                   **classifier_params):
+    """Builds the model (the defaults are those of the flags of the same names).
 
     Args:
       model_input: [B, T, sum(feature_sizes)] float frames, padded beyond num_frames.
       vocab_size: number of classes.
       num_frames: [B] int real frames per video.
       is_training: Python bool (dropout, batch-norm mode and updates).
-      feature_sizes: list of per-modality widths, default from --feature_sizes; the
-        first modality gets K clusters and G groups, the others K/2 and G/2.
+      feature_sizes: per-modality widths; the first modality gets K clusters and G
+        groups, the others K/2 and G/2.
+      classifier: name of the video-level classifier; classifier_params go to it.
+      frame_packing: see model_utils.packing_enabled.
     Returns:
       {"predictions": [B, vocab_size], "logits" (LogisticModel only),
        "representation": [B, hidden_size] the gated vector fed to the classifier}.
     """
-    if feature_sizes is None:
-      _, feature_sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
-                                                             FLAGS.feature_sizes)
-    cluster_size = cluster_size or FLAGS.nextvlad_cluster_size
-    hidden_size = hidden_size or FLAGS.nextvlad_hidden_size
-    groups = groups or FLAGS.groups
-    expansion = expansion or FLAGS.expansion
-    gating_reduction = gating_reduction or FLAGS.gating_reduction
-    drop_rate = FLAGS.drop_rate if drop_rate is None else drop_rate
-    classifier = classifier or FLAGS.video_level_classifier_model
-
     mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
-    packed = model_utils.packing_enabled(model_input.shape[1])
+    packed = model_utils.packing_enabled(frame_packing, model_input.shape[1])
     branch_names = ["rgb", "audio"] + ["feature%d" % i for i in range(2, 10)]
     vlads = []
     start = 0
@@ -164,9 +141,4 @@ class NeXtVLADModel(model_utils.BaseModel):
         stddev=model_utils.variance_scaling_stddev(int(vlad.shape[-1])))
     hidden = model_utils.batch_norm(hidden, is_training, "hidden1_bn")
     representation = model_utils.se_context_gating(hidden, gating_reduction, is_training)
-
-    with tf1.variable_scope("classifier"):
-      outputs = get_classifier(classifier).create_model(
-          representation, vocab_size, is_training=is_training, **classifier_params)
-    outputs["representation"] = representation
-    return outputs
+    return classify(representation, vocab_size, is_training, classifier, classifier_params)

@@ -15,20 +15,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import readers  # noqa: F401  (defines --feature_names, --frame_features)
 import utils
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-FLAGS = flags.FLAGS
-DEFAULT_EIGENVALS = "yt8m_pca/eigenvals.npy"
+DEFAULT_EIGENVALS = "yt8m_pca/eigenvals.npy"  # the --pca_eigenvals default
 REPOSITORY = os.path.dirname(os.path.abspath(__file__))
-flags.DEFINE_string("pca_eigenvals", DEFAULT_EIGENVALS,
-                    "The YouTube-8M PCA eigenvalues (.npy, >= 1024 values). Frame-level rgb "
-                    "features are scaled by sqrt(eigenvalue) + 1e-4 before the model, as in "
-                    "the original KD code. A relative path is looked up in the current "
-                    "directory, then in this repository (which ships the default). Empty: "
-                    "no scaling.")
 
 PCA = "pca_eigenvals"
 NONE = "none"
@@ -71,26 +62,10 @@ def load_rgb_scale(path, rgb_size=RGB_SIZE):
   return (np.sqrt(eigenvalues[:rgb_size]) + 1e-4).astype(np.float32)
 
 
-def kind_from_flags():
-  """The preprocessing the flags ask for: PCA or NONE.
-
-  PCA when --pca_eigenvals is set and the features are frame-level with rgb (1024
-  values) first; the default path is simply not applied to other features, while a
-  path given for them is a UsageError.
-  """
-  if not FLAGS.pca_eigenvals:
-    return NONE
-  names, sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
-                                                     FLAGS.feature_sizes)
-  if FLAGS.frame_features and (names[0], sizes[0]) == (RGB_NAME, RGB_SIZE):
-    return PCA
-  if FLAGS.pca_eigenvals != DEFAULT_EIGENVALS:
-    raise utils.UsageError(
-        "--pca_eigenvals=%s scales frame-level rgb features (--frame_features with "
-        "--feature_names starting with rgb of size 1024); these features are %s"
-        % (FLAGS.pca_eigenvals, "video-level" if not FLAGS.frame_features
-           else "%s of size %d" % (names[0], sizes[0])))
-  return NONE
+def scales(frame_features, feature_names, feature_sizes):
+  """Whether PCA scaling applies to these features: frame-level, rgb (1024) first."""
+  return bool(frame_features) and (feature_names[0], feature_sizes[0]) == (RGB_NAME,
+                                                                           RGB_SIZE)
 
 
 def preprocess(frames, num_frames, kind, rgb_size=RGB_SIZE, training_scale=None):

@@ -1,4 +1,4 @@
-"""YouTube-8M readers as tf.data pipelines (graph mode), and k-frame selection.
+"""YouTube-8M readers as tf.data pipelines (graph mode).
 
 Every reader turns a batch of serialized records into a dict of tensors:
   video_ids    [B] string
@@ -10,6 +10,7 @@ whole batch at a time (one `parse_sequence_example` call), which is what lets th
 reader keep up with the model on two cores.
 """
 
+import contextlib
 import sys
 
 import tensorflow as tf
@@ -17,23 +18,6 @@ import tensorflow as tf
 import utils
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-FLAGS = flags.FLAGS
-flags.DEFINE_string("feature_names", "rgb,audio", "Name of the feature to use for "
-                    "training; several as a comma-separated list.")
-flags.DEFINE_string("feature_sizes", "1024,128", "Length of the feature vectors, one per "
-                    "name in --feature_names.")
-flags.DEFINE_bool("frame_features", True, "If set, then --train_data_pattern must be "
-                  "frame-level features. Otherwise video-level features.")
-flags.DEFINE_integer("num_classes", 3862, "Number of classes (YouTube-8M 2018: 3862).")
-flags.DEFINE_integer("max_frames", 300, "Frames kept per video (YouTube-8M: 300).")
-flags.DEFINE_bool("skip_corrupt_records", False, "train.py and eval.py: drop corrupt "
-                  "records (and the unreadable rest of a damaged shard) instead of "
-                  "stopping; how many is reported. Validating each record costs a second "
-                  "parse.")
-
-FRAME_SELECTION_STRATEGIES = ("uniform", "padded_stride", "random", "first", "middle",
-                              "last", "first_middle_last")
 
 
 def _labels_to_dense(sparse_labels, num_classes):
@@ -234,26 +218,23 @@ class YT8MFrameFeatureReader(object):
     }
 
 
-def get_reader(require_labels=True, dequantize=True):
-  """The reader the flags describe: --frame_features, --feature_names/_sizes,
-  --num_classes, --max_frames."""
-  names, sizes = utils.GetListOfFeatureNamesAndSizes(FLAGS.feature_names,
-                                                     FLAGS.feature_sizes)
-  if FLAGS.num_classes <= 0:
-    raise utils.UsageError("--num_classes must be positive, got %d" % FLAGS.num_classes)
-  if FLAGS.frame_features:
-    if not 1 <= FLAGS.max_frames:
-      raise utils.UsageError("--max_frames must be positive, got %d" % FLAGS.max_frames)
-    return YT8MFrameFeatureReader(num_classes=FLAGS.num_classes, feature_sizes=sizes,
-                                  feature_names=names, max_frames=FLAGS.max_frames,
-                                  dequantize=dequantize, require_labels=require_labels)
-  return YT8MAggregatedFeatureReader(num_classes=FLAGS.num_classes, feature_sizes=sizes,
-                                     feature_names=names, require_labels=require_labels)
+def get_reader(config, require_labels=True, dequantize=True):
+  """The reader a GraphConfig describes (frame or video level, features, classes,
+  max_frames).
 
-
-def skipped_records_from_flags():
-  """A SkippedRecords when --skip_corrupt_records is set, else None."""
-  return SkippedRecords() if FLAGS.skip_corrupt_records else None
+  require_labels: every record must have at least one label (train/eval); False for
+    the unlabeled test partition. dequantize: see YT8MFrameFeatureReader.
+  """
+  if config.frame_features:
+    return YT8MFrameFeatureReader(num_classes=config.num_classes,
+                                  feature_sizes=list(config.feature_sizes),
+                                  feature_names=list(config.feature_names),
+                                  max_frames=config.max_frames, dequantize=dequantize,
+                                  require_labels=require_labels)
+  return YT8MAggregatedFeatureReader(num_classes=config.num_classes,
+                                     feature_sizes=list(config.feature_sizes),
+                                     feature_names=list(config.feature_names),
+                                     require_labels=require_labels)
 
 
 def dequantize_frames(quantized, num_frames):
@@ -279,7 +260,8 @@ def list_data_files(data_pattern, flag_name="data pattern"):
 
 def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
                            num_epochs=None, shuffle=True, seed=None,
-                           drop_remainder=None, flag_name="data pattern", skipped=None):
+                           drop_remainder=None, flag_name="data pattern", skipped=None,
+                           skip_batches=0):
   """Builds the tf.data pipeline over `data_pattern` and returns one batch of tensors.
 
   Args:
@@ -297,11 +279,13 @@ def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
     skipped: a SkippedRecords (--skip_corrupt_records), see make_dataset. Its
       iterator is then initialized with the tables (TABLE_INITIALIZERS), which a
       MonitoredSession's local_init_op runs.
+    skip_batches: leave out the first this many batches (read but not parsed); with a
+      seed, a resumed training continues the record order where it stopped.
   Returns:
     dict of batch tensors (see the module docstring).
   """
   dataset = make_dataset(reader, data_pattern, batch_size, num_readers, num_epochs,
-                         shuffle, seed, drop_remainder, flag_name, skipped)
+                         shuffle, seed, drop_remainder, flag_name, skipped, skip_batches)
   if skipped is None:
     return tf1.data.make_one_shot_iterator(dataset).get_next()
   # A pipeline that counts into variables cannot be a one-shot iterator.
@@ -312,7 +296,7 @@ def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
 
 def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epochs=None,
                  shuffle=True, seed=None, drop_remainder=None, flag_name="data pattern",
-                 skipped=None):
+                 skipped=None, skip_batches=0):
   """The tf.data.Dataset behind `get_input_data_tensors` (same arguments).
 
   skipped: a SkippedRecords to drop and count corrupt records instead of failing
@@ -342,6 +326,8 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   if shuffle:
     dataset = dataset.shuffle(max(5 * batch_size, 256), seed=seed)
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  if skip_batches:
+    dataset = dataset.skip(skip_batches)
   for stage in reader.parse_stages():
     dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=deterministic)
@@ -420,79 +406,14 @@ def _warn_cut(path, consumed, counter):
     return tf1.assign_add(counter, 1)
 
 
-def _uniform_indices(num_frames, k):
-  """[B] frame counts -> [B, k] indices floor(j * n / k): every (n/k)-th frame from 0."""
-  steps = tf.range(k, dtype=tf.int32)[None, :]
-  return (steps * num_frames[:, None]) // k
-
-
-def select_frames(model_input, num_frames, k, strategy="uniform", seed=None):
-  """Picks k frames of each video.
-
-  Args:
-    model_input: [B, T, F] frames (any dtype), padded beyond num_frames.
-    num_frames: [B] int32 real frames per video, 1..T.
-    k: frames to keep, 1..T.
-    strategy: one of FRAME_SELECTION_STRATEGIES.
-      uniform: frames floor(j*n/k), j = 0..k-1: exactly k frames spread over the real
-        frames, repeating frames when n < k (the default).
-      padded_stride: the original KD write-up, x[:, 0:T:T//k] over the padded tensor;
-        gives ceil(T / (T//k)) frames, padded ones masked through the new num_frames.
-      random: k distinct real frames at random, in time order.
-      first / middle / last: k consecutive real frames at the start / centre / end.
-      first_middle_last: about k/3 consecutive frames at each of start, centre and end.
-      For n < k every strategy but padded_stride falls back to uniform (all real
-      frames, repeated).
-    seed: op seed for `random`.
-  Returns:
-    (frames [B, k', F], new num_frames [B] int32); k' = k except for padded_stride.
-  """
-  if strategy not in FRAME_SELECTION_STRATEGIES:
-    raise utils.UsageError("--frame_sampling must be one of %s, got %r"
-                           % (", ".join(FRAME_SELECTION_STRATEGIES), strategy))
-  max_frames = model_input.shape[1]
-  if max_frames is not None and not 1 <= k <= max_frames:
-    raise utils.UsageError("--k_frame must be in 1..%d, got %d" % (max_frames, k))
-  num_frames = tf.cast(num_frames, tf.int32)
-  if strategy == "padded_stride":
-    stride = max_frames // k
-    selected = model_input[:, 0:max_frames:stride]
-    new_num_frames = (num_frames + stride - 1) // stride
-    return selected, new_num_frames
-  uniform = _uniform_indices(num_frames, k)
-  steps = tf.range(k, dtype=tf.int32)[None, :]
-  if strategy == "uniform":
-    indices = uniform
-  elif strategy == "first":
-    indices = steps + 0 * num_frames[:, None]
-  elif strategy == "last":
-    indices = num_frames[:, None] - k + steps
-  elif strategy == "middle":
-    indices = (num_frames[:, None] - k) // 2 + steps
-  elif strategy == "first_middle_last":
-    indices = _first_middle_last_indices(num_frames, k)
-  else:  # random
-    scores = tf.random.uniform(tf.shape(model_input)[:2], seed=seed)
-    is_real = tf.sequence_mask(num_frames, tf.shape(model_input)[1])
-    scores = tf.where(is_real, scores, -tf.ones_like(scores))
-    _, picked = tf.math.top_k(scores, k=k, sorted=False)
-    indices = tf.sort(picked, axis=1)
-  indices = tf.where((num_frames >= k)[:, None], indices, uniform)
-  selected = tf.gather(model_input, indices, batch_dims=1)
-  return selected, tf.fill(tf.shape(num_frames), k)
-
-
-def _first_middle_last_indices(num_frames, k):
-  """[B] frame counts (>= k) -> [B, k]: blocks of sizes a, b, c (a >= b >= c, sum k)."""
-  a = k // 3 + (1 if k % 3 > 0 else 0)
-  b = k // 3 + (1 if k % 3 > 1 else 0)
-  c = k // 3
-  n = num_frames[:, None]
-  middle_start = tf.maximum(a, tf.minimum((n - b) // 2, n - c - b))
-  first = tf.range(a, dtype=tf.int32)[None, :] + 0 * n
-  middle = middle_start + tf.range(b, dtype=tf.int32)[None, :]
-  last = n - c + tf.range(c, dtype=tf.int32)[None, :]
-  return tf.concat([first, middle, last], axis=1)
+@contextlib.contextmanager
+def data_errors_named(reader, data_pattern, flag_name):
+  """Turns an input-pipeline failure inside the block into a one-line UsageError that
+  names the bad file and record (see data_error); the one translation every CLI uses."""
+  try:
+    yield
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+    raise data_error(e, reader, data_pattern, flag_name)
 
 
 def data_error(error, reader, data_pattern, flag_name):

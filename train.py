@@ -10,6 +10,7 @@ Towers: one per visible GPU up to --num_gpu (on the CPU: one tower). Distributed
 training follows TF_CONFIG (ps / master / worker), as the starter code did.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,11 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import config  # noqa: E402
 import eval_util  # noqa: E402
+import inference_graph  # noqa: E402
 import kd_model  # noqa: E402
-import losses  # noqa: E402
 import preprocessing  # noqa: E402
 import readers  # noqa: E402
+import run_dir  # noqa: E402
 import utils  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -37,21 +40,23 @@ flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
 flags.DEFINE_string("train_data_pattern", "",
                     "File glob for the training dataset (comma-separated globs allowed).")
 flags.DEFINE_integer("batch_size", 1024, "How many examples to process per batch for "
-                     "training (per tower).")
+                     "training (per tower).", lower_bound=1)
 flags.DEFINE_float("base_learning_rate", 0.01, "Which learning rate to start with.")
 flags.DEFINE_float("learning_rate_decay", 0.95, "Learning rate decay factor to be "
                    "applied every learning_rate_decay_examples.")
 flags.DEFINE_float("learning_rate_decay_examples", 4000000, "Multiply current learning "
-                   "rate by learning_rate_decay every learning_rate_decay_examples.")
+                   "rate by learning_rate_decay every learning_rate_decay_examples.",
+                   lower_bound=1e-9)
 flags.DEFINE_integer("num_epochs", 5, "How many passes to make over the dataset before "
                      "halting training.")
 flags.DEFINE_integer("max_steps", None, "The maximum number of iterations of the "
-                     "training loop.")
+                     "training loop.", lower_bound=1)
 flags.DEFINE_integer("max_step", None, "Same as --max_steps (the spelling the KD "
-                     "write-up's command uses).")
+                     "write-up's command uses).", lower_bound=1)
 flags.DEFINE_integer("export_model_steps", 1000, "Checkpoint (and validate, with "
-                     "--eval_data_pattern) every this many steps.")
-flags.DEFINE_integer("num_readers", 8, "How many threads to use for reading input files.")
+                     "--eval_data_pattern) every this many steps.", lower_bound=1)
+flags.DEFINE_integer("num_readers", 8, "How many threads to use for reading input files.",
+                     lower_bound=1)
 flags.DEFINE_string("optimizer", "AdamOptimizer", "What optimizer class to use.")
 flags.DEFINE_float("clip_gradient_norm", 1.0, "Norm to clip gradients to (per tensor).")
 flags.DEFINE_bool("log_device_placement", False, "Whether to write the device on which "
@@ -67,20 +72,22 @@ flags.DEFINE_string("eval_data_pattern", "", "Optional validation data: GAP/mAP 
                     "--export_model_steps steps into TensorBoard and validation.jsonl.")
 flags.DEFINE_integer("seed", None, "Graph-level random seed and data shuffling seed.")
 flags.DEFINE_integer("log_every_n_steps", 10, "Console line and training summaries "
-                     "(loss terms, Hit@1, GAP) every this many steps.")
+                     "(loss terms, Hit@1, GAP) every this many steps.", lower_bound=1)
 
 # Testing aid: run N towers on N logical CPU devices (no GPU needed).
 CPU_TOWERS_ENV = "YT8M_CPU_TOWERS"
 VALIDATION_FILE = "validation.jsonl"
+VALIDATION_TOP_K = 20  # eval.py's --top_k default
+PCA_VARIABLE = "input_preprocessing/rgb_scale"
 # First value the non-finite checks print: TensorFlow's error text names neither the
 # Assert op nor its scope, so this string is how a diverged step is recognised.
 NON_FINITE_MARKER = "finite_loss_check: loss or gradient not finite"
 
 
-def resolve_train_dir():
+def resolve_train_dir(cfg):
   """The run directory of this run: --train_dir plus the run-kind suffix."""
   base = FLAGS.train_dir.rstrip("/") or "."
-  return base + kd_model.run_dir_suffix()
+  return base + cfg.run_dir_suffix()
 
 
 def max_steps():
@@ -93,29 +100,24 @@ def max_steps():
 
 
 def validate_flags():
-  """Every check that needs no graph and no data; raises UsageError naming a flag."""
+  """Every check that needs no graph and no data (absl checked each flag on its own).
+
+  Returns:
+    the GraphConfig of the flags.
+  Raises:
+    UsageError naming a flag.
+  """
   if not FLAGS.train_data_pattern:
     raise utils.UsageError("--train_data_pattern is required")
-  if FLAGS.batch_size <= 0:
-    raise utils.UsageError("--batch_size must be positive, got %d" % FLAGS.batch_size)
-  if FLAGS.num_readers <= 0:
-    raise utils.UsageError("--num_readers must be positive, got %d" % FLAGS.num_readers)
-  if FLAGS.export_model_steps <= 0:
-    raise utils.UsageError("--export_model_steps must be positive")
-  if FLAGS.log_every_n_steps <= 0:
-    raise utils.UsageError("--log_every_n_steps must be positive")
-  steps = max_steps()
-  if steps is not None and steps <= 0:
-    raise utils.UsageError("--max_steps must be positive, got %d" % steps)
-  if FLAGS.learning_rate_decay_examples <= 0:
-    raise utils.UsageError("--learning_rate_decay_examples must be positive")
+  max_steps()
   if not isinstance(getattr(tf1.train, FLAGS.optimizer, None), type):
     raise utils.UsageError("--optimizer=%s is not a tf.compat.v1.train optimizer "
                            "(e.g. AdamOptimizer)" % FLAGS.optimizer)
-  kd_model.validate_flags()
+  cfg = config.from_flags()
   readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
   if FLAGS.eval_data_pattern:
     readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
+  return cfg
 
 
 class Task(object):
@@ -146,19 +148,20 @@ class Task(object):
 def tower_devices():
   """(device names of the towers, session config) for this machine."""
   cpu_towers = int(os.environ.get(CPU_TOWERS_ENV, "0") or 0)
-  config = utils.session_config(log_device_placement=FLAGS.log_device_placement)
+  session_config = utils.session_config(FLAGS.bf16,
+                                        log_device_placement=FLAGS.log_device_placement)
   if cpu_towers > 0:
-    config.device_count["CPU"] = cpu_towers
+    session_config.device_count["CPU"] = cpu_towers
     print("Testing aid %s=%d: %d towers on logical CPU devices."
           % (CPU_TOWERS_ENV, cpu_towers, cpu_towers))
-    return ["/cpu:%d" % i for i in range(cpu_towers)], config
+    return ["/cpu:%d" % i for i in range(cpu_towers)], session_config
   gpus = tf.config.list_physical_devices("GPU")
   if not gpus:
     print("No GPU found: training on the CPU with one tower.")
-    return ["/cpu:0"], config
+    return ["/cpu:0"], session_config
   count = max(1, min(FLAGS.num_gpu, len(gpus)))
   print("Training with %d GPU towers (of %d visible)." % (count, len(gpus)))
-  return ["/gpu:%d" % i for i in range(count)], config
+  return ["/gpu:%d" % i for i in range(count)], session_config
 
 
 _VARIABLE_OPS = frozenset(["Variable", "VariableV2", "VarHandleOp", "AutoReloadVariable"])
@@ -173,29 +176,27 @@ def _tower_device_fn(compute_device, variable_device):
   return device_fn
 
 
-def prepare_run_dir(train_dir, is_chief):
+def prepare_run_dir(cfg, train_dir, is_chief):
   """Wipes (--start_new_model) or checks a resumed run dir; writes model_flags.json.
 
   Raises:
     UsageError when resuming a run whose recorded model flags differ from these.
   """
-  flags_path = os.path.join(train_dir, kd_model.MODEL_FLAGS_FILE)
-  current = kd_model.model_flags_dict()
   if not is_chief:
     return
   if FLAGS.start_new_model and os.path.exists(train_dir):
     print("--start_new_model: removing %s" % train_dir)
     shutil.rmtree(train_dir)
   os.makedirs(train_dir, exist_ok=True)
-  if os.path.exists(flags_path):
-    recorded = utils.read_json(flags_path)
-    conflicts = kd_model.conflicting_flags(recorded, current)
-    if conflicts:
-      raise utils.UsageError(
-          "%s was trained with other model flags (%s); resume with the same flags or "
-          "pass --start_new_model=True" % (train_dir, "; ".join(conflicts)))
-  else:
-    utils.write_json(flags_path, current)
+  recorded = run_dir.read_recorded(train_dir)
+  if recorded is None:
+    utils.write_json(run_dir.flags_path(train_dir), cfg.to_json())
+    return
+  conflicts = config.conflicts(recorded, cfg.to_json())
+  if conflicts:
+    raise utils.UsageError(
+        "%s was trained with other model flags (%s); resume with the same flags or "
+        "pass --start_new_model=True" % (train_dir, "; ".join(conflicts)))
 
 
 def resolve_teacher_checkpoint():
@@ -220,13 +221,14 @@ def resolve_teacher_checkpoint():
       raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
                              % path)
     return checkpoint
-  if not kd_model.checkpoint_exists(path):
+  if not run_dir.checkpoint_exists(path):
     raise utils.UsageError("--teacher_checkpoint=%s does not exist" % path)
   return path
 
 
-def resolve_preprocessing(train_dir, teacher_checkpoint):
-  """Settles --pca_eigenvals when the command line leaves it at its default.
+def resolve_preprocessing(cfg, train_dir, teacher_checkpoint):
+  """cfg with its preprocessing settled when the command line leaves --pca_eigenvals at
+  its default.
 
   PCA scaling became the default after runs had been written without it. So that those
   keep working with the command that made them, a resumed run keeps the preprocessing
@@ -234,24 +236,22 @@ def resolve_preprocessing(train_dir, teacher_checkpoint):
   checkpoint. A --pca_eigenvals given on the command line is taken as it is (and a
   mismatch is refused later, naming both).
   """
-  if FLAGS["pca_eigenvals"].present or not FLAGS.pca_eigenvals:
-    return
-  flags_path = os.path.join(train_dir, kd_model.MODEL_FLAGS_FILE)
-  if not FLAGS.start_new_model and os.path.exists(flags_path):
-    source = "as recorded in " + flags_path
-    scaled = utils.read_json(flags_path).get("preprocessing") == preprocessing.PCA
+  if FLAGS["pca_eigenvals"].present or cfg.preprocessing != preprocessing.PCA:
+    return cfg
+  recorded = None if FLAGS.start_new_model else run_dir.read_recorded(train_dir)
+  if recorded is not None:
+    source = "as recorded in " + run_dir.flags_path(train_dir)
+    scaled = recorded.get("preprocessing") == preprocessing.PCA
   elif teacher_checkpoint:
     source = "as the teacher %s was trained" % teacher_checkpoint
     scaled = PCA_VARIABLE in dict(tf.train.list_variables(teacher_checkpoint))
   else:
-    return
-  if not scaled and preprocessing.kind_from_flags() == preprocessing.PCA:
-    FLAGS.pca_eigenvals = ""
-    print("Preprocessing: none (no PCA scaling), %s; pass --pca_eigenvals to choose"
-          % source, flush=True)
-
-
-PCA_VARIABLE = "input_preprocessing/rgb_scale"
+    return cfg
+  if scaled:
+    return cfg
+  print("Preprocessing: none (no PCA scaling), %s; pass --pca_eigenvals to choose"
+        % source, flush=True)
+  return cfg.replace(preprocessing=preprocessing.NONE)
 
 
 def check_teacher_preprocessing(checkpoint, rgb_scale):
@@ -269,30 +269,42 @@ def check_teacher_preprocessing(checkpoint, rgb_scale):
                              "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
 
 
-def reader_input(global_batch, skipped=None):
-  """Shuffled training batches of --train_data_pattern (uint8 frames)."""
+def reader_input(cfg, global_batch, skipped=None, start_step=0):
+  """Shuffled training batches of --train_data_pattern (uint8 frames).
+
+  With --seed the record order is fixed, and a run resumed at start_step skips the
+  batches its first start_step steps read, so it sees the batches an uninterrupted run
+  would have seen.
+  """
   return readers.get_input_data_tensors(
-      readers.get_reader(dequantize=False), FLAGS.train_data_pattern, global_batch,
+      readers.get_reader(cfg, dequantize=False), FLAGS.train_data_pattern, global_batch,
       FLAGS.num_readers, FLAGS.num_epochs, shuffle=True, seed=FLAGS.seed,
-      flag_name="--train_data_pattern", skipped=skipped)
+      flag_name="--train_data_pattern", skipped=skipped,
+      skip_batches=start_step if FLAGS.seed is not None else 0)
 
 
 class TrainGraph(object):
   """Every tensor and op the training loop runs, built once and then finalized."""
 
-  def __init__(self, devices, task, rgb_scale, teacher_checkpoint, input_fn=None):
+  def __init__(self, cfg, devices, task, rgb_scale, teacher_checkpoint, input_fn=None,
+               start_step=0):
     """
     Args:
+      cfg: the GraphConfig.
       devices: tower device names.
       task: this process's Task.
       rgb_scale: PCA scale (numpy [1024]) or None.
       teacher_checkpoint: prefix to restore teacher/ from at a fresh start, or None.
       input_fn: callable(global batch size) -> batch dict; default: the reader over
         --train_data_pattern (benchmarks pass in-graph random input).
+      start_step: the global step the run resumes at (see reader_input); a
+        distributed run's workers read on their own and do not skip.
     """
-    self.input_fn = input_fn
+    self.start_step = 0 if task.cluster is not None else start_step
+    self.cfg = cfg
     self.graph = tf.Graph()
     self.num_towers = len(devices)
+    self.examples_per_step = FLAGS.batch_size * self.num_towers
     with self.graph.as_default():
       if FLAGS.seed is not None:
         tf1.set_random_seed(FLAGS.seed)
@@ -303,23 +315,38 @@ class TrainGraph(object):
             else 0, worker_device="/job:%s/task:%d" % (task.type, task.index),
             cluster=task.cluster)
       with tf1.device(setter):
-        self._build(devices, rgb_scale, teacher_checkpoint, distributed=setter is not None)
+        self.global_step = tf1.train.get_or_create_global_step()
+        batch = self._input(input_fn)
+        optimizer, loss_scaling = self._optimizer(devices)
+        towers = self._towers(devices, batch, rgb_scale, distributed=setter is not None)
+        train_vars = [v for role in cfg.trained_roles()
+                      for v in tf1.trainable_variables(scope=role + "/")]
+        grads, grad_norm = self._gradients(devices, towers, optimizer, train_vars)
+        self._summarize(towers)
+        self._train_op(optimizer, grads, grad_norm, loss_scaling)
+        self._finite_weights(train_vars)
+        self.saver = tf1.train.Saver(max_to_keep=5)
+        self.init_fn = self._teacher_restore(teacher_checkpoint)
+        self.validation = (ValidationGraph(cfg) if FLAGS.eval_data_pattern else None)
 
-  def _build(self, devices, rgb_scale, teacher_checkpoint, distributed):
-    self.global_step = tf1.train.get_or_create_global_step()
-    global_batch = FLAGS.batch_size * self.num_towers
-    self.examples_per_step = global_batch
+  def _input(self, input_fn):
+    """The global batch: input_fn's, or shuffled reader batches (with skip counters)."""
     self.skipped = None
     with tf.name_scope("train_input"):
-      if self.input_fn:
-        batch = self.input_fn(global_batch)
+      if input_fn:
+        batch = input_fn(self.examples_per_step)
       else:
-        self.skipped = readers.skipped_records_from_flags()
-        batch = reader_input(global_batch, self.skipped)
+        self.skipped = readers.SkippedRecords() if FLAGS.skip_corrupt_records else None
+        batch = reader_input(self.cfg, self.examples_per_step, self.skipped,
+                             self.start_step)
     self.labels = batch["labels"]
+    return batch
+
+  def _optimizer(self, devices):
+    """(--optimizer at the decayed learning rate, whether it scales the loss)."""
     self.learning_rate = tf1.train.exponential_decay(
         FLAGS.base_learning_rate,
-        tf.cast(self.global_step, tf.float32) * global_batch,
+        tf.cast(self.global_step, tf.float32) * self.examples_per_step,
         FLAGS.learning_rate_decay_examples, FLAGS.learning_rate_decay, staircase=True)
     optimizer = getattr(tf1.train, FLAGS.optimizer)(self.learning_rate)
     # --bf16 on GPUs is float16: it needs dynamic loss scaling, and the wrapper skips the
@@ -327,8 +354,10 @@ class TrainGraph(object):
     loss_scaling = FLAGS.bf16 and devices[0].startswith("/gpu")
     if loss_scaling:
       optimizer = tf1.mixed_precision.enable_mixed_precision_graph_rewrite(optimizer)
+    return optimizer, loss_scaling
 
-    kind = preprocessing.kind_from_flags()
+  def _towers(self, devices, batch, rgb_scale, distributed):
+    """One kd_model.tower_loss per device on its slice of the batch; their term dicts."""
     tower_batches = [dict(zip(batch, values)) for values in zip(
         *[tf.split(tensor, self.num_towers) for tensor in batch.values()])]
     # Variables live with the single tower, or on the CPU shared by several towers.
@@ -337,11 +366,12 @@ class TrainGraph(object):
     for i, (device, tower_batch) in enumerate(zip(devices, tower_batches)):
       placement = device if distributed else _tower_device_fn(device, variable_device)
       with tf1.device(placement), tf.name_scope("tower_%d" % i):
-        towers.append(kd_model.tower_loss(tower_batch, reuse=i > 0,
-                                          preprocessing_kind=kind,
+        towers.append(kd_model.tower_loss(self.cfg, tower_batch, reuse=i > 0,
                                           training_scale=rgb_scale, seed=FLAGS.seed))
-    train_vars = [v for role in kd_model.trained_roles()
-                  for v in tf1.trainable_variables(scope=role + "/")]
+    return towers
+
+  def _gradients(self, devices, towers, optimizer, train_vars):
+    """Tower gradients averaged and clipped per tensor; (grads, a finite-iff norm)."""
     tower_grads = []
     for device, terms in zip(devices, towers):
       with tf1.device(device):
@@ -350,20 +380,23 @@ class TrainGraph(object):
     grads = utils.combine_gradients(tower_grads)
     if FLAGS.clip_gradient_norm > 0:
       grads, norms = utils.clip_gradient_norms(grads, FLAGS.clip_gradient_norm)
-      grad_norm = tf.add_n(norms)  # sum of per-tensor norms: finite iff every one is
-    else:
-      grad_norm = tf.linalg.global_norm([g for g, _ in grads])
+      return grads, tf.add_n(norms)  # sum of per-tensor norms: finite iff every one is
+    return grads, tf.linalg.global_norm([g for g, _ in grads])
 
+  def _summarize(self, towers):
+    """loss_terms (tower means), predictions of the global batch, the loss-scale note."""
+    self.loss_scale_note = None
     if "representation" in towers[0]:  # KD
       self.loss_scale_note = kd_model.loss_scale_note(
-          FLAGS.batch_size, int(towers[0]["representation"].shape[-1]))
-    else:
-      self.loss_scale_note = None
+          self.cfg, FLAGS.batch_size, int(towers[0]["representation"].shape[-1]))
     self.loss_terms = {}
     for name in towers[0]:
       if name not in ("predictions", "representation"):
         self.loss_terms[name] = tf.add_n([t[name] for t in towers]) / self.num_towers
     self.predictions = tf.concat([t["predictions"] for t in towers], axis=0)
+
+  def _train_op(self, optimizer, grads, grad_norm, loss_scaling):
+    """train_op: a finite-loss check, then the update and the batch-norm updates."""
     # A diverged step fails here, before any weight changes, so the last checkpoint
     # stays good and training stops with a message naming the step.
     finite = tf.math.is_finite(self.loss_terms["total"])
@@ -379,63 +412,65 @@ class TrainGraph(object):
       self.train_op = tf.group(apply, *updates)
     with tf.control_dependencies([self.train_op]):
       self.step_after_update = tf.identity(self.global_step.read_value())
-    # An update can overflow even from a finite gradient (a huge learning rate); the
-    # checkpoint listener checks the weights before every save, not every step. Each
-    # check runs where its variable lives (a parameter server sends one bool).
+
+  def _finite_weights(self, train_vars):
+    """weights_finite: whether every trained variable is finite (checked before saves).
+
+    An update can overflow even from a finite gradient (a huge learning rate). Each
+    check runs where its variable lives (a parameter server sends one bool).
+    """
     finite_vars = []
     for v in train_vars:
       with tf1.colocate_with(v):
         finite_vars.append(tf.reduce_all(tf.math.is_finite(v)))
     self.weights_finite = tf.reduce_all(finite_vars)
 
-    self.saver = tf1.train.Saver(max_to_keep=5)
-    self.init_fn = None
-    if teacher_checkpoint:
-      teacher_vars = kd_model.teacher_variables()
-      kd_model.check_checkpoint_matches(teacher_vars, teacher_checkpoint,
-                                        "the teacher checkpoint")
-      teacher_saver = tf1.train.Saver(var_list={v.op.name: v for v in teacher_vars})
-      self.init_fn = lambda scaffold, sess: teacher_saver.restore(sess,
-                                                                  teacher_checkpoint)
-    self.validation = None
-    if FLAGS.eval_data_pattern:
-      self.validation = ValidationGraph(readers.get_reader(dequantize=False), kind)
+  def _teacher_restore(self, teacher_checkpoint):
+    """The Scaffold init_fn restoring teacher/ from its checkpoint (serial KD), or None."""
+    if not teacher_checkpoint:
+      return None
+    teacher_vars = kd_model.teacher_variables()
+    run_dir.check_checkpoint_matches(teacher_vars, teacher_checkpoint,
+                                     "the teacher checkpoint")
+    teacher_saver = tf1.train.Saver(var_list={v.op.name: v for v in teacher_vars})
+    return lambda scaffold, sess: teacher_saver.restore(sess, teacher_checkpoint)
 
 
 class ValidationGraph(object):
-  """An inference-mode copy of the trained model over --eval_data_pattern."""
+  """An inference-mode copy of the trained model over --eval_data_pattern, built by the
+  same inference_graph.top_k_outputs as eval.py's."""
 
-  def __init__(self, reader, kind):
+  def __init__(self, cfg):
+    self.cfg = cfg
     with tf.name_scope("validation"):
-      self.skipped = readers.skipped_records_from_flags()
-      dataset = readers.make_dataset(reader, FLAGS.eval_data_pattern,
-                                     FLAGS.batch_size, FLAGS.num_readers, num_epochs=1,
-                                     shuffle=False, flag_name="--eval_data_pattern",
-                                     skipped=self.skipped)
-      iterator = tf1.data.make_initializable_iterator(dataset)
-      self.initializer = iterator.initializer
-      batch = iterator.get_next()
-      role = kd_model.STUDENT if FLAGS.model_type == "KD" else kd_model.single_model_role()
-      outputs = kd_model.inference_outputs(batch, role, kind, reuse=True)
-      self.fetches = {
-          "predictions": outputs["predictions"], "labels": batch["labels"],
-          "loss": losses.get_label_loss(FLAGS.label_loss).calculate_loss(
-              outputs["predictions"], batch["labels"])}
+      self.skipped = readers.SkippedRecords() if FLAGS.skip_corrupt_records else None
+      _, self.initializer, batch = inference_graph.input_batches(
+          cfg, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
+          "--eval_data_pattern", skipped=self.skipped)
+      self.fetches = inference_graph.top_k_outputs(cfg, batch, cfg.role(),
+                                                   VALIDATION_TOP_K, with_labels=True,
+                                                   reuse=True)
 
   def run(self, session):
-    """Evaluates every validation video once; returns the eval_util metrics dict."""
-    session.run([self.initializer] + ([self.skipped.reset] if self.skipped else []))
-    metrics = eval_util.EvaluationMetrics(FLAGS.num_classes, 20)
-    while True:
-      try:
-        out = session.run(self.fetches)
-      except tf.errors.OutOfRangeError:
-        break
-      metrics.accumulate(out["predictions"], out["labels"], out["loss"])
-    result = metrics.get()
-    if self.skipped:
-      result["skipped_records"], result["cut_shards"] = self.skipped.report(session)
-    return result
+    """Evaluates every validation video once; returns the metrics dict (or None)."""
+    return inference_graph.evaluate(session, self.fetches, self.cfg.num_classes,
+                                    VALIDATION_TOP_K, initializer=self.initializer,
+                                    skipped=self.skipped)
+
+
+class PromptWorkerSessionCreator(tf1.train.WorkerSessionCreator):
+  """A worker that looks every second (not every 30 s) whether the chief has
+  initialized the variables, so it starts training right after the chief."""
+
+  def _get_session_manager(self):
+    if not self._session_manager:
+      self._session_manager = tf1.train.SessionManager(
+          local_init_op=self._scaffold.local_init_op,
+          local_init_feed_dict=self._scaffold.local_init_feed_dict,
+          ready_op=self._scaffold.ready_op,
+          ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
+          graph=tf1.get_default_graph(), recovery_wait_secs=1)
+    return self._session_manager
 
 
 class FiniteWeightsBeforeSave(tf1.train.CheckpointSaverListener):
@@ -494,40 +529,36 @@ class StepLogger(object):
       utils.AddScalarSummaries(self.writer, scalars, step)
 
   def log_validation(self, step, metrics):
-    """Validation metrics into TensorBoard, validation.jsonl and the console."""
-    record = {"step": int(step), "gap": float(metrics["gap"]),
-              "map_all_classes": float(metrics["map_all_classes"]),
-              "map_labelled_classes": float(metrics["map_labelled_classes"]),
-              "hit_at_one": float(metrics["avg_hit_at_one"]),
-              "perr": float(metrics["avg_perr"]), "loss": float(metrics["avg_loss"]),
-              "num_examples": int(metrics["num_examples"])}
-    print("validation " + utils.FormatEvalInfo(step, metrics), flush=True)
-    if self.writer:
-      utils.AddScalarSummaries(self.writer, {
-          "validation/gap": record["gap"],
-          "validation/map_all_classes": record["map_all_classes"],
-          "validation/map_labelled_classes": record["map_labelled_classes"],
-          "validation/hit_at_one": record["hit_at_one"],
-          "validation/perr": record["perr"], "validation/loss": record["loss"]}, step)
-      utils.append_jsonl(os.path.join(self.train_dir, VALIDATION_FILE), record)
+    """The validation record: console, TensorBoard (validation/<metric>) and
+    validation.jsonl, written as eval.py writes its own."""
+    if not self.writer:
+      return
+    if metrics is None:
+      print("validation: --eval_data_pattern=%s holds no records"
+            % FLAGS.eval_data_pattern, flush=True)
+      return
+    inference_graph.report_metrics("validation", step, metrics, self.writer,
+                                   os.path.join(self.train_dir, VALIDATION_FILE))
 
   def close(self):
     if self.writer:
       self.writer.flush()
 
 
-def train(train_dir, task, server, rgb_scale, teacher_checkpoint):
+def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint):
   """Builds the graph and runs the training loop until max steps or end of data.
 
   teacher_checkpoint: where a fresh serial-KD run restores teacher/ from (else None).
   """
-  devices, config = tower_devices()
+  devices, session_config = tower_devices()
   if task.cluster is not None:
     # Talk only to the parameter servers and ourselves: a worker must not wait for
     # other workers (a finished chief would otherwise block a late worker forever).
-    config.device_filters.extend(["/job:ps", "/job:%s/task:%d" % (task.type, task.index)])
-  has_checkpoint = tf1.train.latest_checkpoint(train_dir) is not None
-  model = TrainGraph(devices, task, rgb_scale, teacher_checkpoint)
+    session_config.device_filters.extend(["/job:ps", "/job:%s/task:%d"
+                                          % (task.type, task.index)])
+  latest = tf1.train.latest_checkpoint(train_dir)
+  model = TrainGraph(cfg, devices, task, rgb_scale, teacher_checkpoint,
+                     start_step=run_dir.checkpoint_step(latest) if latest else 0)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
   steps_cap = max_steps()
@@ -537,13 +568,14 @@ def train(train_dir, task, server, rgb_scale, teacher_checkpoint):
     master = server.target if server else ""
     if task.is_chief:
       creator = tf1.train.ChiefSessionCreator(scaffold=scaffold, master=master,
-                                              config=config, checkpoint_dir=train_dir)
+                                              config=session_config,
+                                              checkpoint_dir=train_dir)
       hooks = [tf1.train.CheckpointSaverHook(
           train_dir, save_steps=FLAGS.export_model_steps, scaffold=scaffold,
           listeners=[FiniteWeightsBeforeSave(model.weights_finite, train_dir)])]
     else:
-      creator = tf1.train.WorkerSessionCreator(scaffold=scaffold, master=master,
-                                               config=config)
+      creator = PromptWorkerSessionCreator(scaffold=scaffold, master=master,
+                                           config=session_config)
       hooks = []
     logger = StepLogger(train_dir, model.examples_per_step, steps_cap, task.is_chief)
     fetches = {"global_step": model.step_after_update,
@@ -551,9 +583,12 @@ def train(train_dir, task, server, rgb_scale, teacher_checkpoint):
     detail_fetches = dict(fetches, predictions=model.predictions, labels=model.labels)
     step = None
     try:
-      with tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
+      with readers.data_errors_named(readers.get_reader(cfg), FLAGS.train_data_pattern,
+                                     "--train_data_pattern"), \
+          diverged_is_a_usage_error(lambda: step, train_dir), \
+          tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
         step = sess.run(model.global_step)
-        print("Starting at step %d%s." % (step, " (resumed)" if has_checkpoint else ""),
+        print("Starting at step %d%s." % (step, " (resumed)" if latest else ""),
               flush=True)
         logger.start(step)
         try:
@@ -575,27 +610,30 @@ def train(train_dir, task, server, rgb_scale, teacher_checkpoint):
               lambda step_context: model.skipped.report(step_context.session))
           print("--skip_corrupt_records: skipped %d corrupt records and the unreadable "
                 "rest of %d damaged shards" % (skipped, cut), flush=True)
-    except tf.errors.InvalidArgumentError as e:
-      if NON_FINITE_MARKER in str(e):
-        raise utils.UsageError(
-            "training stopped at step %d: the loss or its gradient is not finite "
-            "(diverged, or NaN/Inf in the input); the last good checkpoint in %s is "
-            "kept" % ((step or 0) + 1, train_dir))
-      raise readers.data_error(e, readers.get_reader(), FLAGS.train_data_pattern,
-                               "--train_data_pattern")
-    except tf.errors.DataLossError as e:
-      raise readers.data_error(e, readers.get_reader(), FLAGS.train_data_pattern,
-                               "--train_data_pattern")
     finally:
       logger.close()
   print("Done training at step %s; checkpoints in %s" % (step, train_dir))
 
 
+@contextlib.contextmanager
+def diverged_is_a_usage_error(current_step, train_dir):
+  """A failed finite-loss check (NON_FINITE_MARKER) becomes one line naming the step."""
+  try:
+    yield
+  except tf.errors.InvalidArgumentError as e:
+    if NON_FINITE_MARKER not in str(e):
+      raise
+    raise utils.UsageError(
+        "training stopped at step %d: the loss or its gradient is not finite "
+        "(diverged, or NaN/Inf in the input); the last good checkpoint in %s is "
+        "kept" % ((current_step() or 0) + 1, train_dir))
+
+
 def main(unused_argv):
-  validate_flags()
+  cfg = validate_flags()
   if FLAGS.visible_gpu:
     os.environ["CUDA_VISIBLE_DEVICES"] = FLAGS.visible_gpu
-  train_dir = resolve_train_dir()
+  train_dir = resolve_train_dir(cfg)
   print("Run directory: %s" % train_dir, flush=True)
   task = Task()
   server = None
@@ -608,17 +646,17 @@ def main(unused_argv):
   teacher_checkpoint = None
   # The teacher is resolved before the run directory is touched, so a KD run without
   # a usable teacher leaves nothing behind.
-  if (FLAGS.model_type == "KD" and FLAGS.kd_mode == "serial" and
+  if (cfg.model_type == "KD" and cfg.kd_mode == "serial" and
       (FLAGS.start_new_model or not tf1.train.latest_checkpoint(train_dir))):
     teacher_checkpoint = resolve_teacher_checkpoint()
     print("Teacher: %s" % teacher_checkpoint)
-  resolve_preprocessing(train_dir, teacher_checkpoint)
+  cfg = resolve_preprocessing(cfg, train_dir, teacher_checkpoint)
   rgb_scale = (preprocessing.load_rgb_scale(FLAGS.pca_eigenvals)
-               if preprocessing.kind_from_flags() == preprocessing.PCA else None)
+               if cfg.preprocessing == preprocessing.PCA else None)
   if teacher_checkpoint:
     check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
-  prepare_run_dir(train_dir, task.is_chief)
-  train(train_dir, task, server, rgb_scale, teacher_checkpoint)
+  prepare_run_dir(cfg, train_dir, task.is_chief)
+  train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint)
   return 0
 
 

@@ -12,11 +12,7 @@ from tensorflow.core.protobuf import rewriter_config_pb2
 
 tf1 = tf.compat.v1
 flags = tf1.flags
-FLAGS = flags.FLAGS
-flags.DEFINE_bool("bf16", False,
-                  "Compute in reduced precision through TensorFlow's graph rewrite: "
-                  "bfloat16 via oneDNN on CPUs (AVX512_BF16/AMX), the mixed-precision "
-                  "rewrite on GPUs. Variables and checkpoints stay float32.")
+FLAGS = flags.FLAGS  # parsed by run_main only: the entry points read the flags
 
 
 class UsageError(Exception):
@@ -49,10 +45,11 @@ def run_main(main, argv=None):
     sys.exit(130)
 
 
-def session_config(**kwargs):
-  """A ConfigProto with soft placement and, with --bf16, the mixed-precision rewrite."""
+def session_config(bf16=False, **kwargs):
+  """A ConfigProto with soft placement and, with bf16 (--bf16), the reduced-precision
+  rewrite: oneDNN bfloat16 on CPUs, mixed float16 on GPUs."""
   config = tf1.ConfigProto(allow_soft_placement=True, **kwargs)
-  if FLAGS.bf16:
+  if bf16:
     rewrites = config.graph_options.rewrite_options
     if tf.config.list_physical_devices("GPU"):
       rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
@@ -202,11 +199,19 @@ def atomic_output(path, mode="w"):
       yield f
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have made
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _umask():
+  """The process's umask (reading it means setting it; it is set right back)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def restore_checkpoint(saver, session, checkpoint):

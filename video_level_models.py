@@ -7,13 +7,10 @@ of the frame-level models (`--video_level_classifier_model`).
 import tensorflow as tf
 
 import model_utils
+import registry
 
-flags = tf.compat.v1.flags
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("moe_num_mixtures", 2,
-                     "The number of mixtures (excluding the dummy 'expert') used for "
-                     "MoeModel.")
-flags.DEFINE_float("l2_penalty", 1e-8, "L2 penalty on the classifier weights.")
+L2_PENALTY = 1e-8  # the starter's default (--l2_penalty)
+NUM_MIXTURES = 2  # --moe_num_mixtures
 
 
 class LogisticModel(model_utils.BaseModel):
@@ -30,9 +27,8 @@ class LogisticModel(model_utils.BaseModel):
     """Stddev of W's truncated-normal initializer for D = input_size inputs."""
     return model_utils.variance_scaling_stddev(input_size)
 
-  def create_model(self, model_input, vocab_size, l2_penalty=None, **unused_params):
+  def create_model(self, model_input, vocab_size, l2_penalty=L2_PENALTY, **unused_params):
     """model_input [B, D] -> {predictions, logits [B, vocab_size], representation}."""
-    l2_penalty = FLAGS.l2_penalty if l2_penalty is None else l2_penalty
     logits = model_utils.fully_connected(
         model_input, vocab_size, "logistic", l2_penalty=l2_penalty,
         stddev=self.weights_stddev(int(model_input.shape[-1])),
@@ -58,11 +54,9 @@ class MoeModel(model_utils.BaseModel):
   p(class) = sum_m softmax(gates)[m] * sigmoid(expert_m); no logits are defined.
   """
 
-  def create_model(self, model_input, vocab_size, num_mixtures=None, l2_penalty=None,
-                   **unused_params):
+  def create_model(self, model_input, vocab_size, num_mixtures=NUM_MIXTURES,
+                   l2_penalty=L2_PENALTY, **unused_params):
     """model_input [B, D] -> {predictions [B, vocab_size], representation}."""
-    num_mixtures = num_mixtures or FLAGS.moe_num_mixtures
-    l2_penalty = FLAGS.l2_penalty if l2_penalty is None else l2_penalty
     gate_activations = model_utils.fully_connected(
         model_input, vocab_size * (num_mixtures + 1), "gates", l2_penalty=l2_penalty)
     expert_activations = model_utils.fully_connected(
@@ -72,3 +66,12 @@ class MoeModel(model_utils.BaseModel):
     probabilities = tf.reduce_sum(gates[:, :num_mixtures] * experts, axis=1)
     predictions = tf.reshape(probabilities, [-1, vocab_size])
     return {"predictions": predictions, "representation": model_input}
+
+
+# The models of video-level features (--model with --frame_features=False) ...
+MODELS = registry.Registry("video-level model", "--model")
+# ... and the classifiers on top of a frame-level model: the same classes.
+CLASSIFIERS = registry.Registry("video-level classifier", "--video_level_classifier_model")
+for _model in (LogisticModel, StarterLogisticModel, MoeModel):
+  MODELS.register(_model)
+  CLASSIFIERS.register(_model)

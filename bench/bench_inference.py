@@ -4,7 +4,7 @@
 
 The documented NeXtVLAD config (cluster 128, hidden 2048, groups 8, expansion 2, 3862
 classes), in inference mode, exactly as eval.py and inference.py build it
-(kd_model.inference_outputs + top-20, with the default PCA scaling of rgb): model only (in-graph random uint8 input) and end
+(inference_graph.top_k_outputs, top-20, with the default PCA scaling of rgb): model only (in-graph random uint8 input) and end
 to end (reading, parsing and decoding generated shards included). FLOPs per video are
 counted from the graph. Each case runs in its own process. Targets (issue 5): FLOPs
 k=6 <= 10% and k=30 <= 16% of the teacher's; model-only videos/s k=30 >= 5x and k=6
@@ -26,41 +26,40 @@ CASES = {"teacher": ["--model_type=teacher", "--k_frame=300"],
 
 def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
   """Builds and times one case in this process; returns a dict of measurements."""
-  import kd_model
-  import preprocessing
+  import config
+  import inference_graph
   import readers
-  import train  # noqa: F401  (defines the training flags of the documented command)
   import utils
   from bench_train import DOCUMENTED, random_input
   FLAGS = tf1.flags.FLAGS
-  FLAGS(["bench"] + DOCUMENTED + CASES[case] + extra_flags)
-  role = kd_model.role_to_use()
+  # The documented command's graph flags; its training flags mean nothing here.
+  FLAGS(["bench"] + DOCUMENTED + CASES[case] + extra_flags, known_only=True)
+  cfg = config.from_flags()
 
-  def build():
+  def build(cfg):
     graph = tf.Graph()
     with graph.as_default():
       if source == "model":
         batch = random_input(batch_size)(batch_size)
       else:
-        reader = readers.get_reader(dequantize=False)
+        reader = readers.get_reader(cfg, dequantize=False)
         batch = readers.get_input_data_tensors(reader, data_pattern, batch_size,
                                                num_readers=2, num_epochs=None,
                                                shuffle=False)
-      outputs = kd_model.inference_outputs(batch, role, preprocessing.kind_from_flags())
-      top = tf.math.top_k(outputs["predictions"], k=20)
-      return graph, [top.values, top.indices], tf1.global_variables_initializer()
+      outputs = inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20,
+                                              with_labels=False)
+      return graph, [outputs["top_scores"], outputs["top_indices"]], \
+          tf1.global_variables_initializer()
 
   result = {"case": case, "source": source}
   if source == "model":
     # The profiler needs static shapes: count on the padded graph (the same FLOPs
     # when every frame is real, as here).
-    packing = FLAGS.frame_packing
-    FLAGS.frame_packing = "never"
-    result["flops_per_video"] = common.float_ops(build()[0]) / batch_size
-    FLAGS.frame_packing = packing
-  graph, fetch, init = build()
+    result["flops_per_video"] = common.float_ops(
+        build(cfg.replace(frame_packing="never"))[0]) / batch_size
+  graph, fetch, init = build(cfg)
   with graph.as_default():
-    with tf1.Session(config=utils.session_config()) as sess:
+    with tf1.Session(config=utils.session_config(cfg.bf16)) as sess:
       sess.run(init)
       seconds = common.time_runs(sess, fetch, batches)
   result["videos_per_second"] = batch_size / seconds

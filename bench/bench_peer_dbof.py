@@ -34,26 +34,28 @@ PEER = {("train", 300): (9.6, 18.3), ("train", 30): (74.0, 4.0),
 
 def run_case(mode, frames, steps, data_pattern, extra_flags):
   """Times training or evaluation steps in this process; returns a dict."""
-  import kd_model
+  import config
+  import inference_graph
   import readers
   import train
   import utils
   FLAGS = tf1.flags.FLAGS
   FLAGS(["bench"] + DBOF + ["--iterations=%d" % frames,
                             "--train_data_pattern=" + data_pattern] + list(extra_flags))
+  cfg = config.from_flags()
   if mode == "train":
-    model = train.TrainGraph(["/cpu:0"], train.Task(), None, None)
+    model = train.TrainGraph(cfg, ["/cpu:0"], train.Task(), None, None)
     graph, fetch = model.graph, model.train_op
   else:
     graph = tf.Graph()
     with graph.as_default():
-      batch = readers.get_input_data_tensors(readers.get_reader(dequantize=False),
+      batch = readers.get_input_data_tensors(readers.get_reader(cfg, dequantize=False),
                                              data_pattern, 80, 2, shuffle=False)
-      outputs = kd_model.inference_outputs(batch, kd_model.TEACHER, "none")
-      fetch = tf.math.top_k(outputs["predictions"], 20).indices
+      fetch = inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20,
+                                            with_labels=False)["top_indices"]
   with graph.as_default():
     init = tf1.global_variables_initializer()
-    with tf1.Session(config=utils.session_config()) as sess:
+    with tf1.Session(config=utils.session_config(cfg.bf16)) as sess:
       sess.run(init)
       seconds = common.time_runs(sess, fetch, steps)
   return {"mode": mode, "frames": frames, "videos_per_second": 80 / seconds,

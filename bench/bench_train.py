@@ -57,6 +57,7 @@ def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0):
 
 def run_case(case, source, steps, data_pattern, extra_flags=()):
   """Builds and times one case in this process; returns a dict of measurements."""
+  import config
   import kd_model
   import preprocessing
   import train
@@ -64,19 +65,19 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
   FLAGS = tf1.flags.FLAGS
   FLAGS(["bench"] + DOCUMENTED + CASES[case] + ["--train_data_pattern=" + data_pattern] +
         list(extra_flags))
+  cfg = config.from_flags()
   result = {"case": case, "source": source}
   input_fn = random_input(80) if source == "model" else None
 
-  def build():
+  def build(cfg):
     if case == "teacher_forward":
       graph = tf.Graph()
       with graph.as_default():
-        batch = (input_fn or train.reader_input)(80)
-        outputs = kd_model.inference_outputs(batch, kd_model.TEACHER,
-                                             preprocessing.kind_from_flags())
+        batch = input_fn(80) if input_fn else train.reader_input(cfg, 80)
+        outputs = kd_model.inference_outputs(cfg, batch, kd_model.TEACHER)
         return graph, tf.reduce_sum(outputs["predictions"]), \
             tf1.global_variables_initializer()
-    model = train.TrainGraph(["/cpu:0"], train.Task(),
+    model = train.TrainGraph(cfg, ["/cpu:0"], train.Task(),
                              preprocessing.load_rgb_scale(FLAGS.pca_eigenvals), None,
                              input_fn=input_fn)
     with model.graph.as_default():
@@ -85,13 +86,11 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
   if source == "model" and case == "teacher":
     # The profiler needs static shapes: count on the padded graph (the same FLOPs
     # when every frame is real, as here).
-    packing = FLAGS.frame_packing
-    FLAGS.frame_packing = "never"
-    result["flops_per_step"] = common.float_ops(build()[0])
-    FLAGS.frame_packing = packing
-  graph, fetch, init = build()
+    result["flops_per_step"] = common.float_ops(
+        build(cfg.replace(frame_packing="never"))[0])
+  graph, fetch, init = build(cfg)
   with graph.as_default():
-    with tf1.Session(config=utils.session_config()) as sess:
+    with tf1.Session(config=utils.session_config(cfg.bf16)) as sess:
       sess.run(init)
       result["seconds_per_step"] = common.time_runs(sess, fetch, steps)
   result["videos_per_second"] = 80 / result["seconds_per_step"]

@@ -1,5 +1,6 @@
 """The demo pipeline at a tiny size: every artefact exists and is well formed."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -44,3 +45,21 @@ def test_demo_at_tiny_scale_writes_every_artefact(tmp_path):
   png = out / "gap_vs_step.png"
   if importlib.util.find_spec("matplotlib"):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+  # The frame-selection table on the tiny demo: two rows and the KD row at k=6 (the
+  # demo's distilled student, reused), 2 training steps per cell.
+  process = subprocess.run(
+      [sys.executable, os.path.join(helpers.ROOT, "tools", "frame_selection_table.py"),
+       "--demo_dir=" + str(out), "--scale=0.01", "--ks=6", "--rows=uniform,first"],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-2000:]
+  table = (out / "frame_selection_table.md").read_text().splitlines()
+  assert table[0].startswith("Teacher (all frames): GAP 0.")
+  assert table[2] == "| frames picked | k=6 |"
+  cells = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in table[4:]}
+  assert list(cells) == ["Uniform-k", "First-k", "KD student"]
+  assert all(0 < gap <= 1 for gap in cells.values())
+  kd = [json.loads(l) for l in open(str(out / "runs" / "demo_s0_KD_k_6" / "eval.jsonl"))]
+  assert cells["KD student"] == float("%.4f" % kd[-1]["gap"])
+  assert (out / "table_runs" / "uniform_s0_student_k_6" / "eval.jsonl").exists()

@@ -10,43 +10,49 @@ import tensorflow as tf
 import eval_util
 import kd_model
 import readers
+import run_dir
 from tests import helpers
 
 tf1 = tf.compat.v1
+NUM_CLASSES = 30
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """A tiny teacher run and a KD run distilled from it, plus validation data."""
+  """A tiny teacher run and a KD run distilled from it, plus validation data.
+
+  30 classes (the data uses 20 of them), so the top 20 that eval.py, inference.py and
+  the SavedModel keep are a real cut of the predictions.
+  """
   root = tmp_path_factory.mktemp("runs")
   train, validate = helpers.make_dataset(root / "data", train_videos=16,
                                          validate_videos=13, min_frames=10, max_frames=40)
   common = ["--train_data_pattern=" + train, "--train_dir=%s/run" % root,
             "--batch_size=4", "--max_steps=4", "--export_model_steps=100"]
-  common += helpers.TINY_MODEL
+  common += helpers.TINY_MODEL + ["--num_classes=%d" % NUM_CLASSES]
   helpers.run_cli("train.py", common + ["--model_type=teacher", "--k_frame=300"])
   helpers.run_cli("train.py", common + ["--model_type=KD", "--k_frame=3"])
   return {"root": root, "validate": validate, "teacher": str(root / "run_teacher"),
           "kd": str(root / "run_KD_k_3")}
 
 
-def _direct_predictions(run_dir, pattern, role, batch_size=4):
+def _direct_predictions(directory, pattern, role, batch_size=4):
   """Predictions of `role` computed in-process from the run's latest checkpoint.
 
   The batch size matches the eval.py call below: oneDNN may block a matmul
   differently for another batch, and a last-bit change can swap two near-tied
   scores of a tiny model, which moves GAP by ~1e-5.
   """
-  recorded = kd_model.load_run(run_dir)
+  cfg = run_dir.load(directory)
   with tf.Graph().as_default():
-    reader = readers.get_reader(dequantize=False)
+    reader = readers.get_reader(cfg, dequantize=False)
     batch = readers.get_input_data_tensors(reader, pattern, batch_size, 1, num_epochs=1,
                                            shuffle=False)
-    outputs = kd_model.inference_outputs(batch, role, recorded["preprocessing"])
+    outputs = kd_model.inference_outputs(cfg, batch, role)
     saver = tf1.train.Saver()
     values = {"ids": [], "predictions": [], "labels": []}
     with tf1.Session() as sess:
-      saver.restore(sess, tf1.train.latest_checkpoint(run_dir))
+      saver.restore(sess, tf1.train.latest_checkpoint(directory))
       while True:
         try:
           ids, predictions, labels = sess.run([batch["video_ids"],
@@ -72,7 +78,7 @@ def test_eval_metrics_equal_eval_util_on_direct_predictions(runs, run, role):
   ids, predictions, labels = _direct_predictions(runs[run], runs["validate"],
                                                  expected_role)
   assert record["num_examples"] == len(ids) == len(set(ids)) == 13
-  metrics = eval_util.EvaluationMetrics(20, 20)
+  metrics = eval_util.EvaluationMetrics(NUM_CLASSES, 20)
   metrics.accumulate(predictions, labels, 0.0)
   expected = metrics.get()
   for key, name in [("gap", "gap"), ("map_all_classes", "map_all_classes"),
@@ -134,7 +140,7 @@ def test_inference_csv_identical_via_train_dir_tgz_and_saved_model(runs, tmp_pat
   assert sorted(rows) == sorted(ids)
   for video_id, prediction in zip(ids, predictions):
     labels, scores = rows[video_id]
-    assert len(labels) == 20 and all(0 <= l < 20 for l in labels)
+    assert len(labels) == 20 and all(0 <= l < NUM_CLASSES for l in labels)
     assert scores == sorted(scores, reverse=True)
     np.testing.assert_allclose(scores, prediction[labels], rtol=1e-5)
     assert set(labels) == set(np.argsort(-prediction, kind="stable")[:20])

@@ -41,7 +41,7 @@ def _build(name, x, n, is_training, classifier="LogisticModel", reuse=None, **ov
   """The model `name` with its TINY config under scope `m`."""
   params = dict(TINY[name], **overrides)
   with tf1.variable_scope("m", reuse=reuse):
-    return frame_level_models.get_frame_level_model(name).create_model(
+    return frame_level_models.MODELS.create(name).create_model(
         x, VOCAB, n, is_training, classifier=classifier, **params)
 
 
@@ -243,13 +243,14 @@ def test_hrnn_representation_matches_numpy_blocks():
     np.testing.assert_allclose(representation[b], expected, atol=1e-5)
 
 
-def test_get_frame_level_model():
+def test_frame_level_model_registry():
+  assert sorted(frame_level_models.MODELS.names()) == NAMES
   for name in NAMES:
-    assert type(frame_level_models.get_frame_level_model(name)).__name__ == name
-  assert frame_level_models.NeXtVLADModel is frame_level_models.get_frame_level_model(
-      "NeXtVLADModel").__class__
-  with pytest.raises(utils.UsageError, match=r"--model=Nope .*DbofModel"):
-    frame_level_models.get_frame_level_model("Nope")
+    assert type(frame_level_models.MODELS.create(name)).__name__ == name
+  assert frame_level_models.NeXtVLADModel is frame_level_models.MODELS.get("NeXtVLADModel")
+  with pytest.raises(utils.UsageError, match=r"--model=Nope is not a frame-level model "
+                                             r"\(choose from: .*DbofModel"):
+    frame_level_models.MODELS.get("Nope")
 
 
 def test_bad_hyper_parameters_are_usage_errors():
@@ -262,6 +263,7 @@ def test_bad_hyper_parameters_are_usage_errors():
 
 
 def test_flag_defaults_are_the_starter_codes():
+  import config
   flags = tf1.flags.FLAGS
   assert (flags.iterations, flags.dbof_add_batch_norm, flags.sample_random_frames,
           flags.dbof_cluster_size, flags.dbof_hidden_size, flags.dbof_pooling_method,
@@ -270,15 +272,25 @@ def test_flag_defaults_are_the_starter_codes():
   assert (flags.netvlad_cluster_size, flags.netvlad_hidden_size,
           flags.netvlad_add_batch_norm, flags.gating, flags.hrnn_cells,
           flags.hrnn_block_size) == (64, 1024, True, True, 1024, 15)
+  # Each model's own argument defaults are its flags' defaults.
+  import inspect
+  defaults = config.defaults()
+  for name in ("DbofModel", "LstmModel", "NetVLADModel", "HRNNModel", "NeXtVLADModel"):
+    signature = inspect.signature(frame_level_models.MODELS.get(name).create_model)
+    kwargs = defaults.replace(model=name).model_kwargs()
+    for arg, value in kwargs.items():
+      if arg in signature.parameters:
+        default = signature.parameters[arg].default
+        assert tuple(default) == value if arg == "feature_sizes" else default == value, (
+            name, arg)
 
 
 def _outputs_with_packing(name, overrides, frames, num_frames, is_training, packing,
                           checkpoint, save):
-  """Model outputs under --frame_packing; weights saved to / restored from disk."""
-  tf1.flags.FLAGS.frame_packing = packing
+  """Model outputs under frame_packing; weights saved to / restored from disk."""
   with tf.Graph().as_default():
     out = _build(name, tf.constant(frames), tf.constant(num_frames), is_training,
-                 **overrides)
+                 frame_packing=packing, **overrides)
     updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
     saver = tf1.train.Saver()
     with tf1.Session() as sess:

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import config
 import kd_model
 import losses
 import preprocessing
+import run_dir
 import utils
 
 tf1 = tf.compat.v1
@@ -79,6 +81,11 @@ def _numpy_batch(seed, num_frames=NUM_FRAMES, pad_value=0):
   return {"video_matrix": video, "num_frames": num_frames, "labels": labels}
 
 
+def _cfg():
+  """The GraphConfig of the flags as the test set them."""
+  return config.from_flags()
+
+
 def _placeholders():
   return {"video_matrix": tf1.placeholder(tf.uint8, [None, T, FEATURES], "video_matrix"),
           "num_frames": tf1.placeholder(tf.int32, [None], "num_frames"),
@@ -96,18 +103,17 @@ def _build_tower(seed=0):
     tf1.set_random_seed(seed)
     batch = _placeholders()
     with tf.name_scope("tower_0"):
-      terms = kd_model.tower_loss(batch, reuse=False,
-                                  preprocessing_kind=preprocessing.NONE)
+      terms = kd_model.tower_loss(_cfg(), batch, reuse=False)
   return types.SimpleNamespace(graph=graph, batch=batch, terms=terms)
 
 
 def _build_training(seed=0, learning_rate=0.01):
-  """One tower, an Adam step over kd_model.trained_roles() and UPDATE_OPS (train.py)."""
+  """One tower, an Adam step over _cfg().trained_roles() and UPDATE_OPS (train.py)."""
   model = _build_tower(seed)
   graph, batch, terms = model.graph, model.batch, model.terms
   with graph.as_default():
     global_step = tf1.train.get_or_create_global_step()
-    train_vars = [v for role in kd_model.trained_roles()
+    train_vars = [v for role in _cfg().trained_roles()
                   for v in tf1.trainable_variables(scope=role + "/")]
     optimizer = tf1.train.AdamOptimizer(learning_rate)
     grads = optimizer.compute_gradients(terms["total"], var_list=train_vars)
@@ -149,7 +155,7 @@ def teacher_checkpoint(tmp_path_factory):
   """A teacher-only run (model_type=teacher on all T frames) trained a few steps."""
   directory = tmp_path_factory.mktemp("teacher")
   with _flag_values(**dict(TINY, model_type="teacher", k_frame=T)):
-    assert kd_model.roles() == ("teacher",)
+    assert _cfg().roles() == ("teacher",)
     model = _build_training(seed=1)
     with model.graph.as_default(), tf1.Session() as sess:
       sess.run(tf1.global_variables_initializer())
@@ -197,13 +203,12 @@ def test_serial_kd_trains_only_the_student_and_keeps_the_restored_teacher(
     for update in model.updates:
       target = _update_target(update)
       assert target.startswith("student/"), target
-    kd_model.check_checkpoint_matches(teacher_vars, teacher_checkpoint,
+    run_dir.check_checkpoint_matches(teacher_vars, teacher_checkpoint,
                                       "the teacher checkpoint")
     teacher_saver = tf1.train.Saver(var_list={v.op.name: v for v in teacher_vars})
     # The teacher evaluated alone in inference mode, sharing the tower's variables.
     feed = _feed(model.batch, _numpy_batch(7))
-    reference = kd_model.inference_outputs(model.batch, "teacher", preprocessing.NONE,
-                                           reuse=True)
+    reference = kd_model.inference_outputs(_cfg(), model.batch, "teacher", reuse=True)
     student_trainable = _role_variables("student", trainable_only=True)
     student_count = [v for v in _role_variables("student")
                      if v.op.name.endswith("hidden1_bn/update_count")]
@@ -248,8 +253,8 @@ def _inference_distillation_losses(k_frame, teacher_checkpoint, batch):
     inputs = _placeholders()
     outputs = {}
     for role in ("teacher", "student"):
-      frames, num_frames = kd_model.model_inputs(role, inputs, preprocessing.NONE)
-      outputs[role] = kd_model.create_role_model(role, frames, num_frames,
+      frames, num_frames = kd_model.model_inputs(_cfg(), role, inputs)
+      outputs[role] = kd_model.create_role_model(_cfg(), role, frames, num_frames,
                                                  is_training=False, reuse=False)
     rep = losses.representation_loss(outputs["teacher"]["representation"],
                                      outputs["student"]["representation"], "sum")
@@ -312,7 +317,7 @@ def _teacher_shapes_of_kd_graph():
 def _checkpoint_error(teacher_checkpoint_path):
   with _build_tower().graph.as_default():
     with pytest.raises(utils.UsageError) as error:
-      kd_model.check_checkpoint_matches(kd_model.teacher_variables(),
+      run_dir.check_checkpoint_matches(kd_model.teacher_variables(),
                                         teacher_checkpoint_path, "the teacher checkpoint")
     return str(error.value)
 
@@ -351,7 +356,7 @@ def test_teacher_checkpoint_of_another_config_or_without_teacher_is_refused(
 def test_parallel_kd_trains_both_roles_and_adds_the_teacher_label_loss(tiny):
   tiny(model_type="KD", kd_mode="parallel", k_frame=4, kd_ce_weight=0.7,
        kd_pred_weight=0.3, kd_rep_weight=0.2, regularization_penalty=2.0)
-  assert kd_model.trained_roles() == ("teacher", "student")
+  assert _cfg().trained_roles() == ("teacher", "student")
   model = _build_training(seed=4)
   with model.graph.as_default():
     teacher_trainable = _role_variables("teacher", trainable_only=True)
@@ -394,10 +399,10 @@ def test_model_inputs_per_role_are_the_dequantized_frames_they_see(tiny):
   batch = _numpy_batch(3, pad_value=77)  # garbage padding must not reach the teacher
   with tf.Graph().as_default():
     inputs = _placeholders()
-    teacher = kd_model.model_inputs("teacher", inputs, preprocessing.NONE)
-    student = kd_model.model_inputs("student", inputs, preprocessing.NONE)
+    teacher = kd_model.model_inputs(_cfg(), "teacher", inputs)
+    student = kd_model.model_inputs(_cfg(), "student", inputs)
     with _flag_values(k_frame=T):
-      all_frames_student = kd_model.model_inputs("student", inputs, preprocessing.NONE)
+      all_frames_student = kd_model.model_inputs(_cfg(), "student", inputs)
     assert student[0].shape.as_list() == [None, k, FEATURES]
     with tf1.Session() as sess:
       teacher, student, all_frames = sess.run([teacher, student, all_frames_student],
@@ -427,27 +432,27 @@ def test_model_inputs_per_role_are_the_dequantized_frames_they_see(tiny):
 ])
 def test_run_kinds(set_flags, model_type, k_frame, suffix, roles, trained):
   set_flags(model_type=model_type, k_frame=k_frame, max_frames=300, kd_mode="serial")
-  kd_model.validate_flags()
-  assert kd_model.run_dir_suffix() == suffix
-  assert kd_model.roles() == roles
-  assert kd_model.trained_roles() == trained
+  config.from_flags()
+  assert _cfg().run_dir_suffix() == suffix
+  assert _cfg().roles() == roles
+  assert _cfg().trained_roles() == trained
   if model_type != "KD":
-    assert kd_model.single_model_role() == roles[0]
+    assert _cfg().single_model_role() == roles[0]
   else:
     set_flags(kd_mode="parallel")
-    assert kd_model.trained_roles() == ("teacher", "student")
+    assert _cfg().trained_roles() == ("teacher", "student")
 
 
 @pytest.mark.parametrize("name, value", [
     ("model_type", "Teacher"), ("k_frame", 0), ("k_frame", 301),
     ("frame_sampling", "stride"), ("model", "NoSuchModel"), ("kd_mode", "both"),
     ("kd_reduction", "max"), ("kd_pred_loss", "l1")])
-def test_validate_flags_names_the_bad_flag(set_flags, name, value):
+def test_config_names_the_bad_flag(set_flags, name, value):
   set_flags(max_frames=300, model="NeXtVLADModel", frame_features=True)
-  kd_model.validate_flags()  # the defaults are valid
+  config.from_flags()  # the defaults are valid
   set_flags(**{name: value})
   with pytest.raises(utils.UsageError) as error:
-    kd_model.validate_flags()
+    config.from_flags()
   assert "--%s" % name in str(error.value)
   assert str(value) in str(error.value)
 
@@ -455,7 +460,7 @@ def test_validate_flags_names_the_bad_flag(set_flags, name, value):
 def test_model_flags_dict_records_the_graph_flags_and_conflicts_name_them(tiny):
   tiny(model_type="KD", k_frame=6, frame_sampling="random", drop_rate=0.25,
        groups=2, video_level_classifier_model="MoeModel")
-  recorded = kd_model.model_flags_dict()
+  recorded = _cfg().to_json()
   expected = dict(nextvlad_cluster_size=4, nextvlad_hidden_size=8, groups=2,
                   expansion=1, gating_reduction=2, drop_rate=0.25,
                   video_level_classifier_model="MoeModel", model="NeXtVLADModel",
@@ -467,18 +472,18 @@ def test_model_flags_dict_records_the_graph_flags_and_conflicts_name_them(tiny):
     assert recorded[name] == value, name
   assert "pca_eigenvals" not in recorded
   assert "train_dir" not in recorded and "batch_size" not in recorded
-  assert kd_model.conflicting_flags(recorded, dict(recorded)) == []
+  assert config.conflicts(recorded, dict(recorded)) == []
   changed = dict(recorded, drop_rate=0.5, k_frame=30)
-  assert kd_model.conflicting_flags(recorded, changed) == ["--drop_rate: 0.25 -> 0.5",
-                                                           "--k_frame: 6 -> 30"]
+  assert config.conflicts(recorded, changed) == ["--drop_rate: 0.25 -> 0.5",
+                                                 "--k_frame: 6 -> 30"]
 
 
 def test_loss_scale_note_gives_the_recipe_balance_for_other_sizes(set_flags):
   set_flags(model_type="KD", kd_reduction="sum", kd_rep_weight=0.001, kd_pred_weight=0.01)
-  assert kd_model.loss_scale_note(80, 2048) is None  # the documented sizes
-  note = kd_model.loss_scale_note(32, 256)
+  assert kd_model.loss_scale_note(_cfg(), 80, 2048) is None  # the documented sizes
+  note = kd_model.loss_scale_note(_cfg(), 32, 256)
   assert "--kd_rep_weight=0.02 --kd_pred_weight=0.025" in note  # x20 and x2.5
   set_flags(kd_reduction="mean")
-  assert kd_model.loss_scale_note(32, 256) is None
+  assert kd_model.loss_scale_note(_cfg(), 32, 256) is None
   set_flags(model_type="teacher", kd_reduction="sum")
-  assert kd_model.loss_scale_note(32, 256) is None
+  assert kd_model.loss_scale_note(_cfg(), 32, 256) is None

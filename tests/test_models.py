@@ -224,8 +224,9 @@ def test_moe_predictions_match_numpy_formula():
 
 
 def test_classifier_and_loss_lookup_errors_name_the_flag():
-  with pytest.raises(utils.UsageError, match="--video_level_classifier_model"):
-    nextvlad.get_classifier("Nope")
+  with pytest.raises(utils.UsageError, match="--video_level_classifier_model=Nope is not a "
+                                             "video-level classifier"):
+    video_level_models.CLASSIFIERS.get("Nope")
   with pytest.raises(utils.UsageError, match="--label_loss"):
     losses.get_label_loss("BaseLoss")
 
@@ -309,12 +310,10 @@ def test_gradient_clipping_per_tensor_returns_the_norms_before_clipping():
 
 
 def test_packing_choice_follows_the_flag_and_the_frame_axis():
-  flags = tf1.flags.FLAGS
-  flags.frame_packing = "auto"
-  assert model_utils.packing_enabled(300) and model_utils.packing_enabled(None)
-  assert not model_utils.packing_enabled(30)
-  flags.frame_packing = "never"
-  assert not model_utils.packing_enabled(300)
-  flags.frame_packing = "sometimes"
+  assert model_utils.packing_enabled("auto", 300)
+  assert model_utils.packing_enabled("auto", None)
+  assert not model_utils.packing_enabled("auto", 30)
+  assert not model_utils.packing_enabled("never", 300)
+  assert model_utils.packing_enabled("always", 30)
   with pytest.raises(utils.UsageError, match="--frame_packing"):
-    model_utils.packing_enabled(300)
+    model_utils.packing_enabled("sometimes", 300)

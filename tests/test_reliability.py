@@ -433,6 +433,11 @@ def drivers(data, teacher, tmp_path_factory):
       {"name": "path_does_not_exist", "args": [
           "--train_dir=" + teacher, "--run_once",
           "--eval_data_pattern=/nonexistent/yt8m/validate*.tfrecord"]},
+      {"name": "empty_pattern", "args": ["--train_dir=" + teacher, "--run_once",
+                                         "--eval_data_pattern="]},
+      {"name": "pattern_matches_nothing", "args": [
+          "--train_dir=" + teacher, "--run_once", "--eval_data_pattern=" +
+          os.path.join(data["root"], "frame", "nothing*.tfrecord")]},
       {"name": "bad_corrupted", "args": ["--train_dir=" + teacher, "--run_once",
                                          "--eval_data_pattern=" + bad["corrupted"][0],
                                          "--batch_size=4"]},
@@ -455,6 +460,10 @@ def drivers(data, teacher, tmp_path_factory):
                                                  "--skip_corrupt_records")},
       {"name": "path_does_not_exist", "args": inference(
           "path_does_not_exist", "/nonexistent/yt8m/test*.tfrecord")},
+      {"name": "empty_pattern", "args": inference("empty_pattern", "")},
+      {"name": "pattern_matches_nothing", "args": inference(
+          "pattern_matches_nothing",
+          os.path.join(data["root"], "frame", "nothing*.tfrecord"))},
       {"name": "bad_zero_frames", "args": inference("bad_zero_frames",
                                                     bad["zero_frames"][0])},
       {"name": "unlabeled", "args": inference("unlabeled", bad["missing_labels"][0])},
@@ -671,43 +680,89 @@ def _killed_mid_run(script, args, watch_dir, prefix, delay, after_line=None):
 
 OLD_CSV = "VideoId,LabelConfidencePairs\nold,1 0.5\n"
 
+# Runs a CLI in a child process that SIGKILLs itself the `count`-th time the function
+# `target` (module.attribute) is called: a kill at a known point of the write, every time.
+KILL_AT = r'''
+import importlib, os, signal, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+tf.compat.v1.disable_eager_execution()
+script, target, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+module = importlib.import_module(script[:-3])
+import utils
+owner_name, attribute = target.rsplit(".", 1)
+owner = importlib.import_module(owner_name)
+original, calls = getattr(owner, attribute), [0]
+def killing(*args, **kwargs):
+  calls[0] += 1
+  if calls[0] == count:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+  return original(*args, **kwargs)
+setattr(owner, attribute, killing)
+utils.run_main(module.main, [script] + sys.argv[4:])
+'''
 
-def test_killed_inference_leaves_no_partial_csv(teacher, data, tmp_path):
+
+def _killed_at(tmp_path, script, target, count, args):
+  """Runs `script args`, SIGKILLed at the count-th call of target; its CompletedProcess."""
+  driver = tmp_path / "kill_at.py"
+  driver.write_text(KILL_AT)
+  process = helpers.run_cli(str(driver), [script, target, str(count)] + list(args),
+                            check=False)
+  assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+  return process
+
+
+@pytest.mark.parametrize("point", ["after_first_rows", "before_rename"])
+def test_killed_inference_leaves_no_partial_csv(teacher, data, tmp_path, point):
   output = tmp_path / "predictions.csv"
   output.write_text(OLD_CSV)
   pattern = data["train"] + "," + data["validate"]  # 24 videos, one per batch
-  killed, log = _killed_mid_run(
-      "inference.py", ["--train_dir=" + teacher, "--input_data_pattern=" + pattern,
-                       "--output_file=" + str(output), "--batch_size=1"],
-      str(tmp_path), ".predictions.csv.", random.uniform(0.0, 0.3),
-      after_line="Predicting with")
-  content = output.read_text()
-  if content == OLD_CSV:
-    # Killed mid-way: what it was writing is the temporary file, not the output.
-    assert killed and glob.glob(str(tmp_path / ".predictions.csv.*.tmp")), log
-  else:  # it got to the rename first: then the file is the new complete one
-    lines = content.splitlines()
-    assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == 25, log
-    assert all(len(l.split(",")[1].split()) == 40 for l in lines[1:]), log
+  target, count = {"after_first_rows": ("inference.csv_rows", 2),
+                   "before_rename": ("os.replace", 1)}[point]
+  _killed_at(tmp_path, "inference.py", target, count,
+             ["--train_dir=" + teacher, "--input_data_pattern=" + pattern,
+              "--output_file=" + str(output), "--batch_size=1"])
+  # The output is untouched; what was being written is the hidden temporary file
+  # (complete but not renamed yet, or cut short with whatever its buffer had written).
+  assert output.read_text() == OLD_CSV
+  (partial,) = glob.glob(str(tmp_path / ".predictions.csv.*.tmp"))
+  rows = open(partial).read().splitlines()
+  if point == "before_rename":
+    assert rows[0] == "VideoId,LabelConfidencePairs" and len(rows) == 25
+  else:
+    assert len(rows) < 25
 
 
-def test_killed_export_leaves_no_half_saved_model(teacher, tmp_path):
+@pytest.mark.parametrize("point", ["while_staging", "between_the_renames"])
+def test_killed_export_leaves_no_half_saved_model(teacher, tmp_path, point):
   target = tmp_path / "saved"
   target.mkdir()
   (target / "saved_model.pb").write_bytes(b"old complete model")
-  killed, log = _killed_mid_run(
-      "export_model.py", ["--train_dir=" + teacher, "--output_dir=" + str(target)],
-      str(tmp_path), ".saved.", random.uniform(0.0, 0.3))
-  if not target.exists():  # killed between the two renames of the swap: absent is fine
-    assert killed
-  elif (target / "saved_model.pb").read_bytes() != b"old complete model":
-    # Only a complete new SavedModel can replace the old one.
-    assert (target / "variables" / "variables.index").exists(), log
-    assert (target / "assets.extra" / "model_flags.json").exists(), log
-    with tf.Graph().as_default(), tf1.Session() as sess:
-      tf1.saved_model.load(sess, [tf1.saved_model.tag_constants.SERVING], str(target))
+  # shutil.copy adds model_flags.json to the staged model after the SavedModel is
+  # written; os.rename's first call moves the old model aside, its second puts the new
+  # one in place (killed just before each call).
+  kill_at, count = {"while_staging": ("shutil.copy", 1),
+                    "between_the_renames": ("os.rename", 2)}[point]
+  _killed_at(tmp_path, "export_model.py", kill_at, count,
+             ["--train_dir=" + teacher, "--output_dir=" + str(target)])
+  if point == "while_staging":
+    assert sorted(os.listdir(str(target))) == ["saved_model.pb"]
+    assert (target / "saved_model.pb").read_bytes() == b"old complete model"
+    # The half-staged model is in a hidden directory next to it, never in `saved`.
+    (staging,) = glob.glob(str(tmp_path / ".saved.*"))
+    assert not os.path.exists(os.path.join(staging, "model", "assets.extra",
+                                           "model_flags.json"))
   else:
-    assert killed and sorted(os.listdir(str(target))) == ["saved_model.pb"]
+    # The one moment the target may be absent: the old model already moved aside.
+    assert not target.exists()
+  # Run again, it completes: a loadable new model replaces what was there.
+  helpers.run_cli("export_model.py", ["--train_dir=" + teacher, "--output_dir=" +
+                                      str(target)])
+  assert (target / "assets.extra" / "model_flags.json").exists()
+  with tf.Graph().as_default(), tf1.Session() as sess:
+    tf1.saved_model.load(sess, [tf1.saved_model.tag_constants.SERVING], str(target))
 
 
 # -------------------------------------------------------------------------------------
@@ -732,11 +787,12 @@ def test_missing_data_paths_are_named_before_any_graph(drivers, script):
   assert "%s '/nonexistent/yt8m/" % flag in error_line(result)
   assert "matches no file" in error_line(result)
   assert result["graphs_built"] == 0
-  if script == "train.py":
-    assert "--train_data_pattern is required" in error_line(
-        drivers[script]["empty_pattern"])
-    assert "nothing*.tfrecord' matches no file" in error_line(
-        drivers[script]["pattern_matches_nothing"])
+  empty = drivers[script]["empty_pattern"]
+  assert "%s is required" % flag in error_line(empty) and empty["graphs_built"] == 0
+  nothing = drivers[script]["pattern_matches_nothing"]
+  assert flag in error_line(nothing)
+  assert "nothing*.tfrecord' matches no file" in error_line(nothing)
+  assert nothing["graphs_built"] == 0
 
 
 def test_skip_corrupt_records_in_train_and_eval_reports_what_it_skipped(drivers):
@@ -783,13 +839,14 @@ def test_inference_never_drops_a_video(drivers):
 BAD_FLAGS = {
     "names_sizes_lengths": "--feature_names has 2 entries (rgb,audio) but --feature_sizes "
                            "has 1 (1024)",
-    "unknown_model": "--model=NoSuchModel is not a frame-level model",
+    # absl's own checks (enums, bounds) name the flag and its value.
+    "unknown_model": "flag --model=NoSuchModel: value should be one of <",
     "k_frame_0": "--k_frame must be in 1..300 (--max_frames), got 0",
     "k_frame_301": "--k_frame must be in 1..300 (--max_frames), got 301",
-    "frame_sampling": "--frame_sampling must be one of",
-    "model_type": "--model_type must be one of teacher, student, KD, got 'Teacher'",
-    "batch_size_0": "--batch_size must be positive, got 0",
-    "batch_size_negative": "--batch_size must be positive, got -4",
+    "frame_sampling": "flag --frame_sampling=every_other: value should be one of <uniform|",
+    "model_type": "flag --model_type=Teacher: value should be one of <teacher|student|KD>",
+    "batch_size_0": "flag --batch_size=0: 0 is not a positive integer",
+    "batch_size_negative": "flag --batch_size=-4: -4 is not a positive integer",
 }
 
 
@@ -805,7 +862,8 @@ def test_bad_train_flags_are_one_line_naming_the_flag_before_any_graph(drivers, 
 def test_bad_batch_size_of_eval_and_inference_is_named_before_any_graph(drivers):
   for script in ("eval.py", "inference.py"):
     result = drivers[script]["batch_size_0"]
-    assert error_line(result) == "%s: error: --batch_size must be positive, got 0" % script
+    assert error_line(result) == ("%s: error: flag --batch_size=0: 0 is not a positive "
+                                  "integer" % script)
     assert result["graphs_built"] == 0
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import readers
+import frame_selection
 import utils
 
 T = 300
@@ -16,7 +16,7 @@ def _select(num_frames, k, strategy, seed=1):
   # Padding must never be picked by a strategy that could avoid it: mark it with -1.
   frames[np.arange(T)[None, :] >= num_frames[:, None]] = -1
   with tf.Graph().as_default():
-    out, new_n = readers.select_frames(tf.constant(frames), tf.constant(num_frames), k,
+    out, new_n = frame_selection.select_frames(tf.constant(frames), tf.constant(num_frames), k,
                                        strategy, seed=seed)
     with tf.compat.v1.Session() as sess:
       selected, new_n = sess.run([out, new_n])
@@ -81,7 +81,7 @@ def test_random_picks_distinct_real_frames_in_time_order():
   np.testing.assert_array_equal(selected[2], range(6))
 
 
-@pytest.mark.parametrize("strategy", readers.FRAME_SELECTION_STRATEGIES)
+@pytest.mark.parametrize("strategy", frame_selection.STRATEGIES)
 def test_every_num_frames_and_k_stays_inside_real_frames(strategy):
   num_frames = np.arange(1, T + 1)
   for k in [1, 2, 6, 7, 30, 299, 300]:
@@ -105,8 +105,8 @@ def test_bad_strategy_and_k_are_usage_errors():
   x = tf.zeros([2, T, 3])
   n = tf.constant([3, 4])
   with pytest.raises(utils.UsageError, match="--frame_sampling"):
-    readers.select_frames(x, n, 6, "sometimes")
+    frame_selection.select_frames(x, n, 6, "sometimes")
   with pytest.raises(utils.UsageError, match="--k_frame"):
-    readers.select_frames(x, n, 301)
+    frame_selection.select_frames(x, n, 301)
   with pytest.raises(utils.UsageError, match="--k_frame"):
-    readers.select_frames(x, n, 0)
+    frame_selection.select_frames(x, n, 0)

@@ -112,8 +112,7 @@ def test_bf16_session_config_turns_on_the_onednn_rewrite():
   import utils
   rewrites = utils.session_config().graph_options.rewrite_options
   assert rewrites.auto_mixed_precision_onednn_bfloat16 != rewriter_config_pb2.RewriterConfig.ON
-  tf1.flags.FLAGS.bf16 = True  # conftest restores the flags after each test
-  rewrites = utils.session_config().graph_options.rewrite_options
+  rewrites = utils.session_config(bf16=True).graph_options.rewrite_options
   assert rewrites.auto_mixed_precision_onednn_bfloat16 == rewriter_config_pb2.RewriterConfig.ON
 
 
@@ -148,23 +147,38 @@ def _learning_rates(train_dir):
   return rates
 
 
-def test_resume_reaches_the_same_step_and_learning_rate(data, tmp_path):
+def test_resume_equals_an_uninterrupted_run_in_step_learning_rate_and_weights(
+    data, tmp_path):
+  # With --seed the record order is fixed and a resumed run skips the batches it had
+  # read. No dropout here: dropout draws new random numbers after a resume.
   train_pattern, _ = data
-  common = ["--train_data_pattern=" + train_pattern, "--batch_size=4",
+  common = ["--train_data_pattern=" + train_pattern, "--batch_size=4", "--seed=5",
             "--learning_rate_decay_examples=8", "--learning_rate_decay=0.5",
-            "--log_every_n_steps=1", "--export_model_steps=100"] + helpers.TINY_MODEL
-  helpers.run_cli("train.py", common + ["--train_dir=%s/full" % tmp_path, "--max_steps=6"])
-  helpers.run_cli("train.py", common + ["--train_dir=%s/part" % tmp_path, "--max_steps=3"])
+            "--log_every_n_steps=1", "--export_model_steps=100", "--drop_rate=0",
+            "--num_readers=2"] + helpers.TINY_MODEL
+  # 24 videos, 6 batches an epoch: the interruption at step 4 is mid-epoch, and
+  # the run goes on into the second epoch.
+  helpers.run_cli("train.py", common + ["--train_dir=%s/full" % tmp_path, "--max_steps=9"])
+  helpers.run_cli("train.py", common + ["--train_dir=%s/part" % tmp_path, "--max_steps=4"])
   out = helpers.run_cli("train.py", common + ["--train_dir=%s/part" % tmp_path,
-                                              "--max_steps=6"]).stdout
-  assert "Starting at step 3 (resumed)" in out
+                                              "--max_steps=9"]).stdout
+  assert "Starting at step 4 (resumed)" in out
   full, part = str(tmp_path / "full_teacher"), str(tmp_path / "part_teacher")
-  assert tf1.train.latest_checkpoint(full).endswith("-6")
-  assert tf1.train.latest_checkpoint(part).endswith("-6")
+  assert tf1.train.latest_checkpoint(full).endswith("-9")
+  assert tf1.train.latest_checkpoint(part).endswith("-9")
   full_rates, part_rates = _learning_rates(full), _learning_rates(part)
-  # Logged with step 6: the rate of the 6th update, floor(5 steps * 4 / 8) = 2 decays.
-  assert full_rates[6] == part_rates[6] == pytest.approx(0.01 * 0.5 ** 2)
+  # Logged with step 9: the rate of the 9th update, floor(8 steps * 4 / 8) = 4 decays.
+  assert full_rates[9] == part_rates[9] == pytest.approx(0.01 * 0.5 ** 4)
   assert full_rates == part_rates
+  full_values = _checkpoint_values(tf1.train.latest_checkpoint(full))
+  part_values = _checkpoint_values(tf1.train.latest_checkpoint(part))
+  start = _checkpoint_values(os.path.join(part, "model.ckpt-4"))
+  assert set(full_values) == set(part_values)
+  weights = "teacher/tower/hidden1/weights"
+  assert not np.allclose(start[weights], full_values[weights])  # steps 5-9 did something
+  for name in full_values:  # weights, batch-norm statistics, Adam slots
+    np.testing.assert_allclose(part_values[name], full_values[name], rtol=1e-5,
+                               atol=1e-7, err_msg=name)
 
 
 def test_resume_with_other_model_flags_is_refused(data, tmp_path):
@@ -194,8 +208,11 @@ def test_distributed_ps_and_two_workers_train_and_the_chief_checkpoints(data, tm
   train_pattern, _ = data
   ps, w0, w1 = ["127.0.0.1:%d" % p for p in _free_ports(3)]
   cluster = {"ps": [ps], "worker": [w0, w1]}
+  # One epoch of 24 videos is 6 steps per worker, so each worker runs exactly 6 steps
+  # whatever the timing, and the global step reaches 12 only with both.
   args = ["--train_data_pattern=" + train_pattern, "--train_dir=%s/dist" % tmp_path,
-          "--batch_size=4", "--max_steps=6", "--export_model_steps=100"] + helpers.TINY_MODEL
+          "--batch_size=4", "--num_epochs=1", "--export_model_steps=1000",
+          "--log_every_n_steps=1"] + helpers.TINY_MODEL
   processes = []
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=helpers.ROOT)
   try:
@@ -216,4 +233,18 @@ def test_distributed_ps_and_two_workers_train_and_the_chief_checkpoints(data, tm
         p.kill()
   checkpoint = tf1.train.latest_checkpoint(str(tmp_path / "dist_teacher"))
   assert checkpoint is not None
+  # Both workers ran their 6 steps (one log line each) and the updates all reached the
+  # parameter server: the chief's last checkpoint has at least its own 6.
+  logs = [open(str(tmp_path / ("worker%d.log" % index))).read() for index in (0, 1)]
+  steps_run = [sum(line.startswith("step ") for line in log.splitlines()) for log in logs]
+  assert steps_run == [6, 6], logs
+  assert all("End of the training data (--num_epochs=1)." in log for log in logs)
+  assert any("Done training at step 12;" in log for log in logs), logs
   assert tf.train.load_variable(checkpoint, "global_step") >= 6
+  # The chief's checkpoint holds trained values, not the initial ones.
+  initial = _checkpoint_values(str(tmp_path / "dist_teacher" / "model.ckpt-0"), "teacher/")
+  trained = _checkpoint_values(checkpoint, "teacher/")
+  assert set(initial) == set(trained)
+  weights = "teacher/tower/hidden1/weights"
+  assert not np.allclose(initial[weights], trained[weights])
+  assert trained["teacher/tower/hidden1_bn/update_count"] >= 1

@@ -158,22 +158,20 @@ def inference_rate(runner, run_dir, validate_pattern, output_file):
 def flops_per_video(run_dir):
   """Inference FLOPs per video of the run's model, counted from its graph."""
   tf = import_tensorflow_quietly()
-  import kd_model
+  import inference_graph
+  import run_dir as run_dirs
   tf1 = tf.compat.v1
   if not tf1.flags.FLAGS.is_parsed():
     tf1.flags.FLAGS(["demo"])
-  recorded = kd_model.load_run(run_dir)
-  tf1.flags.FLAGS.frame_packing = "never"  # static shapes for the profiler
+  cfg = run_dirs.load(run_dir).replace(frame_packing="never")  # static shapes
   batch_size = 8
   graph = tf.Graph()
   with graph.as_default():
-    width = sum(int(s) for s in tf1.flags.FLAGS.feature_sizes.split(","))
-    max_frames = tf1.flags.FLAGS.max_frames
-    batch = {"video_matrix": tf.zeros([batch_size, max_frames, width], tf.uint8),
-             "num_frames": tf.fill([batch_size], max_frames)}
-    outputs = kd_model.inference_outputs(batch, kd_model.role_to_use(),
-                                         recorded["preprocessing"])
-    tf.math.top_k(outputs["predictions"], 20)
+    batch = {"video_ids": tf.fill([batch_size], "id"),
+             "video_matrix": tf.zeros([batch_size, cfg.max_frames,
+                                       sum(cfg.feature_sizes)], tf.uint8),
+             "num_frames": tf.fill([batch_size], cfg.max_frames)}
+    inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20, with_labels=False)
     options = tf1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return tf1.profiler.profile(graph, options=options).total_float_ops / batch_size

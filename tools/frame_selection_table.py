@@ -2,6 +2,7 @@
 frames are picked, next to the distilled student.
 
   python tools/frame_selection_table.py --demo_dir=demo_out [--ks=6,10,15,20,30]
+      [--rows=uniform,random,...] [--scale=1.0]
 
 Rows: Uniform-k, Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k (students
 trained alone on hard labels with that --frame_sampling) and the KD student (uniform
@@ -45,10 +46,17 @@ def main(argv=None):
   parser.add_argument("--demo_dir", default="demo_out",
                       help="output directory of tools/demo.py (data and teacher run)")
   parser.add_argument("--ks", default="6,10,15,20,30")
+  parser.add_argument("--rows", default=",".join(strategy for _, strategy in ROWS),
+                      help="comma-separated --frame_sampling strategies of the rows")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=float, default=1.0, help="scales training steps")
   args = parser.parse_args(argv)
   ks = [int(k) for k in args.ks.split(",")]
+  strategies = args.rows.split(",")
+  unknown = sorted(set(strategies) - {strategy for _, strategy in ROWS})
+  if unknown:
+    parser.error("--rows: unknown strategy %s" % unknown[0])
+  rows = [(label, strategy) for label, strategy in ROWS if strategy in strategies]
   teacher_dir = os.path.join(args.demo_dir, "runs", "demo_s%d_teacher" % args.seed)
   if not os.path.isdir(teacher_dir):
     raise SystemExit("frame_selection_table: no teacher run at %s; run tools/demo.py "
@@ -57,7 +65,7 @@ def main(argv=None):
   table_dir = os.path.join(args.demo_dir, "table_runs")
   steps = {kind: max(int(n * args.scale), 2) for kind, n in demo.STEPS.items()}
   gaps = {}
-  for label, strategy in ROWS:
+  for label, strategy in rows:
     for k in ks:
       base = os.path.join(table_dir, "%s_s%d" % (strategy, args.seed))
       gaps[(label, k)] = cell(runner, args, base, [
@@ -76,7 +84,7 @@ def main(argv=None):
   lines = ["Teacher (all frames): GAP %.4f" % teacher_gap, "",
            "| frames picked | " + " | ".join("k=%d" % k for k in ks) + " |",
            "|---|" + "---|" * len(ks)]
-  for label in [label for label, _ in ROWS] + ["KD student"]:
+  for label in [label for label, _ in rows] + ["KD student"]:
     lines.append("| %s | %s |" % (label, " | ".join("%.4f" % gaps[(label, k)]
                                                      for k in ks)))
   table = "\n".join(lines)

@@ -1,0 +1,175 @@
+"""The one inference path: records -> a role's model -> top-k classes.
+
+Validation during training, eval.py, inference.py and export_model.py all build their
+model with `top_k_outputs`, restore with `restore_checked`, and (validation and eval)
+count metrics with `evaluate` and write them with `report_metrics`, so what they
+compute and record cannot drift apart.
+"""
+
+import contextlib
+import time
+
+import tensorflow as tf
+
+import eval_util
+import kd_model
+import losses
+import readers
+import run_dir
+import utils
+
+tf1 = tf.compat.v1
+METRIC_KEYS = ("gap", "map_all_classes", "map_labelled_classes", "hit_at_one", "perr",
+               "loss")
+
+
+def input_batches(cfg, data_pattern, batch_size, num_readers, flag_name,
+                  require_labels=True, skipped=None):
+  """One unshuffled pass over every record of data_pattern, in a fixed order.
+
+  Returns:
+    (reader, iterator initializer op, batch dict of tensors, see readers).
+  """
+  reader = readers.get_reader(cfg, require_labels=require_labels, dequantize=False)
+  dataset = readers.make_dataset(reader, data_pattern, batch_size, num_readers,
+                                 num_epochs=1, shuffle=False, flag_name=flag_name,
+                                 skipped=skipped)
+  iterator = tf1.data.make_initializable_iterator(dataset)
+  return reader, iterator.initializer, iterator.get_next()
+
+
+def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False):
+  """The role's model in inference mode on a reader batch -> its top classes.
+
+  Args:
+    cfg: the GraphConfig; role: kd_model.TEACHER or STUDENT.
+    batch: reader dict (video_ids, video_matrix, num_frames, labels).
+    top_k: classes per video.
+    with_labels: also compute what the metrics need from batch["labels"].
+  Returns:
+    dict of tensors: video_ids [B] string; top_scores [B, K] float32 and top_indices
+    [B, K] int32, each video's best classes by descending score (equal scores by
+    ascending class). Without labels K = min(top_k, C). With labels K = min(max(top_k,
+    most labels of a video in the batch), C), so PERR sees each video's n best
+    classes, plus top_is_positive [B, K], num_positives [B], class_positive_counts [C]
+    (the arguments of EvaluationMetrics.accumulate_top_k) and loss (the label loss).
+  """
+  predictions = kd_model.inference_outputs(cfg, batch, role, reuse=reuse)["predictions"]
+  num_classes = tf.shape(predictions)[1]
+  k = tf.minimum(top_k, num_classes)
+  if with_labels:
+    labels = batch["labels"]
+    num_positives = tf.reduce_sum(labels, axis=1)
+    k = tf.minimum(tf.maximum(top_k, tf.cast(tf.reduce_max(num_positives), tf.int32)),
+                   num_classes)
+  top_scores, top_indices = tf.math.top_k(predictions, k=k, sorted=True)
+  outputs = {"video_ids": batch["video_ids"], "top_scores": top_scores,
+             "top_indices": top_indices}
+  if with_labels:
+    outputs.update(
+        top_is_positive=tf.gather(labels, top_indices, batch_dims=1),
+        num_positives=num_positives, class_positive_counts=tf.reduce_sum(labels, axis=0),
+        loss=losses.get_label_loss(cfg.label_loss).calculate_loss(predictions, labels))
+  return outputs
+
+
+def restore_checked(session, saver, variables, checkpoint, what="checkpoint"):
+  """Restores `checkpoint` after checking it holds every variable in the right shape.
+
+  Raises:
+    UsageError naming the checkpoint and the variables at fault, or that it was
+    deleted while being read.
+  """
+  run_dir.check_checkpoint_matches(variables, checkpoint, what)
+  utils.restore_checkpoint(saver, session, checkpoint)
+
+
+class InferenceGraph(object):
+  """A graph of its own: one pass over a data pattern through a role's model.
+
+  Attributes: graph, reader, fetches (see top_k_outputs), skipped (a SkippedRecords
+  or None).
+  """
+
+  def __init__(self, cfg, role, data_pattern, flag_name, batch_size, num_readers,
+               top_k, with_labels, skip_corrupt_records=False):
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      self.skipped = readers.SkippedRecords() if skip_corrupt_records else None
+      self.reader, self._initializer, batch = input_batches(
+          cfg, data_pattern, batch_size, num_readers, flag_name,
+          require_labels=with_labels, skipped=self.skipped)
+      self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels)
+      self._variables = tf1.global_variables()
+      self._saver = tf1.train.Saver(self._variables)
+      self._local_init = tf1.local_variables_initializer()
+      self.graph.finalize()
+
+  @contextlib.contextmanager
+  def session(self, checkpoint, bf16=False):
+    """A session with `checkpoint` restored (checked) and the data at its start."""
+    with tf1.Session(graph=self.graph, config=utils.session_config(bf16)) as sess:
+      restore_checked(sess, self._saver, self._variables, checkpoint)
+      sess.run([self._local_init, self._initializer])
+      yield sess
+
+
+def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=None):
+  """Runs `fetches` (top_k_outputs with labels) to the end of the data; the metrics.
+
+  initializer: the input iterator's initializer, run first (with the skip counters'
+  reset) when the pass is repeated, as validation during training does.
+  Returns:
+    eval_util's get() dict plus examples_per_second, and skipped_records / cut_shards
+    with --skip_corrupt_records; None when the data held no record.
+  """
+  if initializer is not None:
+    session.run([initializer] + ([skipped.reset] if skipped else []))
+  metrics = eval_util.EvaluationMetrics(num_classes, top_k)
+  start = time.time()
+  while True:
+    try:
+      out = session.run(fetches)
+    except tf.errors.OutOfRangeError:
+      break
+    metrics.accumulate_top_k(out["top_scores"], out["top_indices"],
+                             out["top_is_positive"], out["num_positives"],
+                             out["class_positive_counts"], out["loss"])
+  if not metrics.num_examples:
+    return None
+  result = metrics.get()
+  result["examples_per_second"] = result["num_examples"] / max(time.time() - start, 1e-9)
+  if skipped:
+    result["skipped_records"], result["cut_shards"] = skipped.report(session)
+  return result
+
+
+def report_metrics(split, step, metrics, writer, jsonl_path, **extra):
+  """One metrics record, written the same way everywhere.
+
+  The console gets the starter's line (prefixed by `split`), TensorBoard the scalars
+  `<split>/<key>` for METRIC_KEYS, and jsonl_path one JSON line with step, those keys,
+  num_examples, examples_per_second, skipped_records and `extra`.
+  Returns the record.
+  """
+  record = {"step": int(step), "gap": float(metrics["gap"]),
+            "map_all_classes": float(metrics["map_all_classes"]),
+            "map_labelled_classes": float(metrics["map_labelled_classes"]),
+            "hit_at_one": float(metrics["avg_hit_at_one"]),
+            "perr": float(metrics["avg_perr"]), "loss": float(metrics["avg_loss"]),
+            "num_examples": int(metrics["num_examples"]),
+            "examples_per_second": float(metrics["examples_per_second"]),
+            "skipped_records": metrics.get("skipped_records")}
+  record.update(extra)
+  print("%s: %s" % (split, utils.FormatEvalInfo(step, metrics,
+                                                metrics["examples_per_second"])),
+        flush=True)
+  if "skipped_records" in metrics:
+    print("--skip_corrupt_records: %d corrupt records and the unreadable rest of %d "
+          "damaged shards are not in these metrics" % (metrics["skipped_records"],
+                                                       metrics["cut_shards"]), flush=True)
+  if writer is not None:
+    utils.AddScalarSummaries(writer, {"%s/%s" % (split, key): record[key]
+                                      for key in METRIC_KEYS}, step)
+  utils.append_jsonl(jsonl_path, record)
+  return record

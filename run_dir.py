@@ -1,0 +1,103 @@
+"""Run directories: their model_flags.json and their checkpoints.
+
+A run directory (`<train_dir>_teacher`, `_student_k_<k>`, `_KD_k_<k>`) holds the
+checkpoints, TensorBoard events and model_flags.json, the GraphConfig it was trained
+with, so eval.py, inference.py and export_model.py rebuild its graph from it alone.
+"""
+
+import os
+
+import tensorflow as tf
+
+import config
+import utils
+
+tf1 = tf.compat.v1
+MODEL_FLAGS_FILE = "model_flags.json"
+
+
+def flags_path(run_dir):
+  """<run_dir>/model_flags.json."""
+  return os.path.join(run_dir, MODEL_FLAGS_FILE)
+
+
+def read_recorded(run_dir):
+  """The raw model_flags.json dict of run_dir, or None when it has none."""
+  path = flags_path(run_dir)
+  return utils.read_json(path) if os.path.exists(path) else None
+
+
+def load(run_dir, flag_name="--train_dir"):
+  """The GraphConfig run_dir was trained with.
+
+  Raises:
+    UsageError naming the flag when the directory or its model_flags.json is missing
+    or holds something this version cannot build.
+  """
+  if not os.path.isdir(run_dir):
+    raise utils.UsageError("%s=%s does not exist" % (flag_name, run_dir))
+  recorded = read_recorded(run_dir)
+  if recorded is None:
+    raise utils.UsageError(
+        "%s=%s has no %s: pass a run directory written by train.py (<train_dir>_teacher, "
+        "<train_dir>_student_k_<k> or <train_dir>_KD_k_<k>)"
+        % (flag_name, run_dir, MODEL_FLAGS_FILE))
+  return config.from_json(recorded, flags_path(run_dir))
+
+
+def checkpoint_exists(prefix):
+  """True when the checkpoint `prefix` (model.ckpt-N) has its index file."""
+  return tf.io.gfile.exists(prefix + ".index")
+
+
+def latest_checkpoint(run_dir, flag_name="--train_dir"):
+  """The newest complete checkpoint prefix of run_dir; UsageError when there is none."""
+  checkpoint = tf1.train.latest_checkpoint(run_dir)
+  if not checkpoint:
+    raise utils.UsageError("%s=%s has no checkpoint yet" % (flag_name, run_dir))
+  return checkpoint
+
+
+def chosen_checkpoint(run_dir, checkpoint="", flag_name="--train_dir"):
+  """`checkpoint` (--checkpoint) when given and present, else run_dir's latest."""
+  if not checkpoint:
+    return latest_checkpoint(run_dir, flag_name)
+  if not checkpoint_exists(checkpoint):
+    raise utils.UsageError("--checkpoint=%s does not exist" % checkpoint)
+  return checkpoint
+
+
+def checkpoint_step(checkpoint):
+  """The global step stored in a checkpoint (0 when it has none)."""
+  try:
+    return int(tf.train.load_variable(checkpoint, "global_step"))
+  except (tf.errors.NotFoundError, ValueError):
+    return 0
+
+
+def check_checkpoint_matches(variables, checkpoint, what):
+  """Raises UsageError naming missing or mismatched variables of `checkpoint`.
+
+  Args:
+    variables: graph variables to be restored by name.
+    checkpoint: checkpoint prefix path.
+    what: how to call the checkpoint in the message (e.g. "--teacher_checkpoint").
+  """
+  try:
+    stored = dict(tf.train.list_variables(checkpoint))
+  except (tf.errors.OpError, ValueError) as e:
+    raise utils.UsageError("%s %s cannot be read: %s" % (what, checkpoint,
+                                                         str(e).splitlines()[0]))
+  missing = [v.op.name for v in variables if v.op.name not in stored]
+  mismatched = ["%s %s in the graph vs %s stored" % (v.op.name, v.shape.as_list(),
+                                                     stored[v.op.name])
+                for v in variables
+                if v.op.name in stored and v.shape.as_list() != list(stored[v.op.name])]
+  if mismatched:
+    raise utils.UsageError("%s %s was written for another model config: %d variables "
+                           "differ in shape, e.g. %s" % (
+                               what, checkpoint, len(mismatched),
+                               "; ".join(mismatched[:3])))
+  if missing:
+    raise utils.UsageError("%s %s lacks %d variables of this graph, e.g. %s" % (
+        what, checkpoint, len(missing), ", ".join(missing[:3])))
