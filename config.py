@@ -155,7 +155,9 @@ class GraphConfig(object):
   model_flags.json (as the flags spell them). `preprocessing` is what --pca_eigenvals
   resolved to (preprocessing.PCA or NONE). bf16 and frame_packing change speed, not
   results or variables: recorded for information, never a conflict, and a CLI's own
-  flags choose them when it rebuilds a run.
+  flags choose them when it rebuilds a run. teacher_cache describes the teacher cache
+  an offline KD run reads its teacher's outputs from (TeacherCache.record(); empty
+  otherwise): such a run's graph has no teacher.
   """
   feature_names: tuple
   feature_sizes: tuple
@@ -200,6 +202,7 @@ class GraphConfig(object):
   regularization_penalty: float
   frame_packing: str
   bf16: bool
+  teacher_cache: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     self._validate()
@@ -273,8 +276,10 @@ class GraphConfig(object):
     return STUDENT
 
   def roles(self):
-    """The model scopes this run builds, teacher first."""
-    return (TEACHER, STUDENT) if self.model_type == "KD" else (self.single_model_role(),)
+    """The model scopes this run builds, teacher first (none in offline KD)."""
+    if self.model_type != "KD":
+      return (self.single_model_role(),)
+    return (STUDENT,) if self.teacher_cache else (TEACHER, STUDENT)
 
   def trained_roles(self):
     """The scopes whose variables get gradients."""
@@ -312,8 +317,8 @@ class GraphConfig(object):
 
 INFORMATION_ONLY = ("bf16", "frame_packing")
 FIELDS = tuple(field.name for field in dataclasses.fields(GraphConfig))
-# Fields no flag holds: train.py resolves them (--pca_eigenvals).
-RESOLVED = ("preprocessing",)
+# Fields no flag holds: train.py resolves them (--pca_eigenvals, --teacher_cache).
+RESOLVED = ("preprocessing", "teacher_cache")
 
 
 def _from_values(values):
@@ -392,6 +397,8 @@ def from_json(recorded, source, flag_values=FLAGS):
   for name in FIELDS:
     if name == "preprocessing":
       values[name] = recorded.get(name, preprocessing.NONE)
+    elif name == "teacher_cache":
+      values[name] = dict(recorded.get(name) or {})
     elif name in INFORMATION_ONLY or name not in recorded:
       values[name] = (flag_values[name].value if name in INFORMATION_ONLY
                       else flag_values[name].default)

@@ -79,7 +79,9 @@ def tower_loss(cfg, batch, reuse, training_scale=None, seed=None):
     dict with `total` (the loss to minimise), `label_loss` (L_CE of the trained model
     or the student), `rep_loss` and `pred_loss` (KD only), `regularization`,
     `predictions` [B, C] of the trained model (the student in KD) and, in KD, the
-    student's `representation` [B, H].
+    student's `representation` [B, H]. An offline KD batch (cfg.teacher_cache) brings
+    the teacher's outputs as teacher_predictions [B, C] and teacher_representation
+    [B, H].
   """
   label_loss = losses.get_label_loss(cfg.label_loss)
   labels = batch["labels"]
@@ -96,9 +98,13 @@ def tower_loss(cfg, batch, reuse, training_scale=None, seed=None):
     return terms
 
   parallel = cfg.kd_mode == "parallel"
-  t_inputs, t_frames = model_inputs(cfg, TEACHER, batch, training_scale, seed)
-  teacher = create_role_model(cfg, TEACHER, t_inputs, t_frames, is_training=parallel,
-                              reuse=reuse, frozen=not parallel)
+  if cfg.teacher_cache:  # offline: the frozen teacher's outputs come with the batch
+    teacher = {"predictions": batch["teacher_predictions"],
+               "representation": batch["teacher_representation"]}
+  else:
+    t_inputs, t_frames = model_inputs(cfg, TEACHER, batch, training_scale, seed)
+    teacher = create_role_model(cfg, TEACHER, t_inputs, t_frames, is_training=parallel,
+                                reuse=reuse, frozen=not parallel)
   s_inputs, s_frames = model_inputs(cfg, STUDENT, batch, training_scale, seed)
   student = create_role_model(cfg, STUDENT, s_inputs, s_frames, True, reuse)
   teacher_predictions = tf.stop_gradient(teacher["predictions"])

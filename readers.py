@@ -261,7 +261,7 @@ def list_data_files(data_pattern, flag_name="data pattern"):
 def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
                            num_epochs=None, shuffle=True, seed=None,
                            drop_remainder=None, flag_name="data pattern", skipped=None,
-                           skip_batches=0):
+                           skip_batches=0, companions=None):
   """Builds the tf.data pipeline over `data_pattern` and returns one batch of tensors.
 
   Args:
@@ -285,7 +285,8 @@ def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
     dict of batch tensors (see the module docstring).
   """
   dataset = make_dataset(reader, data_pattern, batch_size, num_readers, num_epochs,
-                         shuffle, seed, drop_remainder, flag_name, skipped, skip_batches)
+                         shuffle, seed, drop_remainder, flag_name, skipped, skip_batches,
+                         companions)
   if skipped is None:
     return tf1.data.make_one_shot_iterator(dataset).get_next()
   # A pipeline that counts into variables cannot be a one-shot iterator.
@@ -296,12 +297,16 @@ def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
 
 def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epochs=None,
                  shuffle=True, seed=None, drop_remainder=None, flag_name="data pattern",
-                 skipped=None, skip_batches=0):
+                 skipped=None, skip_batches=0, companions=None):
   """The tf.data.Dataset behind `get_input_data_tensors` (same arguments).
 
   skipped: a SkippedRecords to drop and count corrupt records instead of failing
     (--skip_corrupt_records; each record is then also validated on its own, which costs
     a second parse).
+  companions: {data file: a TFRecord file with one record per (valid) record of it, in
+    the same order} (a teacher cache). Each record travels with its companion through
+    shuffling and batching; the batch dict gets them as `companion` [B] string ("" for
+    a record beyond the end of its companion file).
   """
   if batch_size <= 0:
     raise utils.UsageError("--batch_size must be positive, got %d" % batch_size)
@@ -310,13 +315,22 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   if drop_remainder is None:
     drop_remainder = shuffle
   deterministic = not shuffle or seed is not None
+  columns = [files]
   if skipped is None:
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    read_file = tf.data.TFRecordDataset
+    read_records = lambda path, *rest: tf.data.TFRecordDataset(path)
   else:
-    sizes = [tf.io.gfile.stat(f).length for f in files]
-    dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
-    read_file = lambda path, size: skipped.valid_records(reader, path, size)
+    columns.append(tf.constant([tf.io.gfile.stat(f).length for f in files], tf.int64))
+    read_records = lambda path, size, *rest: skipped.valid_records(reader, path, size)
+  read_file = read_records
+  if companions is not None:
+    columns.append([companions[f] for f in files])
+
+    def read_file(*column_values):
+      endless = tf.data.TFRecordDataset(column_values[-1]).concatenate(
+          tf.data.Dataset.from_tensors(tf.constant("")).repeat())
+      return tf.data.Dataset.zip((read_records(*column_values), endless))
+  dataset = tf.data.Dataset.from_tensor_slices(
+      tuple(columns) if len(columns) > 1 else columns[0])
   if shuffle:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.repeat(num_epochs)
@@ -329,8 +343,16 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   if skip_batches:
     dataset = dataset.skip(skip_batches)
   for stage in reader.parse_stages():
-    dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=deterministic)
+    if companions is None:
+      dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=deterministic)
+    else:
+      dataset = dataset.map(
+          lambda values, companion, stage=stage: (
+              stage(*values) if isinstance(values, tuple) else stage(values), companion),
+          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if companions is not None:
+    dataset = dataset.map(lambda batch, companion: dict(batch, companion=companion))
   return dataset.prefetch(2)
 
 

@@ -28,6 +28,7 @@ import kd_model  # noqa: E402
 import preprocessing  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
+import teacher_cache  # noqa: E402
 import utils  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -68,6 +69,15 @@ flags.DEFINE_string("visible_gpu", "", "CUDA_VISIBLE_DEVICES for this run, e.g. 
                     "(set before TensorFlow touches a device).")
 flags.DEFINE_string("teacher_checkpoint", "", "KD: the teacher checkpoint (file prefix "
                     "or directory). Default: latest checkpoint of <train_dir>_teacher.")
+flags.DEFINE_string("teacher_cache", "", "KD (serial): distil offline. The frozen "
+                    "teacher's outputs for every training video are computed once into "
+                    "this directory (or read from it when complete) and the student trains "
+                    "on them: no teacher in the training graph. Students of every k share "
+                    "one cache.")
+flags.DEFINE_enum("teacher_cache_dtype", "float16", ["float16", "float32"],
+                  "How --teacher_cache stores the teacher's outputs.")
+flags.DEFINE_bool("build_teacher_cache_only", False, "Build --teacher_cache for this "
+                  "teacher and --train_data_pattern, then stop without training.")
 flags.DEFINE_string("eval_data_pattern", "", "Optional validation data: GAP/mAP every "
                     "--export_model_steps steps into TensorBoard and validation.jsonl.")
 flags.DEFINE_integer("seed", None, "Graph-level random seed and data shuffling seed.")
@@ -114,6 +124,14 @@ def validate_flags():
     raise utils.UsageError("--optimizer=%s is not a tf.compat.v1.train optimizer "
                            "(e.g. AdamOptimizer)" % FLAGS.optimizer)
   cfg = config.from_flags()
+  if FLAGS.teacher_cache and cfg.model_type != "KD":
+    raise utils.UsageError("--teacher_cache holds a teacher's outputs for KD: it needs "
+                           "--model_type=KD")
+  if FLAGS.teacher_cache and cfg.kd_mode == "parallel":
+    raise utils.UsageError("--teacher_cache cannot serve --kd_mode=parallel: there the "
+                           "teacher trains, so its outputs change at every step")
+  if FLAGS.build_teacher_cache_only and not FLAGS.teacher_cache:
+    raise utils.UsageError("--build_teacher_cache_only needs --teacher_cache")
   readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
   if FLAGS.eval_data_pattern:
     readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
@@ -192,6 +210,9 @@ def prepare_run_dir(cfg, train_dir, is_chief):
   if recorded is None:
     utils.write_json(run_dir.flags_path(train_dir), cfg.to_json())
     return
+  # Read back through GraphConfig: fields an older version did not record compare as
+  # the defaults they had.
+  recorded = config.from_json(recorded, run_dir.flags_path(train_dir)).to_json()
   conflicts = config.conflicts(recorded, cfg.to_json())
   if conflicts:
     raise utils.UsageError(
@@ -269,25 +290,31 @@ def check_teacher_preprocessing(checkpoint, rgb_scale):
                              "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
 
 
-def reader_input(cfg, global_batch, skipped=None, start_step=0):
+def reader_input(cfg, global_batch, skipped=None, start_step=0, cache=None):
   """Shuffled training batches of --train_data_pattern (uint8 frames).
 
   With --seed the record order is fixed, and a run resumed at start_step skips the
   batches its first start_step steps read, so it sees the batches an uninterrupted run
-  would have seen.
+  would have seen. With a teacher cache each record comes with its video's cached
+  teacher outputs (teacher_predictions, teacher_representation).
   """
-  return readers.get_input_data_tensors(
+  batch = readers.get_input_data_tensors(
       readers.get_reader(cfg, dequantize=False), FLAGS.train_data_pattern, global_batch,
       FLAGS.num_readers, FLAGS.num_epochs, shuffle=True, seed=FLAGS.seed,
       flag_name="--train_data_pattern", skipped=skipped,
-      skip_batches=start_step if FLAGS.seed is not None else 0)
+      skip_batches=start_step if FLAGS.seed is not None else 0,
+      companions=cache.paths_by_file() if cache else None)
+  if cache:
+    batch["teacher_predictions"], batch["teacher_representation"] = cache.decode(
+        batch.pop("companion"), batch["video_ids"])
+  return batch
 
 
 class TrainGraph(object):
   """Every tensor and op the training loop runs, built once and then finalized."""
 
   def __init__(self, cfg, devices, task, rgb_scale, teacher_checkpoint, input_fn=None,
-               start_step=0):
+               start_step=0, cache=None):
     """
     Args:
       cfg: the GraphConfig.
@@ -299,7 +326,9 @@ class TrainGraph(object):
         --train_data_pattern (benchmarks pass in-graph random input).
       start_step: the global step the run resumes at (see reader_input); a
         distributed run's workers read on their own and do not skip.
+      cache: the TeacherCache of an offline KD run (cfg.teacher_cache), or None.
     """
+    self.cache = cache
     self.start_step = 0 if task.cluster is not None else start_step
     self.cfg = cfg
     self.graph = tf.Graph()
@@ -338,7 +367,7 @@ class TrainGraph(object):
       else:
         self.skipped = readers.SkippedRecords() if FLAGS.skip_corrupt_records else None
         batch = reader_input(self.cfg, self.examples_per_step, self.skipped,
-                             self.start_step)
+                             self.start_step, self.cache)
     self.labels = batch["labels"]
     return batch
 
@@ -545,10 +574,11 @@ class StepLogger(object):
       self.writer.flush()
 
 
-def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint):
+def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=None):
   """Builds the graph and runs the training loop until max steps or end of data.
 
   teacher_checkpoint: where a fresh serial-KD run restores teacher/ from (else None).
+  cache: the TeacherCache an offline KD run reads (else None).
   """
   devices, session_config = tower_devices()
   if task.cluster is not None:
@@ -558,7 +588,8 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint):
                                           % (task.type, task.index)])
   latest = tf1.train.latest_checkpoint(train_dir)
   model = TrainGraph(cfg, devices, task, rgb_scale, teacher_checkpoint,
-                     start_step=run_dir.checkpoint_step(latest) if latest else 0)
+                     start_step=run_dir.checkpoint_step(latest) if latest else 0,
+                     cache=cache)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
   steps_cap = max_steps()
@@ -617,16 +648,39 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint):
 
 @contextlib.contextmanager
 def diverged_is_a_usage_error(current_step, train_dir):
-  """A failed finite-loss check (NON_FINITE_MARKER) becomes one line naming the step."""
+  """A failed check of the training graph becomes one line: a non-finite loss
+  (NON_FINITE_MARKER) names the step, a record without a teacher-cache entry the
+  cache."""
   try:
     yield
   except tf.errors.InvalidArgumentError as e:
+    if teacher_cache.NO_ENTRY_MARKER in str(e):
+      raise utils.UsageError(
+          "--teacher_cache=%s has no entry for a record of --train_data_pattern (the "
+          "files changed after it was built?); build the cache again in another "
+          "directory" % FLAGS.teacher_cache)
     if NON_FINITE_MARKER not in str(e):
       raise
     raise utils.UsageError(
         "training stopped at step %d: the loss or its gradient is not finite "
         "(diverged, or NaN/Inf in the input); the last good checkpoint in %s is "
         "kept" % ((current_step() or 0) + 1, train_dir))
+
+
+def open_teacher_cache(cfg, teacher_checkpoint, rgb_scale):
+  """The --teacher_cache of this teacher and these training files, built if needed.
+
+  Raises:
+    UsageError when the directory holds a cache of other inputs.
+  """
+  files = readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
+  cache = teacher_cache.TeacherCache(
+      FLAGS.teacher_cache, teacher_cache.fingerprint(cfg, teacher_checkpoint, rgb_scale,
+                                                     files, FLAGS.teacher_cache_dtype))
+  cache.claim()
+  cache.build(cfg, teacher_checkpoint, rgb_scale, FLAGS.batch_size,
+              FLAGS.skip_corrupt_records, FLAGS.bf16)
+  return cache
 
 
 def main(unused_argv):
@@ -645,9 +699,10 @@ def main(unused_argv):
       return 0
   teacher_checkpoint = None
   # The teacher is resolved before the run directory is touched, so a KD run without
-  # a usable teacher leaves nothing behind.
+  # a usable teacher leaves nothing behind. Offline KD needs it to check its cache.
   if (cfg.model_type == "KD" and cfg.kd_mode == "serial" and
-      (FLAGS.start_new_model or not tf1.train.latest_checkpoint(train_dir))):
+      (FLAGS.teacher_cache or FLAGS.start_new_model or
+       not tf1.train.latest_checkpoint(train_dir))):
     teacher_checkpoint = resolve_teacher_checkpoint()
     print("Teacher: %s" % teacher_checkpoint)
   cfg = resolve_preprocessing(cfg, train_dir, teacher_checkpoint)
@@ -655,8 +710,16 @@ def main(unused_argv):
                if cfg.preprocessing == preprocessing.PCA else None)
   if teacher_checkpoint:
     check_teacher_preprocessing(teacher_checkpoint, rgb_scale)
+  cache = None
+  if FLAGS.teacher_cache:
+    cache = open_teacher_cache(cfg, teacher_checkpoint, rgb_scale)
+    if FLAGS.build_teacher_cache_only:
+      return 0
+    # The training graph has no teacher: nothing to restore.
+    cfg = cfg.replace(teacher_cache=cache.record())
+    teacher_checkpoint = None
   prepare_run_dir(cfg, train_dir, task.is_chief)
-  train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint)
+  train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache)
   return 0
 
 

@@ -1,6 +1,6 @@
 """The recipe end to end on generated data: teacher, k-frame baseline, distilled student.
 
-  python tools/demo.py --out_dir=demo_out [--seeds=0] [--scale=1.0]
+  python tools/demo.py --out_dir=demo_out [--seeds=0] [--scale=1.0] [--model_flags=...]
 
 Everything goes through the same commands a user runs (tools/make_synthetic_yt8m.py,
 train.py, eval.py, inference.py), only at demo sizes. Writes under --out_dir:
@@ -118,8 +118,11 @@ def finished(run_dir, steps):
       os.path.join(run_dir, "model.ckpt-%d.index" % steps))
 
 
-def train_runs(runner, data_dir, runs_dir, seed, scale, fresh):
-  """The three train.py runs of the documented recipe; returns {kind: run dir}."""
+def train_runs(runner, data_dir, runs_dir, seed, scale, fresh, model_flags=()):
+  """The three train.py runs of the documented recipe; returns {kind: run dir}.
+
+  model_flags: train.py flags appended to MODEL_FLAGS (they override them).
+  """
   base = os.path.join(runs_dir, "demo_s%d" % seed)
   train_pattern = os.path.join(data_dir, "frame", "train*.tfrecord")
   validate_pattern = os.path.join(data_dir, "frame", "validate*.tfrecord")
@@ -131,7 +134,7 @@ def train_runs(runner, data_dir, runs_dir, seed, scale, fresh):
       print("train: reusing the finished run %s" % run_dirs[kind])
       continue
     print("train: %s (seed %d, %d steps)" % (LABELS[kind], seed, steps), flush=True)
-    runner.run("train.py", MODEL_FLAGS + TRAIN_FLAGS + kind_flags + [
+    runner.run("train.py", MODEL_FLAGS + list(model_flags) + TRAIN_FLAGS + kind_flags + [
         "--train_data_pattern=" + train_pattern, "--eval_data_pattern=" + validate_pattern,
         "--train_dir=" + base, "--seed=%d" % seed, "--max_steps=%d" % steps,
         "--export_model_steps=%d" % max(1, min(VALIDATE_EVERY, steps)),
@@ -235,6 +238,9 @@ def main(argv=None):
                       help="scales videos and steps (the smoke test uses ~0.01)")
   parser.add_argument("--fresh", action="store_true",
                       help="retrain runs that an earlier demo finished")
+  parser.add_argument("--model_flags", default="",
+                      help="train.py flags that override the demo's model, e.g. a "
+                      "smaller one for a quick look (the smoke test's)")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   out_dir = os.path.abspath(args.out_dir)
@@ -249,7 +255,8 @@ def main(argv=None):
   rows_by_kind = {kind: [] for kind, _, _ in RUN_KINDS}
   run_dirs_by_seed = {}
   for seed in seeds:
-    run_dirs = train_runs(runner, data_dir, runs_dir, seed, args.scale, args.fresh)
+    run_dirs = train_runs(runner, data_dir, runs_dir, seed, args.scale, args.fresh,
+                          shlex.split(args.model_flags))
     run_dirs_by_seed[seed] = run_dirs
     for kind, run_dir in run_dirs.items():
       print("evaluate: %s (seed %d)" % (LABELS[kind], seed), flush=True)

@@ -6,14 +6,15 @@ frames are picked, next to the distilled student.
 
 Rows: Uniform-k, Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k (students
 trained alone on hard labels with that --frame_sampling) and the KD student (uniform
-frames, distilled from the demo's teacher); columns: k. Every cell is a train.py run
-followed by eval.py --run_once, with the demo's model, data and training settings
-(tools/demo.py), so the KD row at k=6 is the demo's distilled student. Prints a
-Markdown table and writes it to <demo_dir>/frame_selection_table.md.
+frames, distilled offline from the demo's teacher: its outputs are computed once into a
+teacher cache shared by every k); columns: k. Every cell is a train.py run followed by
+eval.py --run_once, with the demo's model, data and training settings (tools/demo.py).
+Prints a Markdown table and writes it to <demo_dir>/frame_selection_table.md.
 """
 
 import argparse
 import os
+import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,8 @@ def cell(runner, args, base, kind_flags, suffix, steps):
   validate = os.path.join(args.demo_dir, "data", "frame", "validate*.tfrecord")
   done = os.path.join(run_dir, "eval.jsonl")
   if not os.path.exists(done):
-    runner.run("train.py", demo.MODEL_FLAGS + demo.TRAIN_FLAGS + kind_flags + [
+    runner.run("train.py", demo.MODEL_FLAGS + shlex.split(args.model_flags) +
+               demo.TRAIN_FLAGS + kind_flags + [
         "--train_data_pattern=" + os.path.join(args.demo_dir, "data", "frame",
                                                "train*.tfrecord"),
         "--train_dir=" + base, "--seed=%d" % args.seed, "--max_steps=%d" % steps,
@@ -50,6 +52,9 @@ def main(argv=None):
                       help="comma-separated --frame_sampling strategies of the rows")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=float, default=1.0, help="scales training steps")
+  parser.add_argument("--model_flags", default="",
+                      help="train.py flags that override the demo's model (as given to "
+                      "tools/demo.py)")
   args = parser.parse_args(argv)
   ks = [int(k) for k in args.ks.split(",")]
   strategies = args.rows.split(",")
@@ -72,11 +77,14 @@ def main(argv=None):
           "--model_type=student", "--k_frame=%d" % k, "--frame_sampling=" + strategy],
           "_student_k_%d" % k, steps["student"])
       print("%-20s k=%-3d GAP %.4f" % (label, k, gaps[(label, k)]), flush=True)
+  # The KD row distils offline: the demo teacher's outputs are computed once into a
+  # cache that the students of every k read (train.py --teacher_cache).
+  kd_flags = ["--model_type=KD", "--teacher_checkpoint=" + teacher_dir,
+              "--teacher_cache=" + os.path.join(table_dir, "teacher_cache_s%d" % args.seed)]
   for k in ks:
-    # The KD run's base is the demo's, so train.py finds <base>_teacher by itself.
-    base = os.path.join(args.demo_dir, "runs", "demo_s%d" % args.seed)
-    gaps[("KD student", k)] = cell(runner, args, base, [
-        "--model_type=KD", "--k_frame=%d" % k], "_KD_k_%d" % k, steps["KD"])
+    base = os.path.join(table_dir, "kd_s%d" % args.seed)
+    gaps[("KD student", k)] = cell(runner, args, base, kd_flags + ["--k_frame=%d" % k],
+                                   "_KD_k_%d" % k, steps["KD"])
     print("%-20s k=%-3d GAP %.4f" % ("KD student", k, gaps[("KD student", k)]),
           flush=True)
   teacher_gap = demo.evaluate(runner, teacher_dir, os.path.join(

@@ -1,0 +1,250 @@
+"""Offline distillation: the frozen teacher's outputs computed once per video.
+
+The serial-KD teacher runs in inference mode, so its predictions and representation of
+a video never change; a cache holds them, and KD students of every k and every frame
+sampling read them next to each record instead of running the teacher at every step.
+
+Layout of a cache directory:
+  fingerprint.json   what the cache was built from (teacher checkpoint, its model and
+                     preprocessing, the training files, dtype); a cache serves only runs
+                     with the same fingerprint
+  teacher-00000.tfrecord ...  one shard per training file (in sorted file order), its
+                     records in the same order as the file's (valid) records; each is a
+                     tf.train.Example with `id` (the video id), `predictions` [C] and
+                     `representation` [H] as raw float16 or float32 bytes
+A shard appears under its final name only when complete (written to a hidden temporary
+file, then renamed), so a killed build resumes with the shards still missing.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import kd_model
+import readers
+import run_dir
+import utils
+
+tf1 = tf.compat.v1
+FINGERPRINT_FILE = "fingerprint.json"
+DTYPES = {"float16": np.float16, "float32": np.float32}  # --teacher_cache_dtype
+# GraphConfig fields that do not change the teacher's outputs: the student's, the loss.
+STUDENT_ONLY_FIELDS = ("model_type", "k_frame", "frame_sampling", "kd_mode", "kd_ce_weight",
+                       "kd_pred_weight", "kd_rep_weight", "kd_reduction", "kd_pred_loss",
+                       "regularization_penalty", "label_loss", "frame_packing", "bf16",
+                       "teacher_cache")
+NO_ENTRY_MARKER = "teacher cache: a training record has no cached entry"
+
+
+def _sha256_of_file(path):
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def fingerprint(cfg, teacher_checkpoint, rgb_scale, files, dtype):
+  """What a cache of these inputs holds, as a JSON-able dict.
+
+  The checkpoint is identified by its .index file, which holds every tensor's checksum;
+  the files by path, size and modification time.
+  """
+  teacher = {k: v for k, v in cfg.to_json().items() if k not in STUDENT_ONLY_FIELDS}
+  return {
+      "teacher_checkpoint": os.path.abspath(teacher_checkpoint),
+      "teacher_checkpoint_sha256": _sha256_of_file(teacher_checkpoint + ".index"),
+      "teacher": teacher,
+      "rgb_scale_sha256": (hashlib.sha256(np.asarray(rgb_scale, np.float32).tobytes())
+                           .hexdigest() if rgb_scale is not None else None),
+      "files": [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns]
+                for f in files],
+      "dtype": dtype,
+  }
+
+
+def digest(fingerprint_dict):
+  """A short stable name of a fingerprint (recorded in the KD run's model_flags.json)."""
+  text = json.dumps(fingerprint_dict, sort_keys=True).encode("utf-8")
+  return hashlib.sha256(text).hexdigest()[:16]
+
+
+def _mismatch(stored, wanted):
+  """One phrase saying how a stored fingerprint differs from the wanted one, or None."""
+  stored_teacher = stored.get("teacher", {})
+  if (stored.get("rgb_scale_sha256") != wanted["rgb_scale_sha256"] or
+      stored_teacher.get("preprocessing") != wanted["teacher"]["preprocessing"]):
+    return "with another preprocessing"
+  if stored_teacher != wanted["teacher"]:
+    changed = sorted(k for k in set(stored_teacher) | set(wanted["teacher"])
+                     if stored_teacher.get(k) != wanted["teacher"].get(k))
+    return "for another teacher model or feature config (--%s differs)" % changed[0]
+  if stored.get("teacher_checkpoint_sha256") != wanted["teacher_checkpoint_sha256"]:
+    return "from another teacher checkpoint (%s)" % stored.get("teacher_checkpoint")
+  if stored.get("files") != wanted["files"]:
+    return "from other data files (--train_data_pattern, or files changed since)"
+  if stored.get("dtype") != wanted["dtype"]:
+    return "in %s, not %s (--teacher_cache_dtype)" % (stored.get("dtype"), wanted["dtype"])
+  return None
+
+
+@dataclasses.dataclass
+class TeacherCache(object):
+  """A cache directory for one fingerprint."""
+  directory: str
+  fingerprint: dict
+  representation_width: int = 0
+
+  def record(self):
+    """What a KD run's model_flags.json records of its cache (GraphConfig.teacher_cache):
+    the digest, and the teacher, preprocessing and files it stands for."""
+    return {"digest": digest(self.fingerprint),
+            "teacher_checkpoint": self.fingerprint["teacher_checkpoint"],
+            "preprocessing": self.fingerprint["teacher"]["preprocessing"],
+            "num_files": len(self.fingerprint["files"]),
+            "dtype": self.fingerprint["dtype"]}
+
+  def shard(self, index):
+    """The cache shard of the index-th training file (sorted order)."""
+    return os.path.join(self.directory, "teacher-%05d.tfrecord" % index)
+
+  def paths_by_file(self):
+    """{training file: its cache shard}."""
+    return {path: self.shard(i) for i, (path, _, _) in enumerate(self.fingerprint["files"])}
+
+  def missing_shards(self):
+    """Indexes of the training files whose shard is not complete yet."""
+    return [i for i in range(len(self.fingerprint["files"]))
+            if not os.path.exists(self.shard(i))]
+
+  def claim(self):
+    """Checks the directory holds a cache of this fingerprint (or none yet, and then
+    makes it one); reads the stored representation width.
+
+    Raises:
+      UsageError naming --teacher_cache when it was built from other inputs.
+    """
+    path = os.path.join(self.directory, FINGERPRINT_FILE)
+    if os.path.exists(path):
+      stored = utils.read_json(path)
+      problem = _mismatch(stored.get("fingerprint", {}), self.fingerprint)
+      if problem:
+        raise utils.UsageError("--teacher_cache=%s holds teacher outputs computed %s; "
+                               "use another directory or delete it"
+                               % (self.directory, problem))
+      self.representation_width = stored["representation_width"]
+      return
+    if os.path.isdir(self.directory) and any(not n.startswith(".")
+                                             for n in os.listdir(self.directory)):
+      raise utils.UsageError("--teacher_cache=%s is not empty and holds no %s: not a "
+                             "teacher cache" % (self.directory, FINGERPRINT_FILE))
+    self.representation_width = 0
+
+  def build(self, cfg, teacher_checkpoint, rgb_scale, batch_size, skip_corrupt_records,
+            bf16, progress_every_secs=30):
+    """Runs the teacher over every training file without a complete shard.
+
+    The teacher runs in inference mode on all frames, with cfg's preprocessing, from
+    teacher_checkpoint; memory stays that of one batch whatever the number of videos.
+    """
+    missing = self.missing_shards()
+    if not missing:
+      return
+    os.makedirs(self.directory, exist_ok=True)
+    files = [path for path, _, _ in self.fingerprint["files"]]
+    dtype = DTYPES[self.fingerprint["dtype"]]
+    graph = tf.Graph()
+    with graph.as_default():
+      path = tf1.placeholder(tf.string, [])
+      size = tf1.placeholder(tf.int64, [])
+      reader = readers.get_reader(cfg, dequantize=False)
+      skipped = readers.SkippedRecords() if skip_corrupt_records else None
+      records = (skipped.valid_records(reader, path, size) if skipped
+                 else tf.data.TFRecordDataset(path))
+      dataset = records.batch(batch_size)
+      for stage in reader.parse_stages():
+        dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE)
+      iterator = tf1.data.make_initializable_iterator(dataset.prefetch(2))
+      batch = iterator.get_next()
+      inputs, num_frames = kd_model.model_inputs(cfg, kd_model.TEACHER, batch,
+                                                 training_scale=rgb_scale)
+      outputs = kd_model.create_role_model(cfg, kd_model.TEACHER, inputs, num_frames,
+                                           is_training=False, reuse=False)
+      fetches = [batch["video_ids"], outputs["predictions"], outputs["representation"]]
+      teacher_vars = kd_model.teacher_variables()
+      run_dir.check_checkpoint_matches(teacher_vars, teacher_checkpoint,
+                                       "the teacher checkpoint")
+      saver = tf1.train.Saver(var_list={v.op.name: v for v in teacher_vars})
+      init = [tf1.global_variables_initializer(), tf1.local_variables_initializer()]
+      graph.finalize()
+    self.representation_width = int(outputs["representation"].shape[-1])
+    utils.write_json(os.path.join(self.directory, FINGERPRINT_FILE), {
+        "fingerprint": self.fingerprint, "digest": digest(self.fingerprint),
+        "representation_width": self.representation_width, "bf16": bool(bf16)})
+    print("Teacher cache: computing %d of %d shards into %s"
+          % (len(missing), len(files), self.directory), flush=True)
+    start = last = time.time()
+    videos = 0
+    with tf1.Session(graph=graph, config=utils.session_config(bf16)) as sess:
+      sess.run(init)
+      saver.restore(sess, teacher_checkpoint)
+      for done, index in enumerate(missing):
+        final = self.shard(index)
+        temporary = os.path.join(self.directory, "." + os.path.basename(final) + ".tmp")
+        sess.run(iterator.initializer, {path: files[index],
+                                        size: self.fingerprint["files"][index][1]})
+        with readers.data_errors_named(reader, files[index], "--train_data_pattern"), \
+            tf.io.TFRecordWriter(temporary) as writer:
+          while True:
+            try:
+              ids, predictions, representations = sess.run(fetches)
+            except tf.errors.OutOfRangeError:
+              break
+            for row, video_id in enumerate(ids):
+              writer.write(_entry(video_id, predictions[row].astype(dtype),
+                                  representations[row].astype(dtype)))
+            videos += len(ids)
+            if time.time() - last >= progress_every_secs:
+              last = time.time()
+              print("Teacher cache: shard %d of %d, %d videos, %.1f videos/s"
+                    % (done + 1, len(missing), videos, videos / (last - start)),
+                    flush=True)
+        os.replace(temporary, final)
+    print("Teacher cache: %d videos in %d shards, %.1f videos/s"
+          % (videos, len(missing), videos / max(time.time() - start, 1e-9)), flush=True)
+
+  def decode(self, entries, video_ids):
+    """Cache records joined to a batch -> (predictions [B, C], representation [B, H])
+    float32, after checking that each entry belongs to its record's video.
+
+    entries: [B] serialized cache records ("" where a record had none).
+    """
+    dtype = tf.as_dtype(self.fingerprint["dtype"])
+    num_classes = self.fingerprint["teacher"]["num_classes"]
+    parsed = tf.io.parse_example(entries, {
+        "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "predictions": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "representation": tf.io.FixedLenFeature([], tf.string, default_value="")})
+    joined = tf.debugging.Assert(tf.reduce_all(tf.equal(parsed["id"], video_ids)),
+                                 [NO_ENTRY_MARKER, video_ids, parsed["id"]],
+                                 summarize=4)
+    with tf.control_dependencies([joined]):
+      predictions = tf.io.decode_raw(parsed["predictions"], dtype)
+      representation = tf.io.decode_raw(parsed["representation"], dtype)
+    return (tf.cast(tf.reshape(predictions, [-1, num_classes]), tf.float32),
+            tf.cast(tf.reshape(representation, [-1, self.representation_width]),
+                    tf.float32))
+
+
+def _entry(video_id, predictions, representation):
+  feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id])),
+             "predictions": tf.train.Feature(bytes_list=tf.train.BytesList(
+                 value=[predictions.tobytes()])),
+             "representation": tf.train.Feature(bytes_list=tf.train.BytesList(
+                 value=[representation.tobytes()]))}
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()

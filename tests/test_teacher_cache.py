@@ -1,0 +1,253 @@
+"""Offline distillation: train.py --model_type=KD --teacher_cache=DIR."""
+import glob
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import readers
+import teacher_cache
+from tests import helpers
+
+tf1 = tf.compat.v1
+K = 4
+# No dropout and uniform frames: the online and the offline graph hold their ops in
+# another order, so unseeded random ops would draw differently; everything else is
+# the same computation. Plain gradient descent: Adam turns last-bit differences of
+# near-zero gradients (the teacher computed on other batches) into full-size steps.
+COMMON = ["--batch_size=4", "--num_readers=2", "--seed=7", "--drop_rate=0",
+          "--log_every_n_steps=1", "--export_model_steps=1000",
+          "--optimizer=GradientDescentOptimizer", "--base_learning_rate=0.05"
+          ] + helpers.TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cache")
+  train, validate = helpers.make_dataset(root / "data", train_videos=24,
+                                         validate_videos=8, min_frames=10, max_frames=40)
+  base = str(root / "run")
+  helpers.run_cli("train.py", ["--train_data_pattern=" + train, "--train_dir=" + base,
+                               "--max_steps=6"] + COMMON)
+  return {"root": root, "train": train, "validate": validate, "base": base,
+          "teacher": base + "_teacher"}
+
+
+def _train(setup, *args, check=True):
+  return helpers.run_cli("train.py", ["--train_data_pattern=" + setup["train"],
+                                      "--train_dir=" + setup["base"]] + COMMON +
+                         list(args), check=check)
+
+
+def _values(directory, step, prefix="student/"):
+  checkpoint = os.path.join(directory, "model.ckpt-%d" % step)
+  return {name: tf.train.load_variable(checkpoint, name)
+          for name, _ in tf.train.list_variables(checkpoint) if name.startswith(prefix)}
+
+
+def _loss_lines(out):
+  """{step: {term: value}} from train.py's log lines."""
+  terms = {}
+  for line in out.splitlines():
+    match = re.match(r"step (\d+) \| loss ([0-9.]+)(.*?) \| hit@1", line)
+    if match:
+      values = dict(re.findall(r"\| (\w+_loss) ([0-9.]+)", line))
+      values["total"] = match.group(2)
+      terms[int(match.group(1))] = {k: float(v) for k, v in values.items()}
+  return terms
+
+
+def _offline_from_the_same_start(setup, online_dir, name, *args):
+  """An offline KD run that starts from the online run's step-0 checkpoint (the same
+  initial student weights) and trains the same steps on the same batches."""
+  base = str(setup["root"] / name)
+  run = base + "_KD_k_%d" % K
+  os.makedirs(run)
+  for path in glob.glob(os.path.join(online_dir, "model.ckpt-0.*")):
+    shutil.copy(path, run)
+  tf1.train.update_checkpoint_state(run, os.path.join(run, "model.ckpt-0"))
+  out = helpers.run_cli("train.py", [
+      "--train_data_pattern=" + setup["train"], "--train_dir=" + base,
+      "--teacher_checkpoint=" + setup["teacher"], "--model_type=KD", "--k_frame=%d" % K,
+      "--max_steps=20"] + COMMON + list(args)).stdout
+  assert "Starting at step 0 (resumed)" in out
+  return run, out
+
+
+@pytest.fixture(scope="module")
+def online(setup):
+  out = _train(setup, "--model_type=KD", "--k_frame=%d" % K, "--max_steps=20").stdout
+  return setup["base"] + "_KD_k_%d" % K, out
+
+
+def test_float32_cache_trains_the_same_student_as_online_kd(setup, online):
+  online_dir, online_out = online
+  cache = str(setup["root"] / "cache32")
+  run, out = _offline_from_the_same_start(setup, online_dir, "offline32",
+                                          "--teacher_cache=" + cache,
+                                          "--teacher_cache_dtype=float32")
+  assert "Teacher cache: computing 2 of 2 shards" in out
+  assert re.search(r"Teacher cache: 24 videos in 2 shards, [0-9.]+ videos/s", out)
+  recorded = json.load(open(os.path.join(run, "model_flags.json")))["teacher_cache"]
+  fingerprint = json.load(open(os.path.join(cache, "fingerprint.json")))
+  assert recorded["digest"] == fingerprint["digest"]
+  assert recorded["teacher_checkpoint"] == os.path.abspath(
+      tf1.train.latest_checkpoint(setup["teacher"]))
+  assert (recorded["num_files"], recorded["dtype"]) == (2, "float32")
+  # No teacher in the offline graph, hence none in its checkpoints.
+  assert not _values(run, 20, "teacher/")
+  online_values, offline_values = _values(online_dir, 20), _values(run, 20)
+  assert set(online_values) == set(offline_values) and online_values
+  start = _values(online_dir, 0)
+  weights = "student/tower/hidden1/weights"
+  assert not np.allclose(start[weights], online_values[weights])
+  for name in online_values:  # weights, batch-norm statistics, Adam slots
+    np.testing.assert_allclose(offline_values[name], online_values[name], rtol=1e-4,
+                               atol=1e-6, err_msg=name)
+  assert set(_loss_lines(out)) == set(_loss_lines(online_out)) == set(range(1, 21))
+
+
+def test_float16_cache_gives_the_loss_terms_within_half_a_percent(setup, online):
+  online_dir, online_out = online
+  cache = str(setup["root"] / "cache16")
+  _, out = _offline_from_the_same_start(setup, online_dir, "offline16",
+                                        "--teacher_cache=" + cache)
+  online_terms, offline_terms = _loss_lines(online_out), _loss_lines(out)
+  assert set(online_terms[1]) == {"total", "label_loss", "pred_loss", "rep_loss"}
+  for step in online_terms:
+    for term, value in online_terms[step].items():
+      assert offline_terms[step][term] == pytest.approx(value, rel=5e-3, abs=1e-3), (
+          step, term)
+  # The entries hold float16 (2 bytes a value) where float32 ones hold 4.
+  for directory, width in [(cache, 2), (str(setup["root"] / "cache32"), 4)]:
+    record = next(tf1.io.tf_record_iterator(os.path.join(directory,
+                                                         "teacher-00000.tfrecord")))
+    feature = tf.train.Example.FromString(record).features.feature
+    assert len(feature["predictions"].bytes_list.value[0]) == width * 20
+    assert len(feature["representation"].bytes_list.value[0]) == width * 16
+
+
+def test_shuffled_readers_join_every_record_with_its_own_video(setup):
+  # Unseeded shuffling, two readers interleaving: each record must still travel with
+  # its own video's cache entry (the cache keys entries by video id).
+  cache = str(setup["root"] / "cache_join")
+  _train(setup, "--model_type=KD", "--k_frame=%d" % K, "--teacher_cache=" + cache,
+         "--build_teacher_cache_only", "--teacher_checkpoint=" + setup["teacher"])
+  with tf.Graph().as_default():
+    import config
+    cfg = config.defaults().replace(num_classes=20)
+    stored = json.load(open(os.path.join(cache, "fingerprint.json")))
+    cached = teacher_cache.TeacherCache(cache, stored["fingerprint"],
+                                        stored["representation_width"])
+    batch = readers.get_input_data_tensors(
+        readers.get_reader(cfg, dequantize=False), setup["train"], 5, num_readers=2,
+        num_epochs=3, shuffle=True, companions=cached.paths_by_file())
+    entries = tf.io.parse_example(batch["companion"], {
+        "id": tf.io.FixedLenFeature([], tf.string)})["id"]
+    seen = []
+    with tf1.Session() as sess:
+      while True:
+        try:
+          ids, entry_ids = sess.run([batch["video_ids"], entries])
+        except tf.errors.OutOfRangeError:
+          break
+        assert list(ids) == list(entry_ids)
+        seen.extend(ids)
+  assert len(seen) == 3 * 24 - (3 * 24) % 5 and len(set(seen)) == 24
+
+
+def test_one_cache_serves_students_of_every_k_and_sampling(setup):
+  cache = str(setup["root"] / "cache_shared")
+  teacher = "--teacher_checkpoint=" + setup["teacher"]
+  first = _train(setup, "--model_type=KD", "--k_frame=3", "--teacher_cache=" + cache,
+                 "--max_steps=2", "--train_dir=" + str(setup["root"] / "k3"),
+                 teacher).stdout
+  assert "Teacher cache: computing 2 of 2 shards" in first
+  mtimes = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(cache, "teacher-*"))}
+  for name, flags in [("k5", ["--k_frame=5", "--frame_sampling=random"])]:
+    out = _train(setup, "--model_type=KD", "--teacher_cache=" + cache, "--max_steps=2",
+                 "--train_dir=" + str(setup["root"] / name), teacher, *flags).stdout
+    assert "Teacher cache" not in out and "Starting at step 0" in out
+  assert mtimes == {p: os.stat(p).st_mtime_ns
+                    for p in glob.glob(os.path.join(cache, "teacher-*"))}
+
+
+def test_a_killed_build_resumes_with_the_missing_shards_only(setup):
+  cache = str(setup["root"] / "cache_resume")
+  _train(setup, "--model_type=KD", "--k_frame=%d" % K, "--teacher_cache=" + cache,
+         "--build_teacher_cache_only")
+  # As a kill during the second shard leaves it: the first complete, the second only
+  # as a hidden temporary file.
+  os.rename(os.path.join(cache, "teacher-00001.tfrecord"),
+            os.path.join(cache, ".teacher-00001.tfrecord.tmp"))
+  kept = os.stat(os.path.join(cache, "teacher-00000.tfrecord")).st_mtime_ns
+  out = _train(setup, "--model_type=KD", "--k_frame=%d" % K, "--teacher_cache=" + cache,
+               "--build_teacher_cache_only").stdout
+  assert "Teacher cache: computing 1 of 2 shards" in out
+  assert os.stat(os.path.join(cache, "teacher-00000.tfrecord")).st_mtime_ns == kept
+  assert sorted(os.listdir(cache)) == ["fingerprint.json", "teacher-00000.tfrecord",
+                                       "teacher-00001.tfrecord"]
+
+
+def _refused(process):
+  assert process.returncode == 2
+  return helpers.user_error_line(process)
+
+
+def test_refusals(setup, tmp_path):
+  cache = str(setup["root"] / "cache_refusals")
+  kd = ["--model_type=KD", "--k_frame=%d" % K, "--teacher_cache=" + cache]
+  _train(setup, *kd, "--build_teacher_cache_only")
+  # Another teacher checkpoint: the teacher trained on.
+  other_teacher = str(tmp_path / "other")
+  helpers.run_cli("train.py", ["--train_data_pattern=" + setup["train"],
+                               "--train_dir=" + other_teacher, "--max_steps=7"] + COMMON)
+  line = _refused(_train(setup, *kd, "--teacher_checkpoint=" + other_teacher + "_teacher",
+                         "--max_steps=1", check=False))
+  assert "--teacher_cache=%s holds teacher outputs computed from another teacher " \
+         "checkpoint" % cache in line
+  # Other data files.
+  line = _refused(helpers.run_cli("train.py", [
+      "--train_data_pattern=" + setup["train"] + "," + setup["validate"],
+      "--train_dir=" + setup["base"], "--max_steps=1"] + COMMON + kd, check=False))
+  assert "from other data files" in line
+  # (Another preprocessing, teacher config or dtype: test_each_mismatch_is_named.)
+  # Parallel KD: the teacher trains.
+  line = _refused(_train(setup, *kd, "--kd_mode=parallel", check=False))
+  assert "--teacher_cache cannot serve --kd_mode=parallel" in line
+  # A record with no cached entry: the shards' contents swapped behind its back.
+  tampered = str(tmp_path / "tampered")
+  shutil.copytree(cache, tampered)
+  for a, b in [("00000", "tmp"), ("00001", "00000"), ("tmp", "00001")]:
+    os.rename(os.path.join(tampered, "teacher-%s.tfrecord" % a),
+              os.path.join(tampered, "teacher-%s.tfrecord" % b))
+  line = _refused(_train(setup, "--model_type=KD", "--k_frame=%d" % K, "--max_steps=2",
+                         "--teacher_cache=" + tampered, "--train_dir=" +
+                         str(tmp_path / "tampered_run"), "--teacher_checkpoint=" +
+                         setup["teacher"], check=False))
+  assert "--teacher_cache=%s has no entry for a record of --train_data_pattern" \
+         % tampered in line
+
+
+def test_each_mismatch_is_named():
+  wanted = {"teacher": {"preprocessing": "pca_eigenvals", "model": "NeXtVLADModel",
+                        "max_frames": 300},
+            "rgb_scale_sha256": "a", "teacher_checkpoint_sha256": "c",
+            "teacher_checkpoint": "/runs/x_teacher/model.ckpt-6", "files": [["f", 1, 2]],
+            "dtype": "float16"}
+  assert teacher_cache._mismatch(wanted, dict(wanted)) is None
+  cases = [
+      (dict(teacher=dict(wanted["teacher"], preprocessing="none"), rgb_scale_sha256=None,
+            teacher_checkpoint_sha256="d"), "with another preprocessing"),
+      (dict(teacher=dict(wanted["teacher"], max_frames=200)),
+       "for another teacher model or feature config (--max_frames differs)"),
+      (dict(teacher_checkpoint_sha256="d"),
+       "from another teacher checkpoint (/runs/x_teacher/model.ckpt-6)"),
+      (dict(files=[["f", 1, 3]]), "from other data files"),
+      (dict(dtype="float32"), "in float32, not float16 (--teacher_cache_dtype)")]
+  for changes, phrase in cases:
+    assert phrase in teacher_cache._mismatch(dict(wanted, **changes), wanted), phrase
