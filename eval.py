@@ -39,15 +39,21 @@ flags.DEFINE_string("checkpoint", "", "Evaluate this checkpoint (prefix) only in
                     "the run's checkpoints.")
 flags.DEFINE_integer("eval_interval_secs", 60, "Without --run_once: seconds between "
                      "looks for a new checkpoint.")
+flags.DEFINE_integer("progress_every_secs", 30, "Seconds between progress lines (videos "
+                     "done, videos/s, share of the total and ETA).", lower_bound=1)
 
 EVAL_FILE = "eval.jsonl"
 
 
-def evaluate_checkpoint(model, cfg, checkpoint):
-  """One pass over the data with `checkpoint`; returns (global step, metrics)."""
+def evaluate_checkpoint(model, cfg, checkpoint, num_records):
+  """One pass over the data with `checkpoint`; returns (global step, metrics).
+
+  num_records: how many records the data holds, for the progress lines.
+  """
+  progress = inference_graph.Progress(FLAGS.progress_every_secs, num_records)
   with model.session(checkpoint, FLAGS.bf16) as sess:
     metrics = inference_graph.evaluate(sess, model.fetches, cfg.num_classes, FLAGS.top_k,
-                                       skipped=model.skipped)
+                                       skipped=model.skipped, progress=progress)
   if metrics is None:
     raise utils.UsageError("--eval_data_pattern=%s holds no records"
                            % FLAGS.eval_data_pattern)
@@ -94,16 +100,19 @@ def main(unused_argv):
       cfg, role, FLAGS.eval_data_pattern, "--eval_data_pattern", FLAGS.batch_size,
       FLAGS.num_readers, FLAGS.top_k, with_labels=True,
       skip_corrupt_records=FLAGS.skip_corrupt_records)
+  # The total for the progress lines (with --skip_corrupt_records, an upper bound).
+  num_records = readers.count_records(
+      readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern"))
   for checkpoint in checkpoints_to_evaluate():
     with readers.data_errors_named(model.reader, FLAGS.eval_data_pattern,
                                    "--eval_data_pattern"):
-      result = evaluate_newest_complete(model, cfg, checkpoint)
+      result = evaluate_newest_complete(model, cfg, checkpoint, num_records)
     if result:
       report(*result, role=role)
   return 0
 
 
-def evaluate_newest_complete(model, cfg, checkpoint, attempts=5):
+def evaluate_newest_complete(model, cfg, checkpoint, num_records, attempts=5):
   """Evaluates `checkpoint`; if a running training deletes it meanwhile, moves on.
 
   With --run_once it retries with the then-latest checkpoint; while waiting for new
@@ -112,7 +121,7 @@ def evaluate_newest_complete(model, cfg, checkpoint, attempts=5):
   """
   for _ in range(attempts):
     try:
-      step, metrics = evaluate_checkpoint(model, cfg, checkpoint)
+      step, metrics = evaluate_checkpoint(model, cfg, checkpoint, num_records)
       return step, metrics, checkpoint
     except (tf.errors.NotFoundError, utils.UsageError) as e:
       if run_dir.checkpoint_exists(checkpoint):

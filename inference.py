@@ -9,6 +9,7 @@ tarball written by --output_model_tgz, unpacked into --untar_model_dir) or
 temporary file and renamed to --output_file only when every video is in it.
 """
 
+import csv
 import io
 import os
 import pathlib
@@ -47,37 +48,24 @@ flags.DEFINE_integer("num_readers", 1, "How many files to read in parallel.",
                      lower_bound=1)
 flags.DEFINE_integer("top_k", 20, "How many predictions to output per video.",
                      lower_bound=1)
-flags.DEFINE_integer("progress_every_secs", 30, "Seconds between progress lines.")
+flags.DEFINE_integer("progress_every_secs", 30, "Seconds between progress lines (videos "
+                     "done, videos/s, share of the total and ETA).", lower_bound=1)
 
 PACKED_DIR = "model"
 
 
 def csv_rows(video_ids, class_indexes, scores):
-  """Kaggle rows 'id,label score label score ...' for [B] ids and [B, k] top classes."""
-  rows = []
+  """Kaggle rows 'id,label score label score ...' for [B] ids and [B, k] top classes.
+
+  Written by the csv module: an id holding a comma, a quote or a line break is quoted
+  (so it reads back whole); every other row is exactly 'id,pairs'.
+  """
+  rows = io.StringIO()
+  writer = csv.writer(rows, lineterminator="\n")
   for video_id, labels, values in zip(video_ids, class_indexes, scores):
     pairs = " ".join("%d %g" % (label, value) for label, value in zip(labels, values))
-    rows.append("%s,%s\n" % (video_id.decode("utf-8"), pairs))
-  return rows
-
-
-class Progress(object):
-  """A line with videos done and the rate every --progress_every_secs seconds."""
-
-  def __init__(self):
-    self.start = self.last = time.time()
-    self.videos = 0
-
-  def add(self, count):
-    self.videos += count
-    now = time.time()
-    if now - self.last >= FLAGS.progress_every_secs:
-      self.last = now
-      print("%d videos, %.1f videos/s" % (self.videos, self.videos / (now - self.start)),
-            flush=True)
-
-  def rate(self):
-    return self.videos / max(time.time() - self.start, 1e-9)
+    writer.writerow([video_id.decode("utf-8"), pairs])
+  return [rows.getvalue()]
 
 
 def predict_from_checkpoint(model_dir, output):
@@ -136,7 +124,9 @@ def write_rows(sess, fetches, output, feed=None):
   feed: (tensor of serialized records, name of the model input to feed them to), for
   a SavedModel whose graph was imported without our reader.
   """
-  progress = Progress()
+  progress = inference_graph.Progress(
+      FLAGS.progress_every_secs,
+      readers.count_records(readers.list_data_files(FLAGS.input_data_pattern)))
   while True:
     try:
       if feed is None:
@@ -149,8 +139,8 @@ def write_rows(sess, fetches, output, feed=None):
     output.writelines(csv_rows(video_ids, indexes[:, :FLAGS.top_k],
                                scores[:, :FLAGS.top_k]))
     progress.add(len(video_ids))
-  print("%d videos, %.1f videos/s" % (progress.videos, progress.rate()), flush=True)
-  return progress.videos
+  print("%d videos, %.1f videos/s" % (progress.done, progress.rate()), flush=True)
+  return progress.done
 
 
 def model_flag_name():

@@ -114,11 +114,47 @@ class InferenceGraph(object):
       yield sess
 
 
-def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=None):
+class Progress(object):
+  """A line every `every_secs` seconds on long passes: videos done, videos/s, and with a
+  known total the share done and the time left. Lines, not a terminal animation: these
+  commands run in logs on clusters."""
+
+  def __init__(self, every_secs, total=None, what="videos"):
+    self.every_secs = every_secs
+    self.total = total
+    self.what = what
+    self.start = self.last = time.time()
+    self.done = 0
+
+  def add(self, count):
+    """Counts `count` more videos; prints a line when every_secs have passed."""
+    self.done += count
+    now = time.time()
+    if now - self.last >= self.every_secs:
+      self.last = now
+      print(self.line(), flush=True)
+
+  def rate(self):
+    return self.done / max(time.time() - self.start, 1e-9)
+
+  def line(self):
+    """'N [of T (P%)] videos, R videos/s[, ETA H:MM:SS]'."""
+    rate = self.rate()
+    if not self.total:
+      return "%d %s, %.1f %s/s" % (self.done, self.what, rate, self.what)
+    left = max(self.total - self.done, 0) / max(rate, 1e-9)
+    return "%d of %d %s (%.1f%%), %.1f %s/s, ETA %s" % (
+        self.done, self.total, self.what, 100.0 * self.done / self.total, rate,
+        self.what, time.strftime("%H:%M:%S", time.gmtime(left)))
+
+
+def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=None,
+             progress=None):
   """Runs `fetches` (top_k_outputs with labels) to the end of the data; the metrics.
 
   initializer: the input iterator's initializer, run first (with the skip counters'
   reset) when the pass is repeated, as validation during training does.
+  progress: a Progress to count the videos in, or None.
   Returns:
     eval_util's get() dict plus examples_per_second, and skipped_records / cut_shards
     with --skip_corrupt_records; None when the data held no record.
@@ -135,6 +171,8 @@ def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=Non
     metrics.accumulate_top_k(out["top_scores"], out["top_indices"],
                              out["top_is_positive"], out["num_positives"],
                              out["class_positive_counts"], out["loss"])
+    if progress:
+      progress.add(len(out["top_scores"]))
   if not metrics.num_examples:
     return None
   result = metrics.get()

@@ -258,6 +258,24 @@ def list_data_files(data_pattern, flag_name="data pattern"):
   return files
 
 
+def count_records(files):
+  """Records in TFRecord files, counted from their framing (a 12-byte header read per
+  record, the data skipped), through tf.io.gfile. A file cut short counts the records
+  that are whole."""
+  total = 0
+  for path in files:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      size, offset = f.size(), 0
+      while offset + 12 <= size:
+        f.seek(offset)
+        length = int.from_bytes(f.read(8), "little")
+        offset += 16 + length
+        if offset > size:
+          break
+        total += 1
+  return total
+
+
 def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
                            num_epochs=None, shuffle=True, seed=None,
                            drop_remainder=None, flag_name="data pattern", skipped=None,

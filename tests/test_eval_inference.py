@@ -1,4 +1,5 @@
 """eval.py, inference.py and export_model.py on tiny trained runs."""
+import csv
 import json
 import os
 import tarfile
@@ -31,7 +32,10 @@ def runs(tmp_path_factory):
             "--batch_size=4", "--max_steps=4", "--export_model_steps=100"]
   common += helpers.TINY_MODEL + ["--num_classes=%d" % NUM_CLASSES]
   helpers.run_cli("train.py", common + ["--model_type=teacher", "--k_frame=300"])
-  helpers.run_cli("train.py", common + ["--model_type=KD", "--k_frame=3"])
+  # The KD run also logs every 2 steps and validates at steps 2 and 4 (TensorBoard test).
+  helpers.run_cli("train.py", common + ["--model_type=KD", "--k_frame=3",
+                                        "--log_every_n_steps=2", "--export_model_steps=2",
+                                        "--eval_data_pattern=" + validate])
   return {"root": root, "validate": validate, "teacher": str(root / "run_teacher"),
           "kd": str(root / "run_KD_k_3")}
 
@@ -212,3 +216,59 @@ def test_eval_and_inference_name_missing_checkpoint_and_run_dir(tmp_path, runs):
   assert process.returncode == 2
   assert "--train_dir=%s does not exist" % (tmp_path / "nope") in \
       helpers.user_error_line(process)
+
+
+def test_csv_quotes_ids_with_commas_quotes_and_line_breaks(runs, tmp_path):
+  from tools import make_synthetic_yt8m as synth
+  generator = synth.SyntheticYT8M(seed=3, num_classes=20, num_verticals=4)
+  ids = ["ab,c", "new\nline", 'say "hi"', "plain"]
+  videos = []
+  for index, video_id in enumerate(ids):
+    video = generator.video("validate", index)
+    video["id"] = video_id
+    videos.append(video)
+  records = str(tmp_path / "odd_ids.tfrecord")
+  synth.write_frame_records(records, videos)
+  output = str(tmp_path / "odd.csv")
+  helpers.run_cli("inference.py", ["--train_dir=" + runs["teacher"], "--output_file=" +
+                                   output, "--input_data_pattern=" + records])
+  with open(output, newline="") as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["VideoId", "LabelConfidencePairs"]
+  assert [row[0] for row in rows[1:]] == ids
+  assert all(len(row) == 2 and len(row[1].split()) == 40 for row in rows[1:])
+  # Plain ids stay unquoted, as Kaggle's format has them.
+  assert open(output).read().splitlines()[-1].startswith("plain,")
+
+
+def _event_tags(directory):
+  """{tag: [steps]} of the scalar summaries in a directory's event files."""
+  tags = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*"))):
+    for event in tf1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tags.setdefault(value.tag, []).append(event.step)
+  return tags
+
+
+def test_tensorboard_events_hold_the_documented_tags(runs):
+  # train.py: every --log_every_n_steps the loss terms, learning rate and examples/s;
+  # every --export_model_steps the validation metrics (the README lists these tags).
+  tags = _event_tags(runs["kd"])
+  for tag in ("losses/total", "losses/label_loss", "losses/pred_loss", "losses/rep_loss",
+              "losses/regularization", "learning_rate", "examples_per_second",
+              "training/hit_at_one", "training/gap"):
+    assert tags.get(tag) == [2, 4], (tag, sorted(tags))
+  for tag in ("validation/gap", "validation/hit_at_one", "validation/perr",
+              "validation/loss", "validation/map_all_classes",
+              "validation/map_labelled_classes"):
+    assert tags.get(tag) == [2, 4], (tag, sorted(tags))
+  records = [json.loads(l) for l in open(os.path.join(runs["kd"], "validation.jsonl"))]
+  assert [r["step"] for r in records] == [2, 4]
+  # eval.py: <run dir>/eval, the same metric names under eval/.
+  helpers.run_cli("eval.py", ["--train_dir=" + runs["kd"], "--run_once",
+                              "--eval_data_pattern=" + runs["validate"]])
+  tags = _event_tags(os.path.join(runs["kd"], "eval"))
+  assert {t for t in tags} >= {"eval/gap", "eval/hit_at_one", "eval/perr", "eval/loss",
+                               "eval/map_all_classes", "eval/map_labelled_classes"}
+  assert all(steps[-1] == 4 for steps in tags.values())

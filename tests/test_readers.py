@@ -216,3 +216,35 @@ def test_unlabeled_records_are_fine_when_labels_are_not_required(tmp_path):
   out = _read_all(reader, path)
   assert list(out["num_frames"]) == [3, 2]
   assert out["labels"].sum() == 0
+
+
+def test_count_records_reads_only_the_framing(tmp_path):
+  import glob
+  from tests import helpers
+  train, validate = helpers.make_dataset(tmp_path, train_videos=7, validate_videos=3)
+  files = sorted(glob.glob(train)) + sorted(glob.glob(validate))
+  expected = sum(1 for f in files for _ in tf.compat.v1.io.tf_record_iterator(f))
+  assert readers.count_records(files) == expected == 10
+  # A shard cut in the middle of a record counts the whole records before the cut.
+  data = open(files[0], "rb").read()
+  whole = sum(1 for _ in tf.compat.v1.io.tf_record_iterator(files[0]))
+  cut = str(tmp_path / "cut.tfrecord")
+  open(cut, "wb").write(data[:-5])
+  assert readers.count_records([cut]) == whole - 1
+
+
+def test_progress_lines_give_the_share_done_and_the_time_left(monkeypatch, capsys):
+  import inference_graph
+  clock = [1000.0]
+  monkeypatch.setattr(inference_graph.time, "time", lambda: clock[0])
+  progress = inference_graph.Progress(every_secs=30, total=1000)
+  clock[0] += 10
+  progress.add(100)  # 10 s: no line yet
+  clock[0] += 30
+  progress.add(300)  # 40 s: 400 of 1000 at 10 videos/s, 60 s left
+  assert capsys.readouterr().out == (
+      "400 of 1000 videos (40.0%), 10.0 videos/s, ETA 00:01:00\n")
+  unknown = inference_graph.Progress(every_secs=1)
+  clock[0] += 2
+  unknown.add(50)
+  assert capsys.readouterr().out == "50 videos, 25.0 videos/s\n"
