@@ -9,6 +9,7 @@ tarball written by --output_model_tgz, unpacked into --untar_model_dir) or
 temporary file and renamed to --output_file only when every video is in it.
 """
 
+import contextlib
 import csv
 import io
 import os
@@ -26,6 +27,7 @@ import inference_graph  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
 import utils  # noqa: E402
+import vocabulary  # noqa: E402
 
 tf1 = tf.compat.v1
 flags = tf1.flags
@@ -42,6 +44,10 @@ flags.DEFINE_string("saved_model", "", "A SavedModel directory written by "
 flags.DEFINE_string("output_model_tgz", "", "Also pack the model (checkpoint and "
                     "model_flags.json) into this tarball for inference elsewhere.")
 flags.DEFINE_string("output_file", "", "The CSV file to write.")
+flags.DEFINE_string("vocabulary", "", "Also write the predictions with class names, to "
+                    "<output_file without .csv>.names.csv, from this vocabulary CSV (the "
+                    "repository ships YouTube-8M's as vocabulary.csv); the Kaggle CSV is "
+                    "unchanged.")
 flags.DEFINE_string("input_data_pattern", "", "File glob of the records to predict.")
 flags.DEFINE_integer("batch_size", 128, "Videos per batch.", lower_bound=1)
 flags.DEFINE_integer("num_readers", 1, "How many files to read in parallel.",
@@ -52,6 +58,34 @@ flags.DEFINE_integer("progress_every_secs", 30, "Seconds between progress lines 
                      "done, videos/s, share of the total and ETA).", lower_bound=1)
 
 PACKED_DIR = "model"
+
+
+class PredictionWriter(object):
+  """Writes the Kaggle CSV and, with a vocabulary, the same predictions with names."""
+
+  def __init__(self, output, names_output=None, names=None):
+    """output, names_output: open text files; names: {class index: name} or None."""
+    self.output = output
+    self.names_output = names_output
+    self.names = names
+    output.write("VideoId,LabelConfidencePairs\n")
+    if names_output:
+      names_output.write("VideoId,TopClasses\n")
+
+  def write(self, video_ids, class_indexes, scores):
+    """One row per video: [B] ids, [B, k] top classes and their scores."""
+    self.output.writelines(csv_rows(video_ids, class_indexes, scores))
+    if self.names_output:
+      writer = csv.writer(self.names_output, lineterminator="\n")
+      for video_id, labels, values in zip(video_ids, class_indexes, scores):
+        writer.writerow([video_id.decode("utf-8"),
+                         vocabulary.describe(labels, values, self.names)])
+
+
+def names_path(output_file):
+  """Where --vocabulary's readable predictions go: predictions.csv -> predictions.names.csv."""
+  root, extension = os.path.splitext(output_file)
+  return root + ".names" + (extension or ".csv")
 
 
 def csv_rows(video_ids, class_indexes, scores):
@@ -69,7 +103,8 @@ def csv_rows(video_ids, class_indexes, scores):
 
 
 def predict_from_checkpoint(model_dir, output):
-  """Runs the run's model over --input_data_pattern; writes rows to `output`."""
+  """Runs the run's model over --input_data_pattern; writes rows to `output` (a
+  PredictionWriter)."""
   cfg = run_dir.load(model_dir, flag_name=model_flag_name())
   role = cfg.role(FLAGS.role)
   checkpoint = run_dir.latest_checkpoint(model_dir, model_flag_name())
@@ -136,8 +171,7 @@ def write_rows(sess, fetches, output, feed=None):
         video_ids, indexes, scores = sess.run(fetches, {feed[1]: records})
     except tf.errors.OutOfRangeError:
       break
-    output.writelines(csv_rows(video_ids, indexes[:, :FLAGS.top_k],
-                               scores[:, :FLAGS.top_k]))
+    output.write(video_ids, indexes[:, :FLAGS.top_k], scores[:, :FLAGS.top_k])
     progress.add(len(video_ids))
   print("%d videos, %.1f videos/s" % (progress.done, progress.rate()), flush=True)
   return progress.done
@@ -236,6 +270,7 @@ def validate_flags():
 
 def main(unused_argv):
   validate_flags()
+  names = vocabulary.load(FLAGS.vocabulary) if FLAGS.vocabulary else None
   model_dir = FLAGS.train_dir
   if FLAGS.input_model_tgz:
     model_dir = safe_untar(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
@@ -245,13 +280,18 @@ def main(unused_argv):
   if not FLAGS.output_file:
     return 0
   readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
-  with utils.atomic_output(FLAGS.output_file) as output:
-    output.write("VideoId,LabelConfidencePairs\n")
+  with contextlib.ExitStack() as files:
+    output = files.enter_context(utils.atomic_output(FLAGS.output_file))
+    names_output = (files.enter_context(utils.atomic_output(names_path(FLAGS.output_file)))
+                    if names else None)
+    writer = PredictionWriter(output, names_output, names)
     if FLAGS.saved_model:
-      count = predict_from_saved_model(FLAGS.saved_model, output)
+      count = predict_from_saved_model(FLAGS.saved_model, writer)
     else:
-      count = predict_from_checkpoint(model_dir, output)
-  print("Wrote %d videos to %s" % (count, FLAGS.output_file))
+      count = predict_from_checkpoint(model_dir, writer)
+  print("Wrote %d videos to %s%s" % (count, FLAGS.output_file,
+                                     " and " + names_path(FLAGS.output_file)
+                                     if names else ""))
   return 0
 
 

@@ -19,24 +19,11 @@ import utils
 
 tf1 = tf.compat.v1
 DEFAULT_EIGENVALS = "yt8m_pca/eigenvals.npy"  # the --pca_eigenvals default
-REPOSITORY = os.path.dirname(os.path.abspath(__file__))
 
 PCA = "pca_eigenvals"
 NONE = "none"
 RGB_BIAS = 4.0 / 512.0
 RGB_NAME, RGB_SIZE = "rgb", 1024
-
-
-def resolve_path(path):
-  """Where the --pca_eigenvals file is: as given, or relative to this repository.
-
-  The originals load `yt8m_pca/eigenvals.npy` relative to where they run; this
-  repository ships that file, so the default works from any directory.
-  """
-  if os.path.isabs(path) or os.path.exists(path):
-    return path
-  shipped = os.path.join(REPOSITORY, path)
-  return shipped if os.path.exists(shipped) else path
 
 
 def load_rgb_scale(path, rgb_size=RGB_SIZE):
@@ -45,7 +32,7 @@ def load_rgb_scale(path, rgb_size=RGB_SIZE):
   Raises:
     UsageError naming --pca_eigenvals for a missing or malformed file.
   """
-  resolved = resolve_path(path)
+  resolved = utils.shipped_path(path)
   if not os.path.exists(resolved):
     raise utils.UsageError("--pca_eigenvals=%s does not exist" % path)
   try:

@@ -5,6 +5,7 @@ checkpoints, TensorBoard events and model_flags.json, the GraphConfig it was tra
 with, so eval.py, inference.py and export_model.py rebuild its graph from it alone.
 """
 
+import fcntl
 import os
 
 import tensorflow as tf
@@ -14,6 +15,34 @@ import utils
 
 tf1 = tf.compat.v1
 MODEL_FLAGS_FILE = "model_flags.json"
+
+
+def lock(run_dir):
+  """Claims run_dir for this training process until it exits; returns the open lock.
+
+  The lock is an advisory lock (flock) on `.<name>.lock` next to the run directory
+  (outside it, so --start_new_model's wipe keeps it), which the operating system
+  releases when the process ends, however it ends. It works on local and NFS disks;
+  object stores (gs://) have no such locks.
+  Raises:
+    UsageError when another process holds it.
+  """
+  parent, name = os.path.split(os.path.abspath(run_dir))
+  os.makedirs(parent, exist_ok=True)
+  handle = open(os.path.join(parent, "." + name + ".lock"), "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise utils.UsageError("%s is in use by another train.py (%s); wait for it to end "
+                           "or use another --train_dir" % (run_dir, holder))
+  handle.seek(0)
+  handle.truncate()
+  handle.write("pid %d" % os.getpid())
+  handle.flush()
+  return handle
 
 
 def flags_path(run_dir):

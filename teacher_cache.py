@@ -13,7 +13,9 @@ Layout of a cache directory:
                      tf.train.Example with `id` (the video id), `predictions` [C] and
                      `representation` [H] as raw float16 or float32 bytes
 A shard appears under its final name only when complete (written to a hidden temporary
-file, then renamed), so a killed build resumes with the shards still missing.
+file, then renamed), so a killed build resumes with the shards still missing; what a
+killed build leaves behind is a hidden `.teacher-NNNNN.tfrecord.<pid>.tmp`, safe to
+delete.
 """
 
 import dataclasses
@@ -195,7 +197,9 @@ class TeacherCache(object):
       saver.restore(sess, teacher_checkpoint)
       for done, index in enumerate(missing):
         final = self.shard(index)
-        temporary = os.path.join(self.directory, "." + os.path.basename(final) + ".tmp")
+        # Named by process: two students starting together may build the same shard.
+        temporary = os.path.join(self.directory, ".%s.%d.tmp" % (os.path.basename(final),
+                                                                 os.getpid()))
         sess.run(iterator.initializer, {path: files[index],
                                         size: self.fingerprint["files"][index][1]})
         with readers.data_errors_named(reader, files[index], "--train_data_pattern"), \

@@ -616,7 +616,7 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=Non
     try:
       with readers.data_errors_named(readers.get_reader(cfg), FLAGS.train_data_pattern,
                                      "--train_data_pattern"), \
-          diverged_is_a_usage_error(lambda: step, train_dir), \
+          graph_failures_named(lambda: step, train_dir), \
           tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
         step = sess.run(model.global_step)
         print("Starting at step %d%s." % (step, " (resumed)" if latest else ""),
@@ -634,7 +634,9 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=Non
               metrics = sess.run_step_fn(
                   lambda step_context: model.validation.run(step_context.session))
               logger.log_validation(step, metrics)
-        except tf.errors.OutOfRangeError:
+        except tf.errors.OutOfRangeError as e:
+          if _write_failure(e):  # a checkpoint that did not fit, not the data's end
+            raise
           print("End of the training data (--num_epochs=%d)." % FLAGS.num_epochs)
         if model.skipped:
           skipped, cut = sess.run_step_fn(
@@ -646,14 +648,30 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=Non
   print("Done training at step %s; checkpoints in %s" % (step, train_dir))
 
 
+# What the operating system says when a checkpoint or event file cannot be written.
+WRITE_FAILURES = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _write_failure(error):
+  """The reason a file write failed, when `error` is one; else None."""
+  return next((reason for reason in WRITE_FAILURES if reason in str(error)), None)
+
+
 @contextlib.contextmanager
-def diverged_is_a_usage_error(current_step, train_dir):
-  """A failed check of the training graph becomes one line: a non-finite loss
-  (NON_FINITE_MARKER) names the step, a record without a teacher-cache entry the
-  cache."""
+def graph_failures_named(current_step, train_dir):
+  """A failure the user can act on becomes one line: a checkpoint that could not be
+  written (full disk, file-size limit) names the run directory, a non-finite loss
+  (NON_FINITE_MARKER) the step, a record without a teacher-cache entry the cache."""
   try:
     yield
-  except tf.errors.InvalidArgumentError as e:
+  except tf.errors.OpError as e:
+    reason = _write_failure(e)
+    if reason:
+      raise utils.UsageError(
+          "training stopped at step %d: cannot write to %s (%s); the last complete "
+          "checkpoint there is kept" % (current_step() or 0, train_dir, reason))
+    if not isinstance(e, tf.errors.InvalidArgumentError):
+      raise
     if teacher_cache.NO_ENTRY_MARKER in str(e):
       raise utils.UsageError(
           "--teacher_cache=%s has no entry for a record of --train_data_pattern (the "
@@ -718,6 +736,8 @@ def main(unused_argv):
     # The training graph has no teacher: nothing to restore.
     cfg = cfg.replace(teacher_cache=cache.record())
     teacher_checkpoint = None
+  # The chief writes the run directory: one chief at a time (held until exit).
+  run_lock = run_dir.lock(train_dir) if task.is_chief else None  # noqa: F841
   prepare_run_dir(cfg, train_dir, task.is_chief)
   train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache)
   return 0

@@ -15,6 +15,19 @@ flags = tf1.flags
 FLAGS = flags.FLAGS  # parsed by run_main only: the entry points read the flags
 
 
+REPOSITORY = os.path.dirname(os.path.abspath(__file__))
+
+
+def shipped_path(path):
+  """`path` as given when it exists (or is absolute), else relative to this repository,
+  which ships the files the originals expect next to them (yt8m_pca/eigenvals.npy,
+  vocabulary.csv)."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  shipped = os.path.join(REPOSITORY, path)
+  return shipped if os.path.exists(shipped) else path
+
+
 class UsageError(Exception):
   """A mistake the user can fix (bad flag, path, file, checkpoint).
 
@@ -45,9 +58,37 @@ def run_main(main, argv=None):
     sys.exit(130)
 
 
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that still include native bfloat16 arithmetic.
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
+              "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
+              "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
+_warned_bf16 = []
+
+
+def native_bf16(cpu_flags, max_isa=""):
+  """Whether oneDNN computes bfloat16 natively: the CPU has AVX512_BF16 or AMX and
+  ONEDNN_MAX_CPU_ISA (max_isa) does not rule them out. cpu_flags: /proc/cpuinfo's."""
+  if max_isa and max_isa.upper() not in _BF16_ISAS:
+    return False
+  return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags))
+
+
+def _cpu_flags():
+  """The CPU's feature flags from /proc/cpuinfo, or None where there is none."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return line.split(":", 1)[1].split()
+  except OSError:
+    pass
+  return None
+
+
 def session_config(bf16=False, **kwargs):
   """A ConfigProto with soft placement and, with bf16 (--bf16), the reduced-precision
-  rewrite: oneDNN bfloat16 on CPUs, mixed float16 on GPUs."""
+  rewrite: oneDNN bfloat16 on CPUs, mixed float16 on GPUs. On a CPU without native
+  bfloat16 one line says the rewrite will not make it faster (once per process)."""
   config = tf1.ConfigProto(allow_soft_placement=True, **kwargs)
   if bf16:
     rewrites = config.graph_options.rewrite_options
@@ -55,6 +96,13 @@ def session_config(bf16=False, **kwargs):
       rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
     else:
       rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+      flags_found = _cpu_flags()
+      if (flags_found is not None and not _warned_bf16 and
+          not native_bf16(flags_found, os.environ.get("ONEDNN_MAX_CPU_ISA", ""))):
+        _warned_bf16.append(True)
+        print("note: --bf16 on a CPU without native bfloat16 (no AVX512_BF16 or AMX): "
+              "it will not speed anything up here; the run is otherwise the same",
+              flush=True)
   return config
 
 

@@ -76,6 +76,7 @@ def run_in_subprocess(case, source, batch_size, batches, data_pattern, extra_fla
 
 
 def main():
+  print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=80)
   parser.add_argument("--batches", type=int, default=6)

@@ -35,6 +35,7 @@ def rss_mb(pid):
 
 
 def main():
+  print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--every", type=int, default=100)

@@ -204,6 +204,7 @@ def parse_args():
 
 
 def main():
+  print(common.cpu_line(), flush=True)
   args = parse_args()
   if args.memory_child:
     memory_child(args)

@@ -63,6 +63,7 @@ def run_case(mode, frames, steps, data_pattern, extra_flags):
 
 
 def main():
+  print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=4)
   parser.add_argument("--videos", type=int, default=400)

@@ -61,6 +61,7 @@ def videos_per_second(make, epochs):
 
 
 def main():
+  print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--videos", type=int, default=1600)
   parser.add_argument("--batch_size", type=int, default=80)

@@ -21,6 +21,7 @@ import common
 
 
 def main():
+  print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=5, help="timed training steps")
   parser.add_argument("--batches", type=int, default=6, help="timed inference batches")

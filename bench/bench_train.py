@@ -143,6 +143,7 @@ def report(results):
 
 
 def main():
+  print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--videos", type=int, default=400)

@@ -98,3 +98,24 @@ def table(rows, headers):
   lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def cpu_line():
+  """'CPU: <model>; AVX-512 yes/no; AVX512_BF16 yes/no; AMX yes/no' (from /proc/cpuinfo),
+  printed first by every benchmark: speeds differ by CPU class."""
+  model, flags = "unknown", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and model == "unknown":
+          model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+          flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  yes = lambda present: "yes" if present else "no"
+  isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+  return "CPU: %s; AVX-512 %s; AVX512_BF16 %s; AMX %s; %d cores%s" % (
+      model, yes("avx512f" in flags), yes("avx512_bf16" in flags),
+      yes("amx_tile" in flags), os.cpu_count() or 0,
+      "; ONEDNN_MAX_CPU_ISA=" + isa if isa else "")

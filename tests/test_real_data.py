@@ -157,7 +157,9 @@ def test_video_level_models_learn_from_real_records(model, frequency_baseline_ga
     return  # one CSV is enough
   csv_path = str(tmp_path / "predictions.csv")
   helpers.run_cli("inference.py", ["--train_dir=" + run_dir, "--output_file=" + csv_path,
-                                   "--input_data_pattern=" + SHARDS[3]])
+                                   "--input_data_pattern=" + SHARDS[3],
+                                   "--vocabulary=vocabulary.csv"])
+  _check_names(csv_path, str(tmp_path / "predictions.names.csv"), run_dir)
   with open(csv_path) as f:
     rows = list(csv.reader(f))
   assert rows[0] == ["VideoId", "LabelConfidencePairs"]
@@ -168,3 +170,32 @@ def test_video_level_models_learn_from_real_records(model, frequency_baseline_ga
     assert len(labels) == len(set(labels)) == 20
     assert all(0 <= label < NUM_CLASSES for label in labels)
     assert scores == sorted(scores, reverse=True)
+
+
+def _check_names(csv_path, names_path, run_dir):
+  """--vocabulary's readable CSV and tools/top_classes.py name the official classes."""
+  with open(os.path.join(helpers.ROOT, "vocabulary.csv"), newline="") as f:
+    names = {int(row["Index"]): row["Name"] for row in csv.DictReader(f)}
+  assert len(names) == NUM_CLASSES and names[0] == "Game"
+  with open(csv_path, newline="") as f:
+    kaggle = list(csv.reader(f))[1:]
+  with open(names_path, newline="") as f:
+    readable = list(csv.reader(f))
+  assert readable[0] == ["VideoId", "TopClasses"] and len(readable) == len(kaggle) + 1
+  for (video_id, pairs), (named_id, described) in zip(kaggle, readable[1:]):
+    values = pairs.split()
+    expected = "; ".join("%s %s" % (names[int(c)], s)
+                         for c, s in zip(values[0::2], values[1::2]))
+    assert (named_id, described) == (video_id, expected)
+  # The tool, from the run: each video's true labels by name, the top classes marked.
+  reference = _reference_records(SHARDS[3:])
+  video_id = kaggle[0][0]
+  out = helpers.run_cli(os.path.join("tools", "top_classes.py"), [
+      "--train_dir=" + run_dir, "--input_data_pattern=" + SHARDS[3],
+      "--video_id=" + video_id, "--top=5"]).stdout.splitlines()
+  true_labels = reference[video_id][0]
+  assert out[0] == "%s  true: %s" % (video_id, ", ".join(names[c] for c in true_labels))
+  top = [int(c) for c in kaggle[0][1].split()[0::2]][:5]
+  assert len(out) == 6
+  for line, label in zip(out[1:], top):
+    assert names[label] in line and line.endswith(" *") == (label in true_labels)

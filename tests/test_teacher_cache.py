@@ -183,14 +183,14 @@ def test_a_killed_build_resumes_with_the_missing_shards_only(setup):
   # As a kill during the second shard leaves it: the first complete, the second only
   # as a hidden temporary file.
   os.rename(os.path.join(cache, "teacher-00001.tfrecord"),
-            os.path.join(cache, ".teacher-00001.tfrecord.tmp"))
+            os.path.join(cache, ".teacher-00001.tfrecord.123.tmp"))
   kept = os.stat(os.path.join(cache, "teacher-00000.tfrecord")).st_mtime_ns
   out = _train(setup, "--model_type=KD", "--k_frame=%d" % K, "--teacher_cache=" + cache,
                "--build_teacher_cache_only").stdout
   assert "Teacher cache: computing 1 of 2 shards" in out
   assert os.stat(os.path.join(cache, "teacher-00000.tfrecord")).st_mtime_ns == kept
-  assert sorted(os.listdir(cache)) == ["fingerprint.json", "teacher-00000.tfrecord",
-                                       "teacher-00001.tfrecord"]
+  assert sorted(n for n in os.listdir(cache) if not n.startswith(".")) == [
+      "fingerprint.json", "teacher-00000.tfrecord", "teacher-00001.tfrecord"]
 
 
 def _refused(process):
@@ -251,3 +251,26 @@ def test_each_mismatch_is_named():
       (dict(dtype="float32"), "in float32, not float16 (--teacher_cache_dtype)")]
   for changes, phrase in cases:
     assert phrase in teacher_cache._mismatch(dict(wanted, **changes), wanted), phrase
+
+
+def test_offline_kd_with_towers_skipped_records_and_a_resume(setup, tmp_path):
+  # A shard with a corrupt record in the middle (a frame of 1000 rgb bytes): the cache
+  # holds entries for the valid records only, and training skips the same record.
+  from tools import make_synthetic_yt8m as synth
+  generator = synth.SyntheticYT8M(seed=5, num_classes=20, num_verticals=4)
+  videos = [generator.video("train", index) for index in range(9)]
+  videos[4]["rgb"] = videos[4]["rgb"][:, :1000]
+  data = str(tmp_path / "mixed.tfrecord")
+  synth.write_frame_records(data, videos)
+  args = ["--train_data_pattern=" + data, "--train_dir=" + str(tmp_path / "run"),
+          "--teacher_checkpoint=" + setup["teacher"], "--model_type=KD", "--k_frame=3",
+          "--teacher_cache=" + str(tmp_path / "cache"), "--skip_corrupt_records",
+          "--batch_size=2", "--num_epochs=3"] + COMMON[1:]
+  towers = {"YT8M_CPU_TOWERS": "2"}  # two towers of 2 videos on logical CPU devices
+  out = helpers.run_cli("train.py", args + ["--max_steps=2"], env=towers).stdout
+  assert "Teacher cache: 8 videos in 1 shards" in out
+  assert "2 towers on logical CPU devices" in out
+  assert "skipped 3 corrupt records" in out  # once per epoch: all 3 read ahead
+  out = helpers.run_cli("train.py", args + ["--max_steps=4"], env=towers).stdout
+  assert "Starting at step 2 (resumed)" in out and "Teacher cache: computing" not in out
+  assert tf1.train.latest_checkpoint(str(tmp_path / "run_KD_k_3")).endswith("-4")

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -248,3 +249,51 @@ def test_distributed_ps_and_two_workers_train_and_the_chief_checkpoints(data, tm
   weights = "teacher/tower/hidden1/weights"
   assert not np.allclose(initial[weights], trained[weights])
   assert trained["teacher/tower/hidden1_bn/update_count"] >= 1
+
+
+def test_a_second_train_py_on_the_same_run_directory_is_refused(data, tmp_path):
+  train_pattern, _ = data
+  args = ["--train_data_pattern=" + train_pattern, "--train_dir=%s/run" % tmp_path,
+          "--batch_size=4", "--export_model_steps=5", "--num_epochs=1000"] + \
+      helpers.TINY_MODEL
+  log = str(tmp_path / "first.log")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=helpers.ROOT)
+  with open(log, "w") as out:
+    first = subprocess.Popen([sys.executable, os.path.join(helpers.ROOT, "train.py")] +
+                             args, stdout=out, stderr=subprocess.STDOUT, env=env)
+  try:
+    deadline = time.time() + 120
+    while "Starting at step" not in open(log).read():
+      assert first.poll() is None and time.time() < deadline, open(log).read()
+      time.sleep(0.1)
+    second = helpers.run_cli("train.py", args + ["--max_steps=2"], check=False)
+    assert second.returncode == 2
+    assert helpers.user_error_line(second) == (
+        "train.py: error: %s/run_teacher is in use by another train.py (pid %d); wait "
+        "for it to end or use another --train_dir" % (tmp_path, first.pid))
+    assert first.poll() is None  # the first one trains on
+  finally:
+    first.kill()
+    first.wait()
+  # The lock went with the killed process: the run resumes.
+  latest = tf1.train.latest_checkpoint(str(tmp_path / "run_teacher"))
+  steps = int(latest.split("-")[-1]) + 1
+  out = helpers.run_cli("train.py", args + ["--max_steps=%d" % steps])
+  assert "Starting at step %d (resumed)" % (steps - 1) in out.stdout
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line(data, tmp_path):
+  import resource
+  train_pattern, _ = data
+  process = subprocess.run(
+      [sys.executable, os.path.join(helpers.ROOT, "train.py"),
+       "--train_data_pattern=" + train_pattern, "--train_dir=%s/run" % tmp_path,
+       "--batch_size=4", "--max_steps=3"] + helpers.TINY_MODEL,
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=helpers.ROOT),
+      # A 2 MB file-size limit: the first checkpoint (4 MB of weights) cannot be written.
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20)))
+  assert process.returncode == 2, process.stderr[-2000:]
+  assert helpers.user_error_line(process) == (
+      "train.py: error: training stopped at step 0: cannot write to %s/run_teacher (File "
+      "too large); the last complete checkpoint there is kept" % tmp_path)

@@ -1,0 +1,42 @@
+"""Class names: the YouTube-8M vocabulary (`vocabulary.csv`) turns class indices into
+names a person can check.
+
+The repository ships the official 3,862-class vocabulary.csv (Google's, CC BY 4.0; see
+the README's Data section): columns Index, TrainVideoCount, KnowledgeGraphId, Name,
+WikiUrl, Vertical1-3, WikiDescription.
+"""
+
+import csv
+import os
+
+import utils
+
+DEFAULT = "vocabulary.csv"
+
+
+def load(path, flag_name="--vocabulary"):
+  """{class index: name} of a vocabulary CSV with Index and Name columns.
+
+  A relative path is looked up in the current directory, then in this repository.
+  Raises:
+    UsageError naming the flag for a missing or malformed file.
+  """
+  resolved = utils.shipped_path(path)
+  if not os.path.exists(resolved):
+    raise utils.UsageError("%s=%s does not exist" % (flag_name, path))
+  try:
+    with open(resolved, newline="", encoding="utf-8") as f:
+      names = {int(row["Index"]): row["Name"] for row in csv.DictReader(f)}
+  except (KeyError, ValueError, TypeError, csv.Error) as e:
+    raise utils.UsageError("%s=%s is not a vocabulary CSV with Index and Name columns "
+                           "(%s)" % (flag_name, path, e))
+  if not names:
+    raise utils.UsageError("%s=%s holds no classes" % (flag_name, path))
+  return names
+
+
+def describe(labels, scores, names):
+  """'Name 0.986; Other name 0.42; ...' for classes and their scores (unknown classes
+  by index)."""
+  return "; ".join("%s %g" % (names.get(int(label), "class %d" % label), score)
+                   for label, score in zip(labels, scores))
