@@ -339,8 +339,9 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   else:
     columns.append(tf.constant([tf.io.gfile.stat(f).length for f in files], tf.int64))
     read_records = lambda path, size, *rest: skipped.valid_records(reader, path, size)
-  read_file = read_records
-  if companions is not None:
+  if companions is None:
+    read_file = read_records
+  else:
     columns.append([companions[f] for f in files])
 
     def read_file(*column_values):
