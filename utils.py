@@ -95,10 +95,15 @@ def session_config(bf16=False, **kwargs):
     if tf.config.list_physical_devices("GPU"):
       rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
     else:
-      rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+      max_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+      # A bfloat16 graph under an ISA limit without bfloat16 aborts inside oneDNN
+      # ("could not create a primitive descriptor"): there the rewrite stays off.
+      if not max_isa or max_isa.upper() in _BF16_ISAS:
+        rewrites.auto_mixed_precision_onednn_bfloat16 = (
+            rewriter_config_pb2.RewriterConfig.ON)
       flags_found = _cpu_flags()
       if (flags_found is not None and not _warned_bf16 and
-          not native_bf16(flags_found, os.environ.get("ONEDNN_MAX_CPU_ISA", ""))):
+          not native_bf16(flags_found, max_isa)):
         _warned_bf16.append(True)
         print("note: --bf16 on a CPU without native bfloat16 (no AVX512_BF16 or AMX): "
               "it will not speed anything up here; the run is otherwise the same",

@@ -29,6 +29,7 @@ def test_native_bf16_needs_the_cpu_flag_and_an_isa_limit_that_keeps_it():
 
 
 def test_bf16_without_native_support_says_so_once(monkeypatch, capsys):
+  monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
   monkeypatch.setattr(utils, "_cpu_flags", lambda: ["avx2", "fma"])
   monkeypatch.setattr(utils, "_warned_bf16", [])
   utils.session_config(bf16=True)
@@ -42,3 +43,16 @@ def test_bf16_without_native_support_says_so_once(monkeypatch, capsys):
   monkeypatch.setattr(utils, "_warned_bf16", [])
   utils.session_config(bf16=True)
   assert capsys.readouterr().out == ""
+
+
+def test_bf16_rewrite_stays_off_under_an_isa_limit_without_bfloat16(monkeypatch):
+  # oneDNN aborts on a bfloat16 graph when ONEDNN_MAX_CPU_ISA rules bfloat16 out.
+  from tensorflow.core.protobuf import rewriter_config_pb2
+  on = rewriter_config_pb2.RewriterConfig.ON
+  monkeypatch.setattr(utils, "_warned_bf16", [True])
+  monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+  rewrites = utils.session_config(bf16=True).graph_options.rewrite_options
+  assert rewrites.auto_mixed_precision_onednn_bfloat16 != on
+  monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+  rewrites = utils.session_config(bf16=True).graph_options.rewrite_options
+  assert rewrites.auto_mixed_precision_onednn_bfloat16 == on
