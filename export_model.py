@@ -21,6 +21,7 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402,F401  (the graph flags: --role, ...)
 import inference_graph  # noqa: E402
+import kd_model  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
 import utils  # noqa: E402
@@ -44,7 +45,8 @@ def build_serving_outputs(cfg, serialized, role, top_k=SERVING_TOP_K):
   Returns:
     dict video_id [B] string, class_indexes [B, k] int32, predictions [B, k] float32.
   """
-  reader = readers.get_reader(cfg, dequantize=False, require_labels=False)
+  reader = readers.get_reader(cfg, dequantize=False, require_labels=False,
+                              student_only=role == kd_model.STUDENT)
   outputs = inference_graph.top_k_outputs(cfg, reader.parse_batch(serialized), role,
                                           top_k, with_labels=False)
   return {"video_id": tf.identity(outputs["video_ids"], name="video_id"),

@@ -19,7 +19,8 @@ def _uniform_indices(num_frames, k):
   return (steps * num_frames[:, None]) // k
 
 
-def select_frames(model_input, num_frames, k, strategy="uniform", seed=None):
+def select_frames(model_input, num_frames, k, strategy="uniform", seed=None,
+                  video_ids=None):
   """Picks k frames of each video.
 
   Args:
@@ -37,21 +38,48 @@ def select_frames(model_input, num_frames, k, strategy="uniform", seed=None):
       For n < k every strategy but padded_stride falls back to uniform (all real
       frames, repeated).
     seed: op seed for `random`.
+    video_ids: [B] string; given, `random` picks a fixed set of frames per video (see
+      frame_indices), as inference does.
   Returns:
     (frames [B, k', F], new num_frames [B] int32); k' = k except for padded_stride.
+  """
+  max_frames = model_input.shape[1]
+  if max_frames is None:
+    max_frames = tf.shape(model_input)[1]
+  indices, new_num_frames = frame_indices(num_frames, k, strategy, max_frames, seed,
+                                          video_ids)
+  return tf.gather(model_input, indices, batch_dims=1), new_num_frames
+
+
+def frame_indices(num_frames, k, strategy, max_frames, seed=None, video_ids=None):
+  """Which frames select_frames keeps, from the frame counts alone.
+
+  The reader uses this to decode only the frames a student sees.
+
+  Args:
+    num_frames: [B] int32 real frames per video, 1..max_frames.
+    k, strategy, seed: see select_frames.
+    max_frames: T, the padded length (a Python int; a scalar tensor is allowed for
+      every strategy but padded_stride).
+    video_ids: [B] string or None. For `random`: None draws from a stateful op
+      (training: other frames at every step, reproducible with a graph seed); given,
+      the scores come from a hash of (video id, frame, seed), so a video gets the same
+      frames in every run and every batch (inference).
+  Returns:
+    (indices [B, k'] int32 in 0..max_frames-1, new num_frames [B] int32). Indices at
+    or beyond a video's num_frames occur only for padded_stride (its padding frames).
   """
   if strategy not in STRATEGIES:
     raise utils.UsageError("--frame_sampling must be one of %s, got %r"
                            % (", ".join(STRATEGIES), strategy))
-  max_frames = model_input.shape[1]
-  if max_frames is not None and not 1 <= k <= max_frames:
+  if isinstance(max_frames, int) and not 1 <= k <= max_frames:
     raise utils.UsageError("--k_frame must be in 1..%d, got %d" % (max_frames, k))
   num_frames = tf.cast(num_frames, tf.int32)
   if strategy == "padded_stride":
     stride = max_frames // k
-    selected = model_input[:, 0:max_frames:stride]
-    new_num_frames = (num_frames + stride - 1) // stride
-    return selected, new_num_frames
+    picked = tf.range(0, max_frames, stride, dtype=tf.int32)
+    indices = tf.tile(picked[None, :], [tf.shape(num_frames)[0], 1])
+    return indices, (num_frames + stride - 1) // stride
   uniform = _uniform_indices(num_frames, k)
   steps = tf.range(k, dtype=tf.int32)[None, :]
   if strategy == "uniform":
@@ -65,14 +93,31 @@ def select_frames(model_input, num_frames, k, strategy="uniform", seed=None):
   elif strategy == "first_middle_last":
     indices = _first_middle_last_indices(num_frames, k)
   else:  # random
-    scores = tf.random.uniform(tf.shape(model_input)[:2], seed=seed)
-    is_real = tf.sequence_mask(num_frames, tf.shape(model_input)[1])
+    shape = tf.stack([tf.shape(num_frames)[0], max_frames])
+    scores = (tf.random.uniform(shape, seed=seed) if video_ids is None
+              else _hashed_scores(video_ids, max_frames, seed or 0))
+    is_real = tf.sequence_mask(num_frames, max_frames)
     scores = tf.where(is_real, scores, -tf.ones_like(scores))
     _, picked = tf.math.top_k(scores, k=k, sorted=False)
     indices = tf.sort(picked, axis=1)
   indices = tf.where((num_frames >= k)[:, None], indices, uniform)
-  selected = tf.gather(model_input, indices, batch_dims=1)
-  return selected, tf.fill(tf.shape(num_frames), k)
+  return indices, tf.fill(tf.shape(num_frames), k)
+
+
+_HASH_MODULUS = 2 ** 31 - 1
+
+
+def _hashed_scores(video_ids, length, seed):
+  """[B] ids -> [B, length] float32 in [0, 1): a fixed pseudo-random number per
+  (video id, frame, seed). Integer mixing in int64 with every product below 2^62."""
+  video = tf.strings.to_hash_bucket_fast(video_ids, _HASH_MODULUS)[:, None]
+  frame = tf.range(length, dtype=tf.int64)[None, :]
+  x = tf.math.floormod(video * 48271 + (frame + 1) * 69621 + seed % _HASH_MODULUS,
+                       _HASH_MODULUS)
+  for salt in (12345, 67890, 13579):
+    x = tf.math.floormod(x * 48271 + salt, _HASH_MODULUS)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(11, tf.int64)))
+  return tf.cast(x, tf.float32) / float(_HASH_MODULUS)
 
 
 def _first_middle_last_indices(num_frames, k):

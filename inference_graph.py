@@ -23,14 +23,16 @@ METRIC_KEYS = ("gap", "map_all_classes", "map_labelled_classes", "hit_at_one", "
                "loss")
 
 
-def input_batches(cfg, data_pattern, batch_size, num_readers, flag_name,
+def input_batches(cfg, role, data_pattern, batch_size, num_readers, flag_name,
                   require_labels=True, skipped=None):
-  """One unshuffled pass over every record of data_pattern, in a fixed order.
+  """One unshuffled pass over every record of data_pattern, in a fixed order, read for
+  `role` (the student's frames alone are decoded).
 
   Returns:
     (reader, iterator initializer op, batch dict of tensors, see readers).
   """
-  reader = readers.get_reader(cfg, require_labels=require_labels, dequantize=False)
+  reader = readers.get_reader(cfg, require_labels=require_labels, dequantize=False,
+                              student_only=role == kd_model.STUDENT)
   dataset = readers.make_dataset(reader, data_pattern, batch_size, num_readers,
                                  num_epochs=1, shuffle=False, flag_name=flag_name,
                                  skipped=skipped)
@@ -97,7 +99,7 @@ class InferenceGraph(object):
     with self.graph.as_default():
       self.skipped = readers.SkippedRecords() if skip_corrupt_records else None
       self.reader, self._initializer, batch = input_batches(
-          cfg, data_pattern, batch_size, num_readers, flag_name,
+          cfg, role, data_pattern, batch_size, num_readers, flag_name,
           require_labels=with_labels, skipped=self.skipped)
       self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels)
       self._variables = tf1.global_variables()

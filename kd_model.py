@@ -21,15 +21,18 @@ tf1 = tf.compat.v1
 TEACHER, STUDENT = "teacher", "student"
 
 
-def model_inputs(cfg, role, batch, training_scale=None, seed=None):
+def model_inputs(cfg, role, batch, training_scale=None, seed=None, is_training=True):
   """The frames a role sees, dequantized and preprocessed.
 
   Args:
     cfg: the GraphConfig.
     role: TEACHER (all frames) or STUDENT (k_frame frames by frame_sampling).
-    batch: reader output; video_matrix uint8 [B, T, F] or float32, num_frames [B].
+    batch: reader output; video_matrix uint8 [B, T, F] or float32, num_frames [B]. For
+      the student, T may already be the k' frames the reader picked (get_reader's
+      student_only).
     training_scale: numpy [1024] PCA scale when training (see preprocessing.preprocess).
     seed: op seed of random frame sampling.
+    is_training: False picks `random` frames as a fixed set per video id.
   Returns:
     (model_input [B, T', F] float32, num_frames [B] int32); video-level features pass
     through unchanged.
@@ -37,9 +40,11 @@ def model_inputs(cfg, role, batch, training_scale=None, seed=None):
   frames, num_frames = batch["video_matrix"], batch["num_frames"]
   if not cfg.frame_features:
     return frames, num_frames
-  if role == STUDENT and cfg.k_frame < cfg.max_frames:
-    frames, num_frames = frame_selection.select_frames(frames, num_frames, cfg.k_frame,
-                                                       cfg.frame_sampling, seed=seed)
+  if (role == STUDENT and cfg.k_frame < cfg.max_frames
+      and frames.shape[1] == cfg.max_frames):  # else the reader has picked them
+    frames, num_frames = frame_selection.select_frames(
+        frames, num_frames, cfg.k_frame, cfg.frame_sampling, seed=seed,
+        video_ids=None if is_training else batch["video_ids"])
   if frames.dtype == tf.uint8:
     frames = readers.dequantize_frames(frames, num_frames)
   frames = preprocessing.preprocess(frames, num_frames, cfg.preprocessing,
@@ -158,7 +163,7 @@ def loss_scale_note(cfg, batch_size, representation_width):
 
 def inference_outputs(cfg, batch, role, reuse=False):
   """One role's model in inference mode -> its output dict (see create_role_model)."""
-  inputs, num_frames = model_inputs(cfg, role, batch)
+  inputs, num_frames = model_inputs(cfg, role, batch, is_training=False)
   return create_role_model(cfg, role, inputs, num_frames, is_training=False, reuse=reuse)
 
 

@@ -15,6 +15,7 @@ import sys
 
 import tensorflow as tf
 
+import frame_selection
 import utils
 
 tf1 = tf.compat.v1
@@ -110,7 +111,7 @@ class YT8MFrameFeatureReader(object):
 
   def __init__(self, num_classes=3862, feature_sizes=[1024, 128],
                feature_names=["rgb", "audio"], max_frames=300, dequantize=True,
-               require_labels=True):
+               require_labels=True, selected_frames=None):
     """
     Args:
       num_classes: size of the dense label vector.
@@ -121,6 +122,10 @@ class YT8MFrameFeatureReader(object):
         (see `dequantize_frames`).
       require_labels: every record must have at least one label (train/eval); set
         False for the unlabeled test partition.
+      selected_frames: None, or (k, strategy) of frame_selection: decode only the
+        frames that select_frames would keep (a student running alone). video_matrix
+        is then [B, k', F] with the new num_frames, equal to select_frames applied to
+        the full matrix (`random` as at inference: a fixed set per video).
     """
     if len(feature_names) != len(feature_sizes):
       raise utils.UsageError(
@@ -132,6 +137,7 @@ class YT8MFrameFeatureReader(object):
     self.max_frames = max_frames
     self.dequantize = dequantize
     self.require_labels = require_labels
+    self.selected_frames = selected_frames
 
   def record_is_valid(self, serialized):
     """Scalar bool: this serialized SequenceExample would parse cleanly in parse_batch."""
@@ -179,35 +185,33 @@ class YT8MFrameFeatureReader(object):
   def decode_parsed(self, context, frames, lengths):
     """parse_records' output -> the batch dict of parse_batch."""
     batch_size = tf.shape(context["id"])[0]
+    frame_bytes = {name: frames[name][:, :self.max_frames] for name in self.feature_names}
     num_frames = None
-    matrices = []
-    checks = []
-    for name, size in zip(self.feature_names, self.feature_sizes):
-      frame_bytes = frames[name][:, :self.max_frames]
+    for name in self.feature_names:
       length = tf.cast(tf.minimum(lengths[name], self.max_frames), tf.int32)
       num_frames = length if num_frames is None else tf.minimum(num_frames, length)
+    checks = []
+    for name, size in zip(self.feature_names, self.feature_sizes):
       # Padding entries are b"", real frames must have exactly `size` bytes.
-      byte_counts = tf.strings.length(frame_bytes)
-      is_real = tf.sequence_mask(length, tf.shape(frame_bytes)[1])
+      length = tf.minimum(lengths[name], self.max_frames)
+      byte_counts = tf.strings.length(frame_bytes[name])
+      is_real = tf.sequence_mask(length, tf.shape(frame_bytes[name])[1])
       checks.append(tf.debugging.assert_equal(
           tf.logical_or(tf.equal(byte_counts, size), tf.logical_not(is_real)), True,
           message="frame of feature '%s' does not have %d bytes (--feature_sizes)"
           % (name, size)))
-      matrices.append(tf.io.decode_raw(frame_bytes, tf.uint8, fixed_length=size))
     checks.append(tf.debugging.assert_positive(num_frames, message="video with 0 frames"))
     if self.require_labels:
       label_counts = tf.math.bincount(tf.cast(context["labels"].indices[:, 0], tf.int32),
                                       minlength=batch_size)
       checks.append(tf.debugging.assert_positive(label_counts,
                                                  message="video without labels"))
-    padding = self.max_frames - tf.shape(matrices[0])[1]
-    # Pad copies even by 0 frames; most batches hold a video of max_frames frames.
-    matrices = [tf.cond(padding > 0,
-                        lambda m=m: tf.pad(m, [[0, 0], [0, padding], [0, 0]]),
-                        lambda m=m: m) for m in matrices]
     with tf.control_dependencies(checks):
-      video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
-    video_matrix.set_shape([None, self.max_frames, sum(self.feature_sizes)])
+      if self.selected_frames:
+        video_matrix, num_frames = self._decode_selected(frame_bytes, num_frames,
+                                                         context["id"])
+      else:
+        video_matrix = self._decode_all(frame_bytes)
     if self.dequantize:
       video_matrix = dequantize_frames(video_matrix, num_frames)
     return {
@@ -217,20 +221,60 @@ class YT8MFrameFeatureReader(object):
         "labels": _labels_to_dense(context["labels"], self.num_classes),
     }
 
+  def _decode_all(self, frame_bytes):
+    """{feature: [B, W] frame bytes} -> uint8 [B, max_frames, F], zero-padded."""
+    matrices = [tf.io.decode_raw(frame_bytes[name], tf.uint8, fixed_length=size)
+                for name, size in zip(self.feature_names, self.feature_sizes)]
+    padding = self.max_frames - tf.shape(matrices[0])[1]
+    # Pad copies even by 0 frames; most batches hold a video of max_frames frames.
+    matrices = [tf.cond(padding > 0,
+                        lambda m=m: tf.pad(m, [[0, 0], [0, padding], [0, 0]]),
+                        lambda m=m: m) for m in matrices]
+    video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
+    video_matrix.set_shape([None, self.max_frames, sum(self.feature_sizes)])
+    return video_matrix
 
-def get_reader(config, require_labels=True, dequantize=True):
+  def _decode_selected(self, frame_bytes, num_frames, video_ids):
+    """Decodes only the frames select_frames keeps -> (uint8 [B, k', F], num_frames).
+
+    The frames are picked from the byte strings by index, so the decode (and the
+    concatenation and padding) handles k' frames instead of max_frames.
+    """
+    k, strategy = self.selected_frames
+    indices, new_num_frames = frame_selection.frame_indices(
+        num_frames, k, strategy, self.max_frames, video_ids=video_ids)
+    # Only padded_stride picks padding frames: those are b"" (decoded as zeros).
+    is_real = indices < num_frames[:, None]
+    matrices = []
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      width = tf.shape(frame_bytes[name])[1]
+      picked = tf.gather(frame_bytes[name], tf.minimum(indices, width - 1), batch_dims=1)
+      picked = tf.where(is_real, picked, tf.zeros_like(picked))
+      matrices.append(tf.io.decode_raw(picked, tf.uint8, fixed_length=size))
+    video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
+    video_matrix.set_shape([None, indices.shape[1], sum(self.feature_sizes)])
+    return video_matrix, new_num_frames
+
+
+def get_reader(config, require_labels=True, dequantize=True, student_only=False):
   """The reader a GraphConfig describes (frame or video level, features, classes,
   max_frames).
 
   require_labels: every record must have at least one label (train/eval); False for
     the unlabeled test partition. dequantize: see YT8MFrameFeatureReader.
+  student_only: only the k-frame student reads the batches (no teacher), so decode
+    only its frames (see YT8MFrameFeatureReader's selected_frames).
   """
   if config.frame_features:
+    selected = None
+    if student_only and config.k_frame < config.max_frames:
+      selected = (config.k_frame, config.frame_sampling)
     return YT8MFrameFeatureReader(num_classes=config.num_classes,
                                   feature_sizes=list(config.feature_sizes),
                                   feature_names=list(config.feature_names),
                                   max_frames=config.max_frames, dequantize=dequantize,
-                                  require_labels=require_labels)
+                                  require_labels=require_labels,
+                                  selected_frames=selected)
   return YT8MAggregatedFeatureReader(num_classes=config.num_classes,
                                      feature_sizes=list(config.feature_sizes),
                                      feature_names=list(config.feature_names),

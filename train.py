@@ -296,10 +296,16 @@ def reader_input(cfg, global_batch, skipped=None, start_step=0, cache=None):
   With --seed the record order is fixed, and a run resumed at start_step skips the
   batches its first start_step steps read, so it sees the batches an uninterrupted run
   would have seen. With a teacher cache each record comes with its video's cached
-  teacher outputs (teacher_predictions, teacher_representation).
+  teacher outputs (teacher_predictions, teacher_representation). When the student
+  trains alone (baseline, or KD from a cache), only its frames are decoded, except for
+  --frame_sampling=random, whose training draws (per step, from the graph seed) are
+  made in the model.
   """
+  student_only = (cfg.roles() == (kd_model.STUDENT,)
+                  and cfg.frame_sampling != "random")
   batch = readers.get_input_data_tensors(
-      readers.get_reader(cfg, dequantize=False), FLAGS.train_data_pattern, global_batch,
+      readers.get_reader(cfg, dequantize=False, student_only=student_only),
+      FLAGS.train_data_pattern, global_batch,
       FLAGS.num_readers, FLAGS.num_epochs, shuffle=True, seed=FLAGS.seed,
       flag_name="--train_data_pattern", skipped=skipped,
       skip_batches=start_step if FLAGS.seed is not None else 0,
@@ -474,7 +480,7 @@ class ValidationGraph(object):
     with tf.name_scope("validation"):
       self.skipped = readers.SkippedRecords() if FLAGS.skip_corrupt_records else None
       _, self.initializer, batch = inference_graph.input_batches(
-          cfg, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
+          cfg, cfg.role(), FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
           "--eval_data_pattern", skipped=self.skipped)
       self.fetches = inference_graph.top_k_outputs(cfg, batch, cfg.role(),
                                                    VALIDATION_TOP_K, with_labels=True,

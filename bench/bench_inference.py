@@ -42,7 +42,10 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
       if source == "model":
         batch = random_input(batch_size)(batch_size)
       else:
-        reader = readers.get_reader(cfg, dequantize=False)
+        # eval.py's and inference.py's reader (a student's frames alone are decoded),
+        # repeating the files so that the timed batches never run out.
+        reader = readers.get_reader(cfg, dequantize=False,
+                                    student_only=cfg.role() == "student")
         batch = readers.get_input_data_tensors(reader, data_pattern, batch_size,
                                                num_readers=2, num_epochs=None,
                                                shuffle=False)
