@@ -71,6 +71,11 @@ def e2e(tmp_path_factory):
       ("kd", {"cli": "train.py", "args": common + [
           "--model_type=KD", "--k_frame=3", "--max_steps=2", "--export_model_steps=2",
           "--teacher_checkpoint=" + teacher, "--teacher_cache=%s/cache" % RAM]}),
+      # Again from scratch: the run directory is wiped, the complete cache reused.
+      ("kd_new", {"cli": "train.py", "args": common + [
+          "--model_type=KD", "--k_frame=3", "--max_steps=2", "--export_model_steps=2",
+          "--teacher_checkpoint=" + teacher, "--teacher_cache=%s/cache" % RAM,
+          "--start_new_model"]}),
       ("eval", {"cli": "eval.py", "args": [
           "--train_dir=" + kd, "--eval_data_pattern=" + ram_validate, "--run_once",
           "--batch_size=4"]}),
@@ -118,13 +123,16 @@ def _ok(e2e, name):
 
 
 def test_every_step_succeeds_on_ram(e2e):
-  for name in ("teacher", "teacher_resumed", "kd", "eval", "inference_train_dir",
+  for name in ("teacher", "teacher_resumed", "kd", "kd_new", "eval", "inference_train_dir",
                "inference_tgz", "export", "export_again", "inference_saved_model",
                "inference_local"):
     _ok(e2e, name)
   assert "Starting at step 2 (resumed)" in _ok(e2e, "teacher_resumed")["stdout"]
   assert "Teacher cache: computing 2 of 2 shards into %s/cache" % RAM in \
       _ok(e2e, "kd")["stdout"]
+  kd_new = _ok(e2e, "kd_new")["stdout"]
+  assert "--start_new_model: removing %s/runs/r_KD_k_3" % RAM in kd_new
+  assert "Starting at step 0." in kd_new and "Teacher cache: computing" not in kd_new
   # An object store has no lock: one line says so (README, cloud storage).
   assert ("note: %s/runs/r_teacher is not on a local disk: no lock" % RAM
           in _ok(e2e, "teacher")["stdout"])
