@@ -91,6 +91,9 @@ def main(unused_argv):
     raise utils.UsageError("--train_dir is required (a run directory of train.py)")
   if not FLAGS.eval_data_pattern:
     raise utils.UsageError("--eval_data_pattern is required")
+  utils.check_file_systems({"--train_dir": FLAGS.train_dir,
+                            "--eval_data_pattern": FLAGS.eval_data_pattern,
+                            "--checkpoint": FLAGS.checkpoint})
   cfg = run_dir.load(FLAGS.train_dir)
   role = cfg.role(FLAGS.role)
   readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")

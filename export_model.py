@@ -33,9 +33,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("train_dir", "", "The run directory to export (written by train.py).")
 flags.DEFINE_string("checkpoint", "", "Export this checkpoint instead of the latest.")
 flags.DEFINE_string("output_dir", "", "Where to write the SavedModel (replaced atomically "
-                    "if it exists).")
+                    "on a local disk if it exists).")
 
 SIGNATURE_INPUT = "examples"
+SAVED_MODEL_FILE = "saved_model.pb"
 SERVING_TOP_K = 20
 
 
@@ -55,10 +56,10 @@ def build_serving_outputs(cfg, serialized, role, top_k=SERVING_TOP_K):
 
 
 def export(model_dir, cfg, checkpoint, output_dir, role):
-  """Writes the SavedModel of `checkpoint` to output_dir, replacing it atomically.
+  """Writes the SavedModel of `checkpoint` to output_dir, replacing what is there.
 
-  The model is written to a temporary directory next to output_dir and renamed into
-  place only when complete, so output_dir never holds a half-written model.
+  The model is written to a staging directory next to output_dir and moved into place
+  only when complete (see replace_directory for what that means where).
   """
   graph = tf.Graph()
   with graph.as_default():
@@ -66,11 +67,11 @@ def export(model_dir, cfg, checkpoint, output_dir, role):
     outputs = build_serving_outputs(cfg, serialized, role)
     variables = tf1.global_variables()
     saver = tf1.train.Saver(variables)
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
+    parent = os.path.dirname(utils.absolute(output_dir))
+    tf.io.gfile.makedirs(parent)
     # Checked before the staging directory exists, so a bad checkpoint leaves nothing.
     run_dir.check_checkpoint_matches(variables, checkpoint, "checkpoint")
-    staging = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".", dir=parent)
+    staging = _staging_directory(output_dir, "")
     try:
       with tf1.Session() as sess:
         utils.restore_checkpoint(saver, sess, checkpoint)
@@ -83,27 +84,78 @@ def export(model_dir, cfg, checkpoint, output_dir, role):
             saver=tf1.train.Saver(variables, sharded=True))
         builder.save()
       extra = os.path.join(staging, "model", "assets.extra")
-      os.makedirs(extra, exist_ok=True)
-      shutil.copy(run_dir.flags_path(model_dir), extra)
+      tf.io.gfile.makedirs(extra)
+      utils.copy_file(run_dir.flags_path(model_dir),
+                      os.path.join(extra, run_dir.MODEL_FLAGS_FILE))
       replace_directory(os.path.join(staging, "model"), output_dir)
     finally:
-      shutil.rmtree(staging, ignore_errors=True)
+      _remove_quietly(staging)
+
+
+def _staging_directory(target, kind):
+  """A new hidden directory next to `target`: .<name>.<kind><random>."""
+  parent = os.path.dirname(utils.absolute(target))
+  prefix = "." + os.path.basename(target) + "." + kind
+  if utils.is_local(target):
+    return tempfile.mkdtemp(prefix=prefix, dir=parent)
+  staging = utils.temporary_name(os.path.join(parent, prefix), suffix="")
+  tf.io.gfile.makedirs(staging)
+  return staging
+
+
+def _remove_quietly(directory):
+  """Deletes a staging directory if it is there (nothing to report if not)."""
+  try:
+    utils.remove_tree(directory)
+  except (OSError, tf.errors.OpError):
+    pass
 
 
 def replace_directory(source, target):
   """Moves directory `source` to `target`, replacing an existing target.
 
-  At every moment `target` is either the old complete directory, absent for the
-  instant between two renames, or the new complete one.
+  On a local disk, at every moment `target` is either the old complete directory,
+  absent for the instant between two renames, or the new complete one. Elsewhere
+  (gs://) directories cannot be renamed at once: see move_tree.
   """
+  if not (utils.is_local(source) and utils.is_local(target)):
+    _replace_remote_directory(source, target)
+    return
   old = None
   if os.path.exists(target):
-    old = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".old.",
-                           dir=os.path.dirname(os.path.abspath(target)))
+    old = _staging_directory(target, "old.")
     os.rename(target, os.path.join(old, "previous"))
   os.rename(source, target)
   if old:
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_remote_directory(source, target):
+  """replace_directory off the local disk: file by file, saved_model.pb (what a loader
+  looks for first) leaving the old model first and joining the new one last. So
+  whenever `target` holds a saved_model.pb, every file it needs is there; between the
+  moves a reader can find an incomplete directory without one."""
+  old = None
+  if tf.io.gfile.exists(target):
+    old = _staging_directory(target, "old.")
+    move_tree(target, os.path.join(old, "previous"), SAVED_MODEL_FILE)
+  move_tree(source, target, last=SAVED_MODEL_FILE)
+  if old:
+    _remove_quietly(old)
+
+
+def move_tree(source, target, first=None, last=None):
+  """Moves every file under directory `source` to the same place under `target`, one
+  file at a time (object stores rename objects, not directories); the file named
+  `first` (relative to source) moves before the others, `last` after them."""
+  files = sorted(os.path.join(directory, name)[len(source):].lstrip("/")
+                 for directory, _, names in tf.io.gfile.walk(source) for name in names)
+  files.sort(key=lambda name: (name != first, name == last))
+  for name in files:
+    destination = os.path.join(target, name)
+    tf.io.gfile.makedirs(os.path.dirname(destination))
+    utils.replace_file(os.path.join(source, name), destination)
+  _remove_quietly(source)
 
 
 def main(unused_argv):
@@ -111,6 +163,9 @@ def main(unused_argv):
     raise utils.UsageError("--train_dir is required (a run directory of train.py)")
   if not FLAGS.output_dir:
     raise utils.UsageError("--output_dir is required (where the SavedModel goes)")
+  utils.check_file_systems({"--train_dir": FLAGS.train_dir,
+                            "--checkpoint": FLAGS.checkpoint,
+                            "--output_dir": FLAGS.output_dir})
   cfg = run_dir.load(FLAGS.train_dir)
   role = cfg.role(FLAGS.role)
   checkpoint = run_dir.chosen_checkpoint(FLAGS.train_dir, FLAGS.checkpoint)

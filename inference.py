@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import pathlib
+import posixpath
 import shutil
 import tarfile
 import time
@@ -74,7 +75,7 @@ class PredictionWriter(object):
 
   def write(self, video_ids, class_indexes, scores):
     """One row per video: [B] ids, [B, k] top classes and their scores."""
-    self.output.writelines(csv_rows(video_ids, class_indexes, scores))
+    self.output.write("".join(csv_rows(video_ids, class_indexes, scores)))
     if self.names_output:
       writer = csv.writer(self.names_output, lineterminator="\n")
       for video_id, labels, values in zip(video_ids, class_indexes, scores):
@@ -122,7 +123,7 @@ def predict_from_checkpoint(model_dir, output):
 
 def predict_from_saved_model(export_dir, output):
   """Runs a SavedModel's serving signature over --input_data_pattern."""
-  if not os.path.isdir(export_dir):
+  if not tf.io.gfile.isdir(export_dir):
     raise utils.UsageError("--saved_model=%s does not exist" % export_dir)
   graph = tf.Graph()
   with graph.as_default():
@@ -144,8 +145,8 @@ def predict_from_saved_model(export_dir, output):
       # Records are parsed inside the SavedModel: a bad one is named by scanning the
       # files as a (label-free) reader of the features it records would read them.
       extra = os.path.join(export_dir, "assets.extra", run_dir.MODEL_FLAGS_FILE)
-      cfg = (config.from_json(utils.read_json(extra), extra) if os.path.exists(extra)
-             else config.from_flags())
+      cfg = (config.from_json(utils.read_json(extra), extra)
+             if tf.io.gfile.exists(extra) else config.from_flags())
       reader = readers.get_reader(cfg, require_labels=False)
       with readers.data_errors_named(reader, FLAGS.input_data_pattern,
                                      "--input_data_pattern"):
@@ -191,11 +192,11 @@ def pack_model(model_dir, tgz_path):
   prefix = os.path.basename(checkpoint)
   with utils.atomic_output(tgz_path, "wb") as raw, \
       tarfile.open(fileobj=raw, mode="w:gz") as tar:
-    tar.add(run_dir.flags_path(model_dir),
-            arcname="%s/%s" % (PACKED_DIR, run_dir.MODEL_FLAGS_FILE))
-    for name in sorted(os.listdir(model_dir)):
+    _add_file(tar, run_dir.flags_path(model_dir),
+              "%s/%s" % (PACKED_DIR, run_dir.MODEL_FLAGS_FILE))
+    for name in sorted(tf.io.gfile.listdir(model_dir)):
       if name.startswith(prefix + ".") and not name.endswith(".meta"):
-        tar.add(os.path.join(model_dir, name), arcname="%s/%s" % (PACKED_DIR, name))
+        _add_file(tar, os.path.join(model_dir, name), "%s/%s" % (PACKED_DIR, name))
     state = ('model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n'
              % (prefix, prefix)).encode("utf-8")
     info = tarfile.TarInfo("%s/checkpoint" % PACKED_DIR)
@@ -205,19 +206,33 @@ def pack_model(model_dir, tgz_path):
   print("Packed %s (%s) into %s" % (model_dir, prefix, tgz_path), flush=True)
 
 
+def _add_file(tar, path, arcname):
+  """Adds file `path` (on any TensorFlow file system) to `tar` as a 0644 member."""
+  info = tarfile.TarInfo(arcname)
+  info.size = tf.io.gfile.stat(path).length
+  info.mtime = int(time.time())
+  info.mode = 0o644
+  with tf.io.gfile.GFile(path, "rb") as source:
+    tar.addfile(info, source)
+
+
 def safe_untar(tgz_path, target_dir):
   """Unpacks a model tarball into target_dir; returns the directory with the model.
 
   Every member is checked before anything is written: absolute paths, `..`, links,
-  devices and anything else that would land outside target_dir are refused.
+  devices and anything else that would land outside target_dir are refused. Both paths
+  may be on any TensorFlow file system (object stores have no links to follow).
   """
+  raw = tf.io.gfile.GFile(tgz_path, "rb")
   try:
-    tar = tarfile.open(tgz_path, "r:*")
-  except (OSError, tarfile.TarError) as e:
-    raise utils.UsageError("--input_model_tgz=%s cannot be opened: %s" % (tgz_path, e))
-  with tar:
+    tar = tarfile.open(fileobj=raw, mode="r:*")
+  except (OSError, tarfile.TarError, tf.errors.OpError) as e:
+    raw.close()
+    raise utils.UsageError("--input_model_tgz=%s cannot be opened: %s"
+                           % (tgz_path, str(e).splitlines()[0] if str(e) else e))
+  with raw, tar:
     members = tar.getmembers()
-    root = os.path.realpath(target_dir)
+    root = _real_path(target_dir)
     for member in members:
       path = pathlib.PurePosixPath(member.name)
       if path.is_absolute() or ".." in path.parts or member.name.startswith("\\"):
@@ -226,25 +241,35 @@ def safe_untar(tgz_path, target_dir):
       if not (member.isfile() or member.isdir()):
         raise utils.UsageError("--input_model_tgz=%s: member %r is a link or special "
                                "file; refused" % (tgz_path, member.name))
-      destination = os.path.realpath(os.path.join(root, *path.parts))
-      if destination != root and not destination.startswith(root + os.sep):
+      destination = _real_path(os.path.join(root, *path.parts))
+      if destination != root and not destination.startswith(root + "/"):
         raise utils.UsageError("--input_model_tgz=%s: member %r would land outside "
                                "--untar_model_dir; refused" % (tgz_path, member.name))
-    os.makedirs(root, exist_ok=True)
+    tf.io.gfile.makedirs(root)
     for member in members:
       destination = os.path.join(root, *pathlib.PurePosixPath(member.name).parts)
       if member.isdir():
-        os.makedirs(destination, exist_ok=True)
+        tf.io.gfile.makedirs(destination)
         continue
-      os.makedirs(os.path.dirname(destination), exist_ok=True)
-      with tar.extractfile(member) as source, open(destination, "wb") as sink:
+      tf.io.gfile.makedirs(os.path.dirname(destination))
+      with tar.extractfile(member) as source, \
+          tf.io.gfile.GFile(destination, "wb") as sink:
         shutil.copyfileobj(source, sink)
-  model_dirs = [d for d, _, files in os.walk(root) if run_dir.MODEL_FLAGS_FILE in files]
+  model_dirs = [d for d, _, files in tf.io.gfile.walk(root)
+                if run_dir.MODEL_FLAGS_FILE in files]
   if len(model_dirs) != 1:
     raise utils.UsageError("--input_model_tgz=%s holds %d model directories (with %s); "
                            "expected one" % (tgz_path, len(model_dirs),
                                              run_dir.MODEL_FLAGS_FILE))
   return model_dirs[0]
+
+
+def _real_path(path):
+  """A local path with every link resolved; a URL normalised (no links there)."""
+  if utils.is_local(path):
+    return os.path.realpath(path)
+  scheme, rest = path.split("://", 1)
+  return scheme + "://" + posixpath.normpath(rest)
 
 
 def validate_flags():
@@ -264,7 +289,13 @@ def validate_flags():
   if FLAGS.skip_corrupt_records:
     raise utils.UsageError("--skip_corrupt_records is for train.py and eval.py: "
                            "inference never drops a video")
-  if FLAGS.input_model_tgz and not os.path.isfile(FLAGS.input_model_tgz):
+  utils.check_file_systems({
+      "--train_dir": FLAGS.train_dir, "--input_model_tgz": FLAGS.input_model_tgz,
+      "--untar_model_dir": FLAGS.untar_model_dir, "--saved_model": FLAGS.saved_model,
+      "--output_model_tgz": FLAGS.output_model_tgz, "--output_file": FLAGS.output_file,
+      "--vocabulary": FLAGS.vocabulary, "--input_data_pattern": FLAGS.input_data_pattern})
+  tgz = FLAGS.input_model_tgz
+  if tgz and (not tf.io.gfile.exists(tgz) or tf.io.gfile.isdir(tgz)):
     raise utils.UsageError("--input_model_tgz=%s does not exist" % FLAGS.input_model_tgz)
 
 

@@ -10,8 +10,6 @@ features are never scaled. The scale lives in the graph as the variable
 with and eval, inference and exported models apply the same one without the .npy file.
 """
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
@@ -33,10 +31,11 @@ def load_rgb_scale(path, rgb_size=RGB_SIZE):
     UsageError naming --pca_eigenvals for a missing or malformed file.
   """
   resolved = utils.shipped_path(path)
-  if not os.path.exists(resolved):
+  if not tf.io.gfile.exists(resolved):
     raise utils.UsageError("--pca_eigenvals=%s does not exist" % path)
   try:
-    eigenvalues = np.load(resolved).astype(np.float64).reshape(-1)
+    with tf.io.gfile.GFile(resolved, "rb") as f:
+      eigenvalues = np.load(f).astype(np.float64).reshape(-1)
   except Exception as e:  # numpy raises several types for a bad file
     raise utils.UsageError("--pca_eigenvals=%s is not a .npy array: %s" % (path, e))
   if eigenvalues.size < rgb_size:

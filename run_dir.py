@@ -22,11 +22,17 @@ def lock(run_dir):
 
   The lock is an advisory lock (flock) on `.<name>.lock` next to the run directory
   (outside it, so --start_new_model's wipe keeps it), which the operating system
-  releases when the process ends, however it ends. It works on local and NFS disks;
-  object stores (gs://) have no such locks.
+  releases when the process ends, however it ends. It works on local and NFS disks.
+  Object stores (gs://) have no such locks: there nothing is locked (a marker file
+  would outlive a killed or preempted trainer and refuse its restart), and one line
+  says so. Returns None then.
   Raises:
     UsageError when another process holds it.
   """
+  if not utils.is_local(run_dir):
+    print("note: %s is not on a local disk: no lock keeps a second train.py out of it "
+          "(README: cloud storage)" % run_dir, flush=True)
+    return None
   parent, name = os.path.split(os.path.abspath(run_dir))
   os.makedirs(parent, exist_ok=True)
   handle = open(os.path.join(parent, "." + name + ".lock"), "a+")
@@ -53,7 +59,7 @@ def flags_path(run_dir):
 def read_recorded(run_dir):
   """The raw model_flags.json dict of run_dir, or None when it has none."""
   path = flags_path(run_dir)
-  return utils.read_json(path) if os.path.exists(path) else None
+  return utils.read_json(path) if tf.io.gfile.exists(path) else None
 
 
 def load(run_dir, flag_name="--train_dir"):
@@ -63,7 +69,7 @@ def load(run_dir, flag_name="--train_dir"):
     UsageError naming the flag when the directory or its model_flags.json is missing
     or holds something this version cannot build.
   """
-  if not os.path.isdir(run_dir):
+  if not tf.io.gfile.isdir(run_dir):
     raise utils.UsageError("%s=%s does not exist" % (flag_name, run_dir))
   recorded = read_recorded(run_dir)
   if recorded is None:
@@ -96,10 +102,25 @@ def chosen_checkpoint(run_dir, checkpoint="", flag_name="--train_dir"):
   return checkpoint
 
 
+def checkpoint_reader(checkpoint):
+  """A reader of the checkpoint prefix `checkpoint` (model.ckpt-N).
+
+  Unlike tf.train.list_variables and load_variable, it never takes the prefix for a
+  directory: ram:// says that of any prefix of a file name (model.ckpt-N of
+  model.ckpt-N.index).
+  """
+  return tf1.train.NewCheckpointReader(checkpoint)
+
+
+def checkpoint_variables(checkpoint):
+  """{variable name: shape} of a checkpoint prefix."""
+  return checkpoint_reader(checkpoint).get_variable_to_shape_map()
+
+
 def checkpoint_step(checkpoint):
   """The global step stored in a checkpoint (0 when it has none)."""
   try:
-    return int(tf.train.load_variable(checkpoint, "global_step"))
+    return int(checkpoint_reader(checkpoint).get_tensor("global_step"))
   except (tf.errors.NotFoundError, ValueError):
     return 0
 
@@ -113,7 +134,7 @@ def check_checkpoint_matches(variables, checkpoint, what):
     what: how to call the checkpoint in the message (e.g. "--teacher_checkpoint").
   """
   try:
-    stored = dict(tf.train.list_variables(checkpoint))
+    stored = checkpoint_variables(checkpoint)
   except (tf.errors.OpError, ValueError) as e:
     raise utils.UsageError("%s %s cannot be read: %s" % (what, checkpoint,
                                                          str(e).splitlines()[0]))

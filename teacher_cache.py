@@ -15,7 +15,7 @@ Layout of a cache directory:
 A shard appears under its final name only when complete (written to a hidden temporary
 file, then renamed), so a killed build resumes with the shards still missing; what a
 killed build leaves behind is a hidden `.teacher-NNNNN.tfrecord.<pid>.tmp`, safe to
-delete.
+delete. The directory may be on any TensorFlow file system (gs://, ...).
 """
 
 import dataclasses
@@ -45,7 +45,7 @@ NO_ENTRY_MARKER = "teacher cache: a training record has no cached entry"
 
 def _sha256_of_file(path):
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with tf.io.gfile.GFile(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
@@ -59,13 +59,12 @@ def fingerprint(cfg, teacher_checkpoint, rgb_scale, files, dtype):
   """
   teacher = {k: v for k, v in cfg.to_json().items() if k not in STUDENT_ONLY_FIELDS}
   return {
-      "teacher_checkpoint": os.path.abspath(teacher_checkpoint),
+      "teacher_checkpoint": utils.absolute(teacher_checkpoint),
       "teacher_checkpoint_sha256": _sha256_of_file(teacher_checkpoint + ".index"),
       "teacher": teacher,
       "rgb_scale_sha256": (hashlib.sha256(np.asarray(rgb_scale, np.float32).tobytes())
                            .hexdigest() if rgb_scale is not None else None),
-      "files": [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns]
-                for f in files],
+      "files": [[utils.absolute(f)] + list(utils.file_signature(f)) for f in files],
       "dtype": dtype,
   }
 
@@ -122,7 +121,7 @@ class TeacherCache(object):
   def missing_shards(self):
     """Indexes of the training files whose shard is not complete yet."""
     return [i for i in range(len(self.fingerprint["files"]))
-            if not os.path.exists(self.shard(i))]
+            if not tf.io.gfile.exists(self.shard(i))]
 
   def claim(self):
     """Checks the directory holds a cache of this fingerprint (or none yet, and then
@@ -132,7 +131,7 @@ class TeacherCache(object):
       UsageError naming --teacher_cache when it was built from other inputs.
     """
     path = os.path.join(self.directory, FINGERPRINT_FILE)
-    if os.path.exists(path):
+    if tf.io.gfile.exists(path):
       stored = utils.read_json(path)
       problem = _mismatch(stored.get("fingerprint", {}), self.fingerprint)
       if problem:
@@ -141,8 +140,8 @@ class TeacherCache(object):
                                % (self.directory, problem))
       self.representation_width = stored["representation_width"]
       return
-    if os.path.isdir(self.directory) and any(not n.startswith(".")
-                                             for n in os.listdir(self.directory)):
+    if tf.io.gfile.isdir(self.directory) and any(
+        not n.startswith(".") for n in tf.io.gfile.listdir(self.directory)):
       raise utils.UsageError("--teacher_cache=%s is not empty and holds no %s: not a "
                              "teacher cache" % (self.directory, FINGERPRINT_FILE))
     self.representation_width = 0
@@ -157,7 +156,7 @@ class TeacherCache(object):
     missing = self.missing_shards()
     if not missing:
       return
-    os.makedirs(self.directory, exist_ok=True)
+    tf.io.gfile.makedirs(self.directory)
     files = [path for path, _, _ in self.fingerprint["files"]]
     dtype = DTYPES[self.fingerprint["dtype"]]
     graph = tf.Graph()
@@ -218,7 +217,7 @@ class TeacherCache(object):
               print("Teacher cache: shard %d of %d, %d videos, %.1f videos/s"
                     % (done + 1, len(missing), videos, videos / (last - start)),
                     flush=True)
-        os.replace(temporary, final)
+        utils.replace_file(temporary, final)
     print("Teacher cache: %d videos in %d shards, %.1f videos/s"
           % (videos, len(missing), videos / max(time.time() - start, 1e-9)), flush=True)
 

@@ -13,7 +13,6 @@ training follows TF_CONFIG (ps / master / worker), as the starter code did.
 import contextlib
 import json
 import os
-import shutil
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
@@ -119,6 +118,11 @@ def validate_flags():
   """
   if not FLAGS.train_data_pattern:
     raise utils.UsageError("--train_data_pattern is required")
+  utils.check_file_systems({
+      "--train_dir": FLAGS.train_dir, "--train_data_pattern": FLAGS.train_data_pattern,
+      "--eval_data_pattern": FLAGS.eval_data_pattern,
+      "--teacher_checkpoint": FLAGS.teacher_checkpoint,
+      "--teacher_cache": FLAGS.teacher_cache, "--pca_eigenvals": FLAGS.pca_eigenvals})
   max_steps()
   if not isinstance(getattr(tf1.train, FLAGS.optimizer, None), type):
     raise utils.UsageError("--optimizer=%s is not a tf.compat.v1.train optimizer "
@@ -202,10 +206,10 @@ def prepare_run_dir(cfg, train_dir, is_chief):
   """
   if not is_chief:
     return
-  if FLAGS.start_new_model and os.path.exists(train_dir):
+  if FLAGS.start_new_model and tf.io.gfile.exists(train_dir):
     print("--start_new_model: removing %s" % train_dir)
-    shutil.rmtree(train_dir)
-  os.makedirs(train_dir, exist_ok=True)
+    utils.remove_tree(train_dir)
+  tf.io.gfile.makedirs(train_dir)
   recorded = run_dir.read_recorded(train_dir)
   if recorded is None:
     utils.write_json(run_dir.flags_path(train_dir), cfg.to_json())
@@ -236,15 +240,16 @@ def resolve_teacher_checkpoint():
           "--model_type=teacher --k_frame=%d, or pass --teacher_checkpoint)"
           % (directory, FLAGS.max_frames))
     return checkpoint
-  if os.path.isdir(path):
-    checkpoint = tf1.train.latest_checkpoint(path)
-    if not checkpoint:
-      raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
-                             % path)
-    return checkpoint
-  if not run_dir.checkpoint_exists(path):
+  # A prefix first: ram:// calls any prefix of a file name (model.ckpt-N) a directory.
+  if run_dir.checkpoint_exists(path):
+    return path
+  if not tf.io.gfile.isdir(path):
     raise utils.UsageError("--teacher_checkpoint=%s does not exist" % path)
-  return path
+  checkpoint = tf1.train.latest_checkpoint(path)
+  if not checkpoint:
+    raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
+                           % path)
+  return checkpoint
 
 
 def resolve_preprocessing(cfg, train_dir, teacher_checkpoint):
@@ -265,7 +270,7 @@ def resolve_preprocessing(cfg, train_dir, teacher_checkpoint):
     scaled = recorded.get("preprocessing") == preprocessing.PCA
   elif teacher_checkpoint:
     source = "as the teacher %s was trained" % teacher_checkpoint
-    scaled = PCA_VARIABLE in dict(tf.train.list_variables(teacher_checkpoint))
+    scaled = PCA_VARIABLE in run_dir.checkpoint_variables(teacher_checkpoint)
   else:
     return cfg
   if scaled:
@@ -277,7 +282,7 @@ def resolve_preprocessing(cfg, train_dir, teacher_checkpoint):
 
 def check_teacher_preprocessing(checkpoint, rgb_scale):
   """The teacher must have been trained on the same preprocessed inputs."""
-  stored = dict(tf.train.list_variables(checkpoint))
+  stored = run_dir.checkpoint_variables(checkpoint)
   name = PCA_VARIABLE
   if (name in stored) != (rgb_scale is not None):
     raise utils.UsageError(
@@ -285,7 +290,8 @@ def check_teacher_preprocessing(checkpoint, rgb_scale):
         % (checkpoint, "with" if name in stored else "without",
            "with" if rgb_scale is not None else "without"))
   if rgb_scale is not None:
-    if not np.allclose(tf.train.load_variable(checkpoint, name), rgb_scale):
+    if not np.allclose(run_dir.checkpoint_reader(checkpoint).get_tensor(name),
+                       rgb_scale):
       raise utils.UsageError("the teacher %s was trained with other --pca_eigenvals "
                              "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
 

@@ -1,11 +1,14 @@
 """Small helpers shared by the entry points: dequantization, flag parsing, summaries,
-gradient plumbing, atomic file writes and one-line user errors."""
+gradient plumbing, file access on any TensorFlow file system (atomic writes included)
+and one-line user errors."""
 
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
+import uuid
 
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
@@ -19,10 +22,10 @@ REPOSITORY = os.path.dirname(os.path.abspath(__file__))
 
 
 def shipped_path(path):
-  """`path` as given when it exists (or is absolute), else relative to this repository,
-  which ships the files the originals expect next to them (yt8m_pca/eigenvals.npy,
-  vocabulary.csv)."""
-  if os.path.isabs(path) or os.path.exists(path):
+  """`path` as given when it exists (or is absolute, or a URL such as gs://...), else
+  relative to this repository, which ships the files the originals expect next to them
+  (yt8m_pca/eigenvals.npy, vocabulary.csv)."""
+  if not is_local(path) or os.path.isabs(path) or os.path.exists(path):
     return path
   shipped = os.path.join(REPOSITORY, path)
   return shipped if os.path.exists(shipped) else path
@@ -38,7 +41,8 @@ class UsageError(Exception):
 def run_main(main, argv=None):
   """Parses flags and runs `main(argv)`; user mistakes become one line on stderr.
 
-  Exit codes: 0 success, 2 usage error (bad flag, file or checkpoint), 130 interrupted.
+  Exit codes: 0 success, 2 usage error (bad flag, file or checkpoint, or a file system
+  that refuses access), 130 interrupted.
   """
   argv = list(sys.argv if argv is None else argv)
   prog = os.path.basename(argv[0])
@@ -52,6 +56,12 @@ def run_main(main, argv=None):
     sys.exit(main(remaining) or 0)
   except UsageError as e:
     print("%s: error: %s" % (prog, e), file=sys.stderr)
+    sys.exit(2)
+  except tf.errors.OpError as e:
+    line = file_system_failure(e)
+    if line is None:
+      raise
+    print("%s: error: %s" % (prog, line), file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
     print("%s: interrupted" % prog, file=sys.stderr)
@@ -237,12 +247,107 @@ def clip_gradient_norms(gradients_to_variables, max_norm):
   return clipped, norms
 
 
+# --- Files on any TensorFlow file system ----------------------------------------------
+# A local path keeps the operating system's guarantees (fsync, permissions, an atomic
+# rename over the old file). A URL (gs://bucket/x, ram://x) goes through tf.io.gfile;
+# there a file appears whole or not at all, but a directory is not swapped atomically
+# (README, "Cloud storage and other file systems").
+
+
+def is_local(path):
+  """Whether `path` is on the local disk: it has no scheme (gs://, ram://, file://)."""
+  return "://" not in path
+
+
+def absolute(path):
+  """A local path made absolute; a URL as it is (abspath would turn gs://b/x into
+  <cwd>/gs:/b/x)."""
+  return os.path.abspath(path) if is_local(path) else path
+
+
+def check_file_systems(paths):
+  """Raises UsageError naming the flag when TensorFlow has no file system for a path's
+  scheme (s3://, hdfs:// are not part of TensorFlow 2.21).
+
+  paths: {flag name (--train_dir): value}; a value may be a comma-separated list.
+  """
+  registered = set(tf.io.gfile.get_registered_schemes())
+  for flag_name, value in sorted(paths.items()):
+    for path in (value or "").split(","):
+      scheme = path.strip().split("://", 1)[0] if "://" in path else ""
+      if scheme not in registered:
+        raise UsageError(
+            "%s=%s: TensorFlow %s has no file system for %s:// (it has %s); see the "
+            "README on cloud storage" % (flag_name, value, tf.__version__, scheme,
+                                         ", ".join("%s://" % s for s in sorted(registered)
+                                                   if s)))
+
+
+def file_system_failure(error):
+  """The one line to show for a file-system error the user can act on (no access, no
+  credentials or network for a cloud store, an unknown scheme), else None."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  if isinstance(error, (tf.errors.PermissionDeniedError, tf.errors.UnauthenticatedError)):
+    return text or "permission denied"
+  if text.startswith("File system scheme") or "Error executing an HTTP request" in text:
+    return text
+  return None
+
+
+def remove_tree(path):
+  """Deletes directory `path` with everything in it."""
+  if is_local(path):
+    shutil.rmtree(path)
+  else:
+    tf.io.gfile.rmtree(path)
+
+
+def replace_file(source, target):
+  """Renames file `source` to `target`, replacing it: atomic on a local disk; on an
+  object store a copy that appears whole, then the source's deletion."""
+  if is_local(source) and is_local(target):
+    os.replace(source, target)
+  else:
+    tf.io.gfile.rename(source, target, overwrite=True)
+
+
+def copy_file(source, target):
+  """Copies file `source` to `target` (a file path or, locally, a directory)."""
+  if is_local(source) and is_local(target):
+    shutil.copy(source, target)
+  else:
+    tf.io.gfile.copy(source, target, overwrite=True)
+
+
+def file_signature(path):
+  """(size in bytes, modification time in ns) of a file. Locally from os.stat, whose
+  times have ns resolution (tf.io.gfile.stat's have whole seconds there)."""
+  if is_local(path):
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+  stat = tf.io.gfile.stat(path)
+  return stat.length, stat.mtime_nsec
+
+
+def temporary_name(path, suffix=".tmp"):
+  """A hidden name next to `path` no other process picks: .<name>.<random><suffix>."""
+  return os.path.join(os.path.dirname(path), ".%s.%s%s" % (os.path.basename(path),
+                                                             uuid.uuid4().hex, suffix))
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode="w"):
   """Opens a temporary file next to `path`; renames it to `path` only on success.
 
   A crash or exception leaves `path` untouched (either absent or the old version).
+  Locally the data is fsynced before the rename; on another file system the temporary
+  file is written with tf.io.gfile and renamed over `path` (an object store copies it:
+  the new object appears whole, never half-written).
   """
+  if not is_local(path):
+    with _remote_atomic_output(path, mode) as f:
+      yield f
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
@@ -257,6 +362,21 @@ def atomic_output(path, mode="w"):
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def _remote_atomic_output(path, mode):
+  """atomic_output on a file system other than the local disk."""
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  tmp = temporary_name(path)
+  try:
+    with tf.io.gfile.GFile(tmp, mode) as f:
+      yield f
+    replace_file(tmp, path)
+  except BaseException:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
     raise
 
 
@@ -286,24 +406,31 @@ def restore_checkpoint(saver, session, checkpoint):
 def write_json(path, obj):
   """Writes `obj` as pretty JSON to `path` atomically."""
   with atomic_output(path) as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
+    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path):
   """Reads a JSON file; a missing or malformed file is a UsageError naming it."""
   try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
+    with tf.io.gfile.GFile(path) as f:
+      return json.loads(f.read())
+  except (FileNotFoundError, tf.errors.NotFoundError):
     raise UsageError("%s does not exist" % path)
   except ValueError as e:
     raise UsageError("%s is not valid JSON: %s" % (path, e))
 
 
 def append_jsonl(path, record):
-  """Appends `record` as one JSON line with a single write (no torn lines)."""
+  """Appends `record` as one JSON line with a single write (no torn lines).
+
+  Locally one O_APPEND write. Elsewhere a tf.io.gfile append, where the file system has
+  one (gs:// rewrites the object whole: concurrent appenders can lose a line), else the
+  file is rewritten atomically with the line added.
+  """
   line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+  if not is_local(path):
+    _append_remote(path, line)
+    return
   fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
   try:
     os.write(fd, line)
@@ -311,15 +438,29 @@ def append_jsonl(path, record):
     os.close(fd)
 
 
+def _append_remote(path, line):
+  try:
+    with tf.io.gfile.GFile(path, "ab") as f:
+      f.write(line)
+  except tf.errors.UnimplementedError:  # a file system without appendable files
+    old = b""
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path, "rb") as f:
+        old = f.read()
+    with atomic_output(path, "wb") as f:
+      f.write(old + line)
+
+
 def read_jsonl(path):
   """Records of a JSON-lines file; a torn or malformed line is skipped."""
   records = []
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return records
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:
-        continue
+  with tf.io.gfile.GFile(path) as f:
+    lines = f.read().split("\n")
+  for line in lines:
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      continue
   return records

@@ -7,7 +7,9 @@ WikiUrl, Vertical1-3, WikiDescription.
 """
 
 import csv
-import os
+import io
+
+import tensorflow as tf
 
 import utils
 
@@ -17,17 +19,19 @@ DEFAULT = "vocabulary.csv"
 def load(path, flag_name="--vocabulary"):
   """{class index: name} of a vocabulary CSV with Index and Name columns.
 
-  A relative path is looked up in the current directory, then in this repository.
+  A relative path is looked up in the current directory, then in this repository; any
+  TensorFlow file system (gs://...) serves.
   Raises:
     UsageError naming the flag for a missing or malformed file.
   """
   resolved = utils.shipped_path(path)
-  if not os.path.exists(resolved):
+  if not tf.io.gfile.exists(resolved):
     raise utils.UsageError("%s=%s does not exist" % (flag_name, path))
   try:
-    with open(resolved, newline="", encoding="utf-8") as f:
-      names = {int(row["Index"]): row["Name"] for row in csv.DictReader(f)}
-  except (KeyError, ValueError, TypeError, csv.Error) as e:
+    with tf.io.gfile.GFile(resolved, "rb") as f:
+      text = io.StringIO(f.read().decode("utf-8"), newline="")
+    names = {int(row["Index"]): row["Name"] for row in csv.DictReader(text)}
+  except (KeyError, ValueError, TypeError, csv.Error, tf.errors.OpError) as e:
     raise utils.UsageError("%s=%s is not a vocabulary CSV with Index and Name columns "
                            "(%s)" % (flag_name, path, e))
   if not names:

@@ -1,6 +1,9 @@
-"""utils: atomic writes."""
+"""utils: atomic writes and files on any TensorFlow file system."""
 import os
 import stat
+
+import pytest
+import tensorflow as tf
 
 import utils
 
@@ -56,3 +59,85 @@ def test_bf16_rewrite_stays_off_under_an_isa_limit_without_bfloat16(monkeypatch)
   monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
   rewrites = utils.session_config(bf16=True).graph_options.rewrite_options
   assert rewrites.auto_mixed_precision_onednn_bfloat16 == on
+
+
+# --- Files on any TensorFlow file system (ram:// stands for gs:// here) ---------------
+
+def test_urls_are_neither_made_absolute_nor_looked_up_in_the_repository():
+  assert utils.is_local("runs/a") and utils.is_local("/tmp/a")
+  assert not utils.is_local("gs://bucket/a") and not utils.is_local("ram://a")
+  assert utils.absolute("gs://bucket/runs/a") == "gs://bucket/runs/a"
+  assert utils.absolute("runs/a") == os.path.join(os.getcwd(), "runs", "a")
+  assert utils.shipped_path("ram://nowhere/vocabulary.csv") == "ram://nowhere/vocabulary.csv"
+  assert utils.shipped_path("vocabulary.csv") in ("vocabulary.csv",
+                                                  os.path.join(utils.REPOSITORY,
+                                                               "vocabulary.csv"))
+
+
+def test_atomic_output_off_the_local_disk_replaces_the_file_whole_or_not_at_all():
+  directory = "ram://utils_atomic/sub"
+  path = directory + "/model_flags.json"
+  utils.write_json(path, {"a": 1})
+  assert utils.read_json(path) == {"a": 1}
+  with pytest.raises(RuntimeError):
+    with utils.atomic_output(path) as f:
+      f.write('{"half": ')
+      raise RuntimeError("killed while writing")
+  assert utils.read_json(path) == {"a": 1}
+  assert tf.io.gfile.listdir(directory) == ["model_flags.json"]  # no temporary left
+  utils.write_json(path, {"b": 2})
+  assert utils.read_json(path) == {"b": 2}
+  assert tf.io.gfile.listdir(directory) == ["model_flags.json"]
+
+
+def test_append_jsonl_off_the_local_disk_with_and_without_append(monkeypatch):
+  path = "ram://utils_jsonl/eval.jsonl"
+  tf.io.gfile.makedirs("ram://utils_jsonl")
+  utils.append_jsonl(path, {"step": 1})
+  utils.append_jsonl(path, {"step": 2})
+  assert utils.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+  # A file system without appendable files: the file is rewritten with the line added.
+  gfile, refused = tf.io.gfile.GFile, []
+
+  class NoAppend(gfile):
+    def write(self, data):
+      if "a" in self.mode:
+        refused.append(self.name)
+        raise tf.errors.UnimplementedError(None, None, "no appendable files")
+      return super().write(data)
+
+  monkeypatch.setattr(tf.io.gfile, "GFile", NoAppend)
+  utils.append_jsonl(path, {"step": 3})
+  assert refused == [path]
+  assert utils.read_jsonl(path) == [{"step": 1}, {"step": 2}, {"step": 3}]
+  assert tf.io.gfile.listdir("ram://utils_jsonl") == ["eval.jsonl"]
+
+
+def test_local_file_signature_keeps_nanoseconds(tmp_path):
+  # Teacher-cache fingerprints record it: tf.io.gfile.stat has whole seconds locally,
+  # and a cache built before files went through tf.io.gfile must still be recognised.
+  path = tmp_path / "train0000.tfrecord"
+  path.write_bytes(b"12345")
+  stat = os.stat(str(path))
+  assert utils.file_signature(str(path)) == (5, stat.st_mtime_ns)
+
+
+def test_an_unknown_file_system_is_one_line_naming_the_flag():
+  utils.check_file_systems({"--train_dir": "gs://bucket/run", "--output_file": "",
+                            "--vocabulary": "vocabulary.csv",
+                            "--train_data_pattern": "/d/a*,ram://d/b*"})
+  with pytest.raises(utils.UsageError) as error:
+    utils.check_file_systems({"--train_data_pattern": "/data/a*,s3://bucket/b*"})
+  message = str(error.value)
+  assert message.startswith("--train_data_pattern=/data/a*,s3://bucket/b*: TensorFlow ")
+  assert "has no file system for s3://" in message and "gs://" in message
+  assert "\n" not in message
+
+
+def test_file_system_refusals_become_one_line_other_errors_do_not():
+  denied = tf.errors.PermissionDeniedError(None, None, "gs://b/x: 403 Forbidden\nmore")
+  assert utils.file_system_failure(denied) == "gs://b/x: 403 Forbidden"
+  offline = tf.errors.FailedPreconditionError(
+      None, None, "Error executing an HTTP request: libcurl code 6\n\t when reading gs://b")
+  assert utils.file_system_failure(offline) == "Error executing an HTTP request: libcurl code 6"
+  assert utils.file_system_failure(tf.errors.InvalidArgumentError(None, None, "x")) is None
