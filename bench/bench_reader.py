@@ -3,7 +3,8 @@
   python bench/bench_reader.py [--videos=1600] [--batch_size=80] [--num_readers=2]
 
 Ours: readers.make_dataset (parse, byte-length checks, decode, pad to 300 frames,
-dense labels), in uint8 (what train/eval/inference use) and float32 output. Floor: the
+dense labels), in uint8 (what train/eval/inference use) and float32 output, and as a
+k=6 student reads (the same checks, 6 frames decoded). Floor: the
 same files through TFRecordDataset, the same interleave, batching and threads, and only
 tf.io.parse_sequence_example. Both are timed over the same number of epochs, in
 alternation; the ratio is the median over repeats of ours / the floor measured next to
@@ -72,15 +73,17 @@ def main():
   args = parser.parse_args()
   pattern = common.generated_data(args.data_dir, args.videos)
 
-  def ours(dequantize):
-    reader = readers.YT8MFrameFeatureReader(dequantize=dequantize)
+  def ours(dequantize, selected_frames=None):
+    reader = readers.YT8MFrameFeatureReader(dequantize=dequantize,
+                                            selected_frames=selected_frames)
     return lambda: readers.make_dataset(reader, pattern, args.batch_size,
                                         args.num_readers, num_epochs=1, shuffle=False)
 
   contenders = {"floor (TFRecordDataset + parse)": lambda: floor_dataset(
       pattern, args.batch_size, args.num_readers),
                 "ours, uint8 (train/eval/inference)": ours(False),
-                "ours, float32 (dequantized)": ours(True)}
+                "ours, float32 (dequantized)": ours(True),
+                "ours, k=6 student's frames only (uint8)": ours(False, (6, "uniform"))}
   floor_name = "floor (TFRecordDataset + parse)"
   rates = {name: [] for name in contenders}
   for _ in range(args.repeats):  # in alternation, so drifts in machine speed hit all
