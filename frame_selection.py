@@ -104,6 +104,15 @@ def frame_indices(num_frames, k, strategy, max_frames, seed=None, video_ids=None
   return indices, tf.fill(tf.shape(num_frames), k)
 
 
+def selected_length(k, strategy, max_frames):
+  """k', the frames select_frames keeps per video: k, or for padded_stride
+  ceil(max_frames / (max_frames // k))."""
+  if strategy == "padded_stride":
+    stride = max_frames // k
+    return (max_frames + stride - 1) // stride
+  return k
+
+
 _HASH_MODULUS = 2 ** 31 - 1
 
 

@@ -40,8 +40,9 @@ def model_inputs(cfg, role, batch, training_scale=None, seed=None, is_training=T
   frames, num_frames = batch["video_matrix"], batch["num_frames"]
   if not cfg.frame_features:
     return frames, num_frames
-  if (role == STUDENT and cfg.k_frame < cfg.max_frames
-      and frames.shape[1] == cfg.max_frames):  # else the reader has picked them
+  picked_by_reader = frames.shape[1] == frame_selection.selected_length(
+      cfg.k_frame, cfg.frame_sampling, cfg.max_frames) != cfg.max_frames
+  if role == STUDENT and cfg.k_frame < cfg.max_frames and not picked_by_reader:
     frames, num_frames = frame_selection.select_frames(
         frames, num_frames, cfg.k_frame, cfg.frame_sampling, seed=seed,
         video_ids=None if is_training else batch["video_ids"])

@@ -252,7 +252,9 @@ class YT8MFrameFeatureReader(object):
       picked = tf.where(is_real, picked, tf.zeros_like(picked))
       matrices.append(tf.io.decode_raw(picked, tf.uint8, fixed_length=size))
     video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
-    video_matrix.set_shape([None, indices.shape[1], sum(self.feature_sizes)])
+    video_matrix.set_shape([None, frame_selection.selected_length(k, strategy,
+                                                                  self.max_frames),
+                            sum(self.feature_sizes)])
     return video_matrix, new_num_frames
 
 

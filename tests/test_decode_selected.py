@@ -115,3 +115,11 @@ def test_cli_csv_and_saved_model_csv_equal_the_full_decode(student, tmp_path):
                                             "--output_file=%s/saved.csv" % tmp_path])
   assert (tmp_path / "run.csv").read_text() == expected
   assert (tmp_path / "saved.csv").read_text() == expected
+
+
+@pytest.mark.parametrize("strategy", frame_selection.STRATEGIES)
+def test_selected_length_is_the_static_frame_axis_of_both_paths(strategy):
+  for k in (1, 6, 7, 150, 299):
+    frames = tf.zeros([2, 300, 3], tf.uint8)
+    picked, _ = frame_selection.select_frames(frames, tf.constant([300, 9]), k, strategy)
+    assert picked.shape[1] == frame_selection.selected_length(k, strategy, 300)
