@@ -267,7 +267,9 @@ def absolute(path):
 
 def check_file_systems(paths):
   """Raises UsageError naming the flag when TensorFlow has no file system for a path's
-  scheme (s3://, hdfs:// are not part of TensorFlow 2.21).
+  scheme (s3://, hdfs:// are not part of TensorFlow 2.21), or when a remote one cannot
+  be reached (no network, no credentials, access refused): one cheap existence query
+  per remote path, before anything runs.
 
   paths: {flag name (--train_dir): value}; a value may be a comma-separated list.
   """
@@ -281,6 +283,13 @@ def check_file_systems(paths):
             "README on cloud storage" % (flag_name, value, tf.__version__, scheme,
                                          ", ".join("%s://" % s for s in sorted(registered)
                                                    if s)))
+      if scheme and scheme != "ram":
+        try:
+          tf.io.gfile.exists(path.strip())  # a glob pattern is queried as a name: False
+        except tf.errors.OpError as e:
+          raise UsageError("%s=%s: %s" % (flag_name, value,
+                                          file_system_failure(e) or
+                                          str(e).strip().splitlines()[0]))
 
 
 def file_system_failure(error):

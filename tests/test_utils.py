@@ -122,7 +122,9 @@ def test_local_file_signature_keeps_nanoseconds(tmp_path):
   assert utils.file_signature(str(path)) == (5, stat.st_mtime_ns)
 
 
-def test_an_unknown_file_system_is_one_line_naming_the_flag():
+def test_an_unknown_file_system_is_one_line_naming_the_flag(monkeypatch):
+  queried = []
+  monkeypatch.setattr(tf.io.gfile, "exists", lambda path: queried.append(path) or False)
   utils.check_file_systems({"--train_dir": "gs://bucket/run", "--output_file": "",
                             "--vocabulary": "vocabulary.csv",
                             "--train_data_pattern": "/d/a*,ram://d/b*"})
@@ -132,6 +134,18 @@ def test_an_unknown_file_system_is_one_line_naming_the_flag():
   assert message.startswith("--train_data_pattern=/data/a*,s3://bucket/b*: TensorFlow ")
   assert "has no file system for s3://" in message and "gs://" in message
   assert "\n" not in message
+  assert queried == ["gs://bucket/run"]  # remote paths only; ram:// is in-process
+
+
+def test_an_unreachable_file_system_is_one_line_naming_the_flag(monkeypatch):
+  def offline(path):
+    raise tf.errors.FailedPreconditionError(
+        None, None, "Error executing an HTTP request: libcurl code 6\n\t when reading " + path)
+  monkeypatch.setattr(tf.io.gfile, "exists", offline)
+  with pytest.raises(utils.UsageError) as error:
+    utils.check_file_systems({"--train_data_pattern": "gs://b/train*.tfrecord"})
+  assert str(error.value) == ("--train_data_pattern=gs://b/train*.tfrecord: Error executing "
+                              "an HTTP request: libcurl code 6")
 
 
 def test_file_system_refusals_become_one_line_other_errors_do_not():
