@@ -152,10 +152,13 @@ def batch_norm(inputs, is_training, scope, center=True, scale=True, mask=None,
     if is_training:
       count = tf1.assign_add(update_count, 1.0)
       rate = (1.0 - decay) / (1.0 - tf.pow(decay, count))
-      tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
-          moving_mean, (moving_mean - mean) * rate))
-      tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
-          moving_variance, (moving_variance - variance) * rate))
+      # Assigned as a convex combination, not subtracted: towers and distributed
+      # workers update the same variable concurrently, and an assign_sub computed from
+      # a stale read, at the early rates near 1 of the debiasing, drove the variance
+      # negative (NaN at inference). A stale assign only loses one update.
+      for moving, batch_moment in ((moving_mean, mean), (moving_variance, variance)):
+        tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign(
+            moving, moving * (1.0 - rate) + batch_moment * rate))
     if activation is not None:
       outputs = activation(outputs)
   return outputs

@@ -139,6 +139,26 @@ def test_two_cpu_towers_update_like_one_tower_on_the_same_global_batch(data, tmp
     np.testing.assert_allclose(one[name], two[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_batch_norm_statistics_stay_valid_when_towers_update_them_together(data, tmp_path):
+  # Both towers update each moving average at the same time; with the debiased rates
+  # near 1 of the first steps, a read-modify-write from a stale read once drove
+  # vlad_bn's moving variance to -0.2, and every prediction after training to NaN.
+  train_pattern, validate_pattern = data
+  helpers.run_cli("train.py", [
+      "--train_data_pattern=" + train_pattern, "--eval_data_pattern=" + validate_pattern,
+      "--train_dir=%s/towers" % tmp_path, "--model_type=student", "--k_frame=5",
+      "--batch_size=4", "--max_steps=2", "--export_model_steps=2", "--seed=1"]
+      + helpers.TINY_MODEL, env={"YT8M_CPU_TOWERS": "2"})
+  run = str(tmp_path / "towers_student_k_5")
+  values = _checkpoint_values(tf1.train.latest_checkpoint(run))
+  variances = {name: v for name, v in values.items() if name.endswith("moving_variance")}
+  assert len(variances) >= 4
+  for name, value in variances.items():
+    assert np.all(value >= 0), name
+  record = [json.loads(l) for l in open(os.path.join(run, "validation.jsonl"))][-1]
+  assert record["step"] == 2 and 0 < record["gap"] <= 1
+
+
 def _learning_rates(train_dir):
   rates = {}
   for path in sorted(tf.io.gfile.glob(os.path.join(train_dir, "events.out.tfevents.*"))):
