@@ -106,8 +106,12 @@ def test_float32_cache_trains_the_same_student_as_online_kd(setup, online):
   weights = "student/tower/hidden1/weights"
   assert not np.allclose(start[weights], online_values[weights])
   for name in online_values:  # weights, batch-norm statistics, Adam slots
+    # Within 1e-4 of each tensor's scale: the cached and the in-graph teacher outputs
+    # differ in their last bits, which 20 steps grow to ~3e-6 on weights of ~0.5 (an
+    # element-wise rtol would fail on the near-zero elements of such a tensor).
+    scale = float(np.max(np.abs(online_values[name])))
     np.testing.assert_allclose(offline_values[name], online_values[name], rtol=1e-4,
-                               atol=1e-6, err_msg=name)
+                               atol=max(1e-6, 1e-4 * scale), err_msg=name)
   assert set(_loss_lines(out)) == set(_loss_lines(online_out)) == set(range(1, 21))
 
 
