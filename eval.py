@@ -53,7 +53,8 @@ def evaluate_checkpoint(model, cfg, checkpoint, num_records):
   progress = inference_graph.Progress(FLAGS.progress_every_secs, num_records)
   with model.session(checkpoint, FLAGS.bf16) as sess:
     metrics = inference_graph.evaluate(sess, model.fetches, cfg.num_classes, FLAGS.top_k,
-                                       skipped=model.skipped, progress=progress)
+                                       skipped=model.skipped, progress=progress,
+                                       what="checkpoint " + checkpoint)
   if metrics is None:
     raise utils.UsageError("--eval_data_pattern=%s holds no records"
                            % FLAGS.eval_data_pattern)

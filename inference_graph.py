@@ -9,6 +9,7 @@ compute and record cannot drift apart.
 import contextlib
 import time
 
+import numpy as np
 import tensorflow as tf
 
 import eval_util
@@ -151,12 +152,13 @@ class Progress(object):
 
 
 def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=None,
-             progress=None):
+             progress=None, what="the model being trained"):
   """Runs `fetches` (top_k_outputs with labels) to the end of the data; the metrics.
 
   initializer: the input iterator's initializer, run first (with the skip counters'
   reset) when the pass is repeated, as validation during training does.
   progress: a Progress to count the videos in, or None.
+  what: the model, as named by the error if it predicts NaN.
   Returns:
     eval_util's get() dict plus examples_per_second, and skipped_records / cut_shards
     with --skip_corrupt_records; None when the data held no record.
@@ -170,6 +172,9 @@ def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=Non
       out = session.run(fetches)
     except tf.errors.OutOfRangeError:
       break
+    if np.isnan(out["top_scores"]).any():  # a broken checkpoint, not a data problem
+      raise utils.UsageError("%s predicts NaN (after %d videos): unusable weights or "
+                             "batch-norm statistics" % (what, metrics.num_examples))
     metrics.accumulate_top_k(out["top_scores"], out["top_indices"],
                              out["top_is_positive"], out["num_positives"],
                              out["class_positive_counts"], out["loss"])

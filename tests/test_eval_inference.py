@@ -275,3 +275,31 @@ def test_tensorboard_events_hold_the_documented_tags(runs):
   assert {t for t in tags} >= {"eval/gap", "eval/hit_at_one", "eval/perr", "eval/loss",
                                "eval/map_all_classes", "eval/map_labelled_classes"}
   assert all(steps[-1] == 4 for steps in tags.values())
+
+
+def test_a_checkpoint_that_predicts_nan_is_one_line_naming_it(runs, tmp_path):
+  # A negative batch-norm variance (what racing tower updates once wrote) makes every
+  # prediction NaN: eval.py names the checkpoint instead of a metrics traceback.
+  broken = str(tmp_path / "broken")
+  checkpoint = tf1.train.latest_checkpoint(runs["teacher"])
+  with tf.Graph().as_default():
+    variables = []
+    for name, _ in tf.train.list_variables(checkpoint):
+      value = tf.train.load_variable(checkpoint, name)
+      if name.endswith("vlad_bn/moving_variance"):
+        value = -np.ones_like(value)
+      variables.append(tf1.Variable(value, name=name))
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      os.makedirs(broken)
+      tf1.train.Saver(variables).save(sess, os.path.join(broken, "model.ckpt"),
+                                      global_step=4)
+  with open(os.path.join(runs["teacher"], run_dir.MODEL_FLAGS_FILE)) as f:
+    open(os.path.join(broken, run_dir.MODEL_FLAGS_FILE), "w").write(f.read())
+  process = helpers.run_cli("eval.py", ["--train_dir=" + broken, "--run_once",
+                                        "--eval_data_pattern=" + runs["validate"],
+                                        "--batch_size=4"], check=False)
+  assert process.returncode == 2
+  assert helpers.user_error_line(process) == (
+      "eval.py: error: checkpoint %s/model.ckpt-4 predicts NaN (after 0 videos): unusable "
+      "weights or batch-norm statistics" % broken)
