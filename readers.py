@@ -187,13 +187,11 @@ class YT8MFrameFeatureReader(object):
     batch_size = tf.shape(context["id"])[0]
     frame_bytes = {name: frames[name][:, :self.max_frames] for name in self.feature_names}
     num_frames = None
-    for name in self.feature_names:
-      length = tf.cast(tf.minimum(lengths[name], self.max_frames), tf.int32)
-      num_frames = length if num_frames is None else tf.minimum(num_frames, length)
     checks = []
     for name, size in zip(self.feature_names, self.feature_sizes):
+      length = tf.cast(tf.minimum(lengths[name], self.max_frames), tf.int32)
+      num_frames = length if num_frames is None else tf.minimum(num_frames, length)
       # Padding entries are b"", real frames must have exactly `size` bytes.
-      length = tf.minimum(lengths[name], self.max_frames)
       byte_counts = tf.strings.length(frame_bytes[name])
       is_real = tf.sequence_mask(length, tf.shape(frame_bytes[name])[1])
       checks.append(tf.debugging.assert_equal(

@@ -14,7 +14,7 @@ Layout of a cache directory:
                      `representation` [H] as raw float16 or float32 bytes
 A shard appears under its final name only when complete (written to a hidden temporary
 file, then renamed), so a killed build resumes with the shards still missing; what a
-killed build leaves behind is a hidden `.teacher-NNNNN.tfrecord.<pid>.tmp`, safe to
+killed build leaves behind is a hidden `.teacher-NNNNN.tfrecord.<random>.tmp`, safe to
 delete. The directory may be on any TensorFlow file system (gs://, ...).
 """
 
@@ -196,9 +196,8 @@ class TeacherCache(object):
       saver.restore(sess, teacher_checkpoint)
       for done, index in enumerate(missing):
         final = self.shard(index)
-        # Named by process: two students starting together may build the same shard.
-        temporary = os.path.join(self.directory, ".%s.%d.tmp" % (os.path.basename(final),
-                                                                 os.getpid()))
+        # A name of its own: two students starting together may build the same shard.
+        temporary = utils.temporary_name(final)
         sess.run(iterator.initializer, {path: files[index],
                                         size: self.fingerprint["files"][index][1]})
         with readers.data_errors_named(reader, files[index], "--train_data_pattern"), \

@@ -33,6 +33,7 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
   """Builds and times one case in this process; returns a dict of measurements."""
   import config
   import inference_graph
+  import kd_model
   import readers
   import utils
   from bench_train import DOCUMENTED, random_input
@@ -50,7 +51,7 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
         # eval.py's and inference.py's reader (a student's frames alone are decoded),
         # repeating the files so that the timed batches never run out.
         reader = readers.get_reader(cfg, dequantize=False,
-                                    student_only=cfg.role() == "student")
+                                    student_only=cfg.role() == kd_model.STUDENT)
         batch = readers.get_input_data_tensors(reader, data_pattern, batch_size,
                                                num_readers=2, num_epochs=None,
                                                shuffle=False)
