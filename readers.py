@@ -7,7 +7,8 @@ Every reader turns a batch of serialized records into a dict of tensors:
   labels       [B, num_classes] float32, 0/1
 Frame-level features are concatenated in `feature_names` order. Records are parsed a
 whole batch at a time (one `parse_sequence_example` call), which is what lets the
-reader keep up with the model on two cores.
+reader keep up with the model on two cores. A k-frame student's reader does not parse
+the frames at all: record_layout finds its k frames in the serialized records.
 """
 
 import contextlib
@@ -16,6 +17,7 @@ import sys
 import tensorflow as tf
 
 import frame_selection
+import record_layout
 import utils
 
 tf1 = tf.compat.v1
@@ -159,57 +161,132 @@ class YT8MFrameFeatureReader(object):
   def parse_batch(self, serialized):
     """[B] serialized SequenceExamples -> batch dict.
 
-    video_matrix is [B, max_frames, sum(feature_sizes)], float32 or uint8 (see
-    `dequantize`). Malformed records (wrong bytes per frame, no frames, label id out of
-    range, missing labels) fail the batch with InvalidArgumentError; `find_bad_record`
-    then names the file and record.
+    video_matrix is [B, max_frames, sum(feature_sizes)] (with selected_frames: [B, k',
+    ...]), float32 or uint8 (see `dequantize`). Malformed records (wrong bytes per
+    frame, no frames, label id out of range, missing labels) fail the batch with
+    InvalidArgumentError; `find_bad_record` then names the file and record.
     """
+    if self.selected_frames:
+      return self.parse_selected(serialized)
     return self.decode_parsed(*self.parse_records(serialized))
 
   def parse_stages(self):
-    """parse_batch as two functions for tf.data to pipeline: parse, then decode.
+    """parse_batch as functions for tf.data to pipeline, one map stage each.
 
-    As separate map stages, the decoding of one batch overlaps the parsing of the next.
+    Decoding every frame is a stage of its own, so that the decoding of one batch
+    overlaps the parsing of the next.
     """
+    if self.selected_frames:
+      return [self.parse_selected]
     return [self.parse_records, self.decode_parsed]
 
   def parse_records(self, serialized):
     """[B] serialized SequenceExamples -> (context, frame byte strings, lengths)."""
     return tf.io.parse_sequence_example(
         serialized,
-        context_features={"id": tf.io.FixedLenFeature([], tf.string),
-                          "labels": tf.io.VarLenFeature(tf.int64)},
+        context_features=self._context_features(),
         sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string)
                            for name in self.feature_names})
 
+  def _context_features(self):
+    return {"id": tf.io.FixedLenFeature([], tf.string),
+            "labels": tf.io.VarLenFeature(tf.int64)}
+
   def decode_parsed(self, context, frames, lengths):
-    """parse_records' output -> the batch dict of parse_batch."""
-    batch_size = tf.shape(context["id"])[0]
+    """parse_records' output -> the batch dict of parse_batch, every frame decoded."""
+    frame_bytes, num_frames, checks = self._checked_frames(frames, lengths)
+    with tf.control_dependencies(checks + self._context_checks(context, num_frames)):
+      video_matrix = self._decode_all(frame_bytes)
+    return self._batch(context, video_matrix, num_frames)
+
+  def parse_selected(self, serialized):
+    """[B] serialized SequenceExamples -> the batch dict of the `selected_frames` only.
+
+    When every record of the batch has the layout serializers write (nearly always),
+    record_layout finds the picked frames in place and only those are copied out;
+    otherwise the batch is parsed whole, with the same result.
+    """
+    context, _, _ = tf.io.parse_sequence_example(
+        serialized, context_features=self._context_features())
+    located, starts, counts = record_layout.locate_frames(serialized, self.feature_names,
+                                                          self.feature_sizes)
+
+    def frames_in_place():
+      lengths = {name: tf.cast(counts[name], tf.int32) for name in self.feature_names}
+      num_frames = self._num_frames(lengths)
+      indices, new_num_frames, is_real = self._selection(num_frames, context["id"])
+      picked = [record_layout.frames_at(serialized, starts[name], indices, is_real, size)
+                for name, size in zip(self.feature_names, self.feature_sizes)]
+      return [num_frames, new_num_frames] + picked
+
+    def frames_parsed():
+      _, frames, lengths = self.parse_records(serialized)
+      frame_bytes, num_frames, checks = self._checked_frames(frames, lengths)
+      indices, new_num_frames, is_real = self._selection(num_frames, context["id"])
+      picked = []
+      with tf.control_dependencies(checks):
+        for name in self.feature_names:
+          width = tf.shape(frame_bytes[name])[1]
+          picked.append(tf.where(is_real, tf.gather(frame_bytes[name],
+                                                    tf.minimum(indices, width - 1),
+                                                    batch_dims=1), ""))
+      return [num_frames, new_num_frames] + picked
+
+    num_frames, new_num_frames, *picked = tf.cond(tf.reduce_all(located),
+                                                  frames_in_place, frames_parsed)
+    with tf.control_dependencies(self._context_checks(context, num_frames)):
+      matrices = [tf.io.decode_raw(frames, tf.uint8, fixed_length=size)
+                  for frames, size in zip(picked, self.feature_sizes)]
+    video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
+    k, strategy = self.selected_frames
+    video_matrix.set_shape([None, frame_selection.selected_length(k, strategy,
+                                                                  self.max_frames),
+                            sum(self.feature_sizes)])
+    return self._batch(context, video_matrix, new_num_frames)
+
+  def _num_frames(self, lengths):
+    """{feature: [B] frames in the record} -> [B] int32 frames used (at most max_frames)."""
+    counts = [tf.minimum(tf.cast(lengths[name], tf.int32), self.max_frames)
+              for name in self.feature_names]
+    return tf.reduce_min(tf.stack(counts), axis=0)
+
+  def _checked_frames(self, frames, lengths):
+    """Parsed frame strings -> ({feature: [B, W] bytes, W <= max_frames}, num_frames [B],
+    checks that every real frame has its feature's byte count)."""
     frame_bytes = {name: frames[name][:, :self.max_frames] for name in self.feature_names}
-    num_frames = None
+    num_frames = self._num_frames(lengths)
     checks = []
     for name, size in zip(self.feature_names, self.feature_sizes):
-      length = tf.cast(tf.minimum(lengths[name], self.max_frames), tf.int32)
-      num_frames = length if num_frames is None else tf.minimum(num_frames, length)
       # Padding entries are b"", real frames must have exactly `size` bytes.
       byte_counts = tf.strings.length(frame_bytes[name])
+      length = tf.minimum(tf.cast(lengths[name], tf.int32), self.max_frames)
       is_real = tf.sequence_mask(length, tf.shape(frame_bytes[name])[1])
       checks.append(tf.debugging.assert_equal(
           tf.logical_or(tf.equal(byte_counts, size), tf.logical_not(is_real)), True,
           message="frame of feature '%s' does not have %d bytes (--feature_sizes)"
           % (name, size)))
-    checks.append(tf.debugging.assert_positive(num_frames, message="video with 0 frames"))
+    return frame_bytes, num_frames, checks
+
+  def _context_checks(self, context, num_frames):
+    """Checks that every video has frames and, if required, labels."""
+    checks = [tf.debugging.assert_positive(num_frames, message="video with 0 frames")]
     if self.require_labels:
       label_counts = tf.math.bincount(tf.cast(context["labels"].indices[:, 0], tf.int32),
-                                      minlength=batch_size)
+                                      minlength=tf.shape(context["id"])[0])
       checks.append(tf.debugging.assert_positive(label_counts,
                                                  message="video without labels"))
-    with tf.control_dependencies(checks):
-      if self.selected_frames:
-        video_matrix, num_frames = self._decode_selected(frame_bytes, num_frames,
-                                                         context["id"])
-      else:
-        video_matrix = self._decode_all(frame_bytes)
+    return checks
+
+  def _selection(self, num_frames, video_ids):
+    """The frames select_frames keeps -> (indices [B, k'] int32, new num_frames [B],
+    is_real [B, k'] bool: False for the padding frames only padded_stride picks)."""
+    k, strategy = self.selected_frames
+    indices, new_num_frames = frame_selection.frame_indices(
+        num_frames, k, strategy, self.max_frames, video_ids=video_ids)
+    return indices, new_num_frames, indices < num_frames[:, None]
+
+  def _batch(self, context, video_matrix, num_frames):
+    """The batch dict from the parsed context and the uint8 frames."""
     if self.dequantize:
       video_matrix = dequantize_frames(video_matrix, num_frames)
     return {
@@ -231,29 +308,6 @@ class YT8MFrameFeatureReader(object):
     video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
     video_matrix.set_shape([None, self.max_frames, sum(self.feature_sizes)])
     return video_matrix
-
-  def _decode_selected(self, frame_bytes, num_frames, video_ids):
-    """Decodes only the frames select_frames keeps -> (uint8 [B, k', F], num_frames).
-
-    The frames are picked from the byte strings by index, so the decode (and the
-    concatenation and padding) handles k' frames instead of max_frames.
-    """
-    k, strategy = self.selected_frames
-    indices, new_num_frames = frame_selection.frame_indices(
-        num_frames, k, strategy, self.max_frames, video_ids=video_ids)
-    # Only padded_stride picks padding frames: those are b"" (decoded as zeros).
-    is_real = indices < num_frames[:, None]
-    matrices = []
-    for name, size in zip(self.feature_names, self.feature_sizes):
-      width = tf.shape(frame_bytes[name])[1]
-      picked = tf.gather(frame_bytes[name], tf.minimum(indices, width - 1), batch_dims=1)
-      picked = tf.where(is_real, picked, tf.zeros_like(picked))
-      matrices.append(tf.io.decode_raw(picked, tf.uint8, fixed_length=size))
-    video_matrix = tf.concat(matrices, axis=2) if len(matrices) > 1 else matrices[0]
-    video_matrix.set_shape([None, frame_selection.selected_length(k, strategy,
-                                                                  self.max_frames),
-                            sum(self.feature_sizes)])
-    return video_matrix, new_num_frames
 
 
 def get_reader(config, require_labels=True, dequantize=True, student_only=False):

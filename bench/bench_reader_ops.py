@@ -5,8 +5,9 @@
 bench_reader.py times whole pipelines; this times each stage of ours on one in-memory
 batch of generated records (300 frames each), single-threaded, with graph rewrites off
 so that nothing is folded away: the parse (what the floor does), the full decode
-(checks, decode of every frame, concatenation, padding), its parts, and the decode of a
-k=6 student's frames only. Run it on the CPU you care about: the stages are plain
+(checks, decode of every frame, concatenation, padding), its parts, and a k=6 student's
+whole batch (record_layout locates the frames in place; only 6 are copied and decoded)
+and its parts. Run it on the CPU you care about: the stages are plain
 TensorFlow kernels (no oneDNN), so ONEDNN_MAX_CPU_ISA does not change them.
 """
 import argparse
@@ -16,6 +17,7 @@ import common
 import tensorflow as tf
 
 import readers
+import record_layout
 
 tf1 = tf.compat.v1
 
@@ -64,6 +66,7 @@ def main():
     context_in = {"id": values[0], "labels": tf.SparseTensor(values[1], values[2], values[3])}
     decoded = [tf.io.decode_raw(frames_in[n], tf.uint8, fixed_length=size)
                for n, size in zip(names, full.feature_sizes)]
+    serialized = tf1.Variable(tf.constant(records), trainable=False).read_value()
     stages = [
         ("parse (tf.io.parse_sequence_example: the floor's work)", parsed),
         ("decode, all 300 frames (checks, decode, concat, pad, labels)",
@@ -74,8 +77,12 @@ def main():
         ("  byte-count checks (strings.length)", [tf.strings.length(frames_in[n])
                                                   for n in names]),
         ("  dense labels", readers._labels_to_dense(context_in["labels"], 3862)),
-        ("decode, a k=6 student's frames", student.decode_parsed(context_in, frames_in,
-                                                                  lengths_in)),
+        ("a k=6 student's batch from the records (parse_selected)",
+         student.parse_selected(serialized)),
+        ("  the context alone (tf.io.parse_sequence_example)",
+         tf.io.parse_sequence_example(serialized, context_features=full._context_features())),
+        ("  locate_frames (layout walk and every frame's header)",
+         record_layout.locate_frames(serialized, names, full.feature_sizes)),
     ]
     with tf1.Session(config=config) as sess:
       sess.run(tf1.global_variables_initializer())
