@@ -1,6 +1,6 @@
 """Inference throughput and FLOPs: teacher (300 frames) vs k=30 and k=6 students.
 
-  python bench/bench_inference.py [--batch_size=80] [--batches=6] [--repeats=3]
+  python bench/bench_inference.py [--batch_size=80] [--batches=15] [--repeats=5]
 
 The documented NeXtVLAD config (cluster 128, hidden 2048, groups 8, expansion 2, 3862
 classes), in inference mode, exactly as eval.py and inference.py build it
@@ -88,8 +88,8 @@ def main():
   print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=80)
-  parser.add_argument("--batches", type=int, default=6)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--batches", type=int, default=15)
+  parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--videos", type=int, default=400)
   parser.add_argument("--data_dir", default="/tmp/yt8m_bench_data_300")
   parser.add_argument("--case", choices=sorted(CASES))
