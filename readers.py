@@ -223,8 +223,8 @@ class YT8MFrameFeatureReader(object):
       _, frames, lengths = self.parse_records(serialized)
       frame_bytes, num_frames, checks = self._checked_frames(frames, lengths)
       indices, new_num_frames, is_real = self._selection(num_frames, context["id"])
-      picked = []
-      with tf.control_dependencies(checks):
+      picked = []  # (a batch of videos without frames must fail the check, not gather)
+      with tf.control_dependencies(checks + self._context_checks(context, num_frames)):
         for name in self.feature_names:
           width = tf.shape(frame_bytes[name])[1]
           picked.append(tf.where(is_real, tf.gather(frame_bytes[name],

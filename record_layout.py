@@ -1,8 +1,8 @@
 """Finds the frames inside serialized YouTube-8M SequenceExamples without parsing them.
 
 A k-frame student needs k of a video's up to 300 frames, but tf.io.parse_sequence_example
-copies every frame's bytes into a string of its own, which costs as much CPU as reading
-the record. The records YouTube-8M and every protobuf serializer write have one fixed
+copies every frame's bytes into a string of its own, which adds half again to the CPU
+that reading the record costs. The records YouTube-8M and every protobuf serializer write have one fixed
 layout, though: the context, then the feature lists, each list a run of frames that
 all start with the same few header bytes, e.g. for 1024-byte rgb frames
 

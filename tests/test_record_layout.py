@@ -166,13 +166,18 @@ def test_a_student_reader_gives_the_full_decode_whichever_path_a_batch_takes(str
           assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def test_a_bad_frame_is_the_same_error_for_a_student_reader():
+@pytest.mark.parametrize("records, message", [
+    ([standard(3), BAD_RECORDS["a frame of 4 bytes"]],
+     r"frame of feature \\?'rgb\\?' does not have 5 bytes"),
+    ([record([(b"rgb", []), (b"audio", [])])], "video with 0 frames"),  # located
+    ([record([(b"rgb", []), (b"audio", [])], context_first=False)], "video with 0 frames"),
+])
+def test_bad_records_are_the_same_errors_for_a_student_reader(records, message):
   student = readers.YT8MFrameFeatureReader(feature_sizes=SIZES, feature_names=NAMES,
                                            max_frames=20, dequantize=False,
                                            selected_frames=(2, "uniform"))
   with tf.Graph().as_default():
-    batch = student.parse_batch(tf.constant([standard(3), BAD_RECORDS["a frame of 4 bytes"]]))
+    batch = student.parse_batch(tf.constant(records))
     with tf1.Session() as sess:
-      with pytest.raises(tf.errors.InvalidArgumentError,
-                         match=r"frame of feature \\?'rgb\\?' does not have 5 bytes"):
+      with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         sess.run(batch)
