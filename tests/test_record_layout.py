@@ -143,7 +143,8 @@ def test_every_other_encoding_is_not_located(name):
 @pytest.mark.parametrize("strategy", frame_selection.STRATEGIES)
 def test_a_student_reader_gives_the_full_decode_whichever_path_a_batch_takes(strategy):
   standard_batch = [standard(n, b"v%d" % n, seed=n) for n in (2, 9, 13, 30)]
-  mixed_batch = standard_batch[:3] + [OTHER_ENCODINGS["context after the lists"]]
+  batches = [standard_batch] + [standard_batch[:3] + [OTHER_ENCODINGS[name]]
+                                for name in sorted(OTHER_ENCODINGS)]  # parsed whole
   k, max_frames = 4, 20
   full = readers.YT8MFrameFeatureReader(feature_sizes=SIZES, feature_names=NAMES,
                                         max_frames=max_frames, dequantize=False)
@@ -152,7 +153,7 @@ def test_a_student_reader_gives_the_full_decode_whichever_path_a_batch_takes(str
                                            selected_frames=(k, strategy))
   with tf.Graph().as_default():
     results = []
-    for batch in (standard_batch, mixed_batch):
+    for batch in batches:
       reference = full.parse_batch(tf.constant(batch))
       picked, num_frames = frame_selection.select_frames(
           reference["video_matrix"], reference["num_frames"], k, strategy,
