@@ -8,7 +8,8 @@ k=6 student reads (its frames found in place by record_layout, every frame's hea
 checked, 6 frames decoded).
 Floor: the same files through TFRecordDataset, the same interleave, batching and
 threads, and only tf.io.parse_sequence_example. The last row reads the records alone
-(no parse): what any reader of these files pays, a k-frame student's included. All
+(no parse, unbuffered as ours reads): what any reader of these files pays, a k-frame
+student's included. All
 are timed over the same number of epochs, in alternation; the ratio is the median
 over repeats of a pipeline / the floor measured next to it. Target: ours >= 0.9 x floor. The CPU column is this process's CPU
 time per 1000 videos: on a machine whose cores a model keeps busy, that (not the
@@ -28,10 +29,13 @@ tf1 = tf.compat.v1
 
 def floor_dataset(pattern, batch_size, num_readers, parsed=True):
   """TFRecordDataset + parse_sequence_example only, shaped like readers.make_dataset;
-  parsed=False: the records alone (file reads, checksums, batching)."""
+  parsed=False: the records alone (file reads, checksums, batching), read unbuffered
+  as ours reads local files (readers.record_dataset)."""
   files = readers.list_data_files(pattern)
+  read = tf.data.TFRecordDataset if parsed else lambda path: readers.record_dataset(
+      path, local=True)
   dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-      tf.data.TFRecordDataset, cycle_length=num_readers, block_length=1,
+      read, cycle_length=num_readers, block_length=1,
       num_parallel_calls=num_readers, deterministic=True)
 
   def parse(serialized):
@@ -93,7 +97,7 @@ def main():
                 "ours, uint8 (train/eval/inference)": ours(False),
                 "ours, float32 (dequantized)": ours(True),
                 "ours, k=6 student's frames only (uint8)": ours(False, (6, "uniform")),
-                "records alone, not parsed (TFRecordDataset)": lambda: floor_dataset(
+                "records alone, not parsed (unbuffered TFRecordDataset)": lambda: floor_dataset(
                     pattern, args.batch_size, args.num_readers, parsed=False)}
   floor_name = "floor (TFRecordDataset + parse)"
   rates = {name: [] for name in contenders}

@@ -130,6 +130,53 @@ def test_shuffled_training_input_repeats_and_drops_partial_batches(frame_files):
   assert len(set(seen)) == 11
 
 
+def _records_and_buffer(paths, local):
+  """(every record of readers.record_dataset(paths, local), its read buffer in bytes)."""
+  with tf.Graph().as_default() as graph:
+    next_record = tf1.data.make_one_shot_iterator(
+        readers.record_dataset(paths, local)).get_next()
+    # The file reader sits in a function of the graph (one reader per file name).
+    buffers = []
+    for function in graph.as_graph_def().library.function:
+      nodes = {node.name: node for node in function.node_def}
+      buffers += [tf.make_ndarray(nodes[node.input[2].split(":")[0]].attr["value"].tensor)
+                  for node in function.node_def if node.op.startswith("TFRecordDataset")]
+    records = []
+    with tf1.Session() as sess:
+      while True:
+        try:
+          records.append(sess.run(next_record))
+        except tf.errors.OutOfRangeError:
+          return records, int(buffers[0]) if len(buffers) == 1 else buffers
+
+
+def test_local_files_are_read_unbuffered_with_the_same_records(tmp_path, monkeypatch):
+  # Records bigger than TensorFlow's 256 KB read buffer (a full-length video's is
+  # ~350 KB), exactly its size, and small or empty ones.
+  rng = np.random.RandomState(0)
+  records = [rng.bytes(n) for n in (7, 400000, 0, 262144, 300001, 12)]
+  path = str(tmp_path / "train0000.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+  remote = "ram://test_readers/train0000.tfrecord"
+  tf.io.gfile.makedirs("ram://test_readers")
+  tf.io.gfile.copy(path, remote, overwrite=True)
+  assert _records_and_buffer(path, True) == (records, 0)
+  remote_records, remote_buffer = _records_and_buffer(remote, False)
+  assert remote_records == records and remote_buffer != 0
+  # make_dataset reads unbuffered exactly when every file is local.
+  seen_local = []
+  real = readers.record_dataset
+  monkeypatch.setattr(readers, "record_dataset",
+                      lambda paths, local: seen_local.append(local) or real(paths, local))
+  reader = readers.YT8MFrameFeatureReader(num_classes=7, feature_sizes=[8, 4])
+  for pattern in (path, remote):
+    with tf.Graph().as_default():
+      readers.make_dataset(reader, pattern, 2, 1, num_epochs=1, shuffle=False)
+  assert seen_local == [True, False]
+
+
 def test_video_level_reader_round_trip(tmp_path):
   rng = np.random.RandomState(0)
   videos = [{"id": "a", "labels": [2], "mean_rgb": rng.rand(8).astype(np.float32),
