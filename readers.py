@@ -411,18 +411,21 @@ def get_input_data_tensors(reader, data_pattern, batch_size=1024, num_readers=1,
   return iterator.get_next()
 
 
-def record_dataset(paths, local):
-  """tf.data.TFRecordDataset of the serialized records in `paths` (a file name, a list
-  of them, or a string tensor).
+def record_dataset(path):
+  """tf.data.TFRecordDataset of the serialized records of one file (`path`: a string
+  or a scalar string tensor).
 
-  local: every file is on the local disk. Such files are read unbuffered: a record
-  then goes from the page cache into its tensor in one copy instead of two through
-  TensorFlow's 256 KB read buffer (a full-length video's record is ~350 KB): reading
-  the records alone measured 0.14 CPU s per 1000 videos against 0.16 (README,
-  "Reader"). Other file systems keep TensorFlow's buffer, which saves requests to a
-  remote store.
+  A file on the local disk (no scheme://, the rule of utils.is_local) is read
+  unbuffered: a record then goes from the page cache into its tensor in one copy
+  instead of two through TensorFlow's 256 KB read buffer (a full-length video's record
+  is ~350 KB): reading the records alone measured 0.14 CPU s per 1000 videos against
+  0.16 (README, "Reader"). Other file systems keep TensorFlow's default buffer, which
+  saves requests to a remote store.
   """
-  return tf.data.TFRecordDataset(paths, buffer_size=0 if local else None)
+  remote = tf.strings.regex_full_match(path, ".*://.*")
+  # -1: TensorFlow's default for the file system; 0: no buffer.
+  buffer_size = tf.where(remote, tf.constant(-1, tf.int64), tf.constant(0, tf.int64))
+  return tf.data.TFRecordDataset(path, buffer_size=buffer_size)
 
 
 def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epochs=None,
@@ -446,20 +449,18 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
     drop_remainder = shuffle
   deterministic = not shuffle or seed is not None
   columns = [files]
-  local = all(utils.is_local(f) for f in files)
   if skipped is None:
-    read_records = lambda path, *rest: record_dataset(path, local)
+    read_records = lambda path, *rest: record_dataset(path)
   else:
     columns.append(tf.constant([tf.io.gfile.stat(f).length for f in files], tf.int64))
-    read_records = lambda path, size, *rest: skipped.valid_records(reader, path, size,
-                                                                   local)
+    read_records = lambda path, size, *rest: skipped.valid_records(reader, path, size)
   if companions is None:
     read_file = read_records
   else:
     columns.append([companions[f] for f in files])
 
     def read_file(*column_values):
-      endless = record_dataset(column_values[-1], local).concatenate(
+      endless = record_dataset(column_values[-1]).concatenate(
           tf.data.Dataset.from_tensors(tf.constant("")).repeat())
       return tf.data.Dataset.zip((read_records(*column_values), endless))
   dataset = tf.data.Dataset.from_tensor_slices(
@@ -512,9 +513,8 @@ class SkippedRecords(object):
     self.reset = tf.group(*[tf1.assign(v, 0) for v in (self.read, self.kept,
                                                         self.cut_shards)])
 
-  def valid_records(self, reader, path, size, local):
-    """Dataset of the valid serialized records of one file (path, size: tensors;
-    local: see record_dataset)."""
+  def valid_records(self, reader, path, size):
+    """Dataset of the valid serialized records of one file (path, size: tensors)."""
     def count_read(record):
       with tf.control_dependencies([tf1.assign_add(self.read, 1)]):
         return tf.identity(record)
@@ -523,7 +523,7 @@ class SkippedRecords(object):
       with tf.control_dependencies([tf1.assign_add(self.kept, 1)]):
         return tf.identity(record)
 
-    records = record_dataset(path, local).ignore_errors()
+    records = record_dataset(path).ignore_errors()
     # Bytes of a record in the file: 8 length + 4 CRC + data + 4 CRC. A shard ends short
     # of its size when ignore_errors stopped at damaged framing.
     marked = records.map(lambda r: (r, False)).concatenate(

@@ -165,9 +165,8 @@ class TeacherCache(object):
       size = tf1.placeholder(tf.int64, [])
       reader = readers.get_reader(cfg, dequantize=False)
       skipped = readers.SkippedRecords() if skip_corrupt_records else None
-      local = all(utils.is_local(f) for f in files)
-      records = (skipped.valid_records(reader, path, size, local) if skipped
-                 else readers.record_dataset(path, local))
+      records = (skipped.valid_records(reader, path, size) if skipped
+                 else readers.record_dataset(path))
       dataset = records.batch(batch_size)
       for stage in reader.parse_stages():
         dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE)

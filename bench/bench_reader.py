@@ -34,7 +34,7 @@ def floor_dataset(pattern, batch_size, num_readers, parsed=True, unbuffered=Fals
   files = readers.list_data_files(pattern)
   read = tf.data.TFRecordDataset
   if unbuffered:
-    read = lambda path: readers.record_dataset(path, local=True)
+    read = readers.record_dataset
   dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
       read, cycle_length=num_readers, block_length=1,
       num_parallel_calls=num_readers, deterministic=True)

@@ -130,24 +130,22 @@ def test_shuffled_training_input_repeats_and_drops_partial_batches(frame_files):
   assert len(set(seen)) == 11
 
 
-def _records_and_buffer(paths, local):
-  """(every record of readers.record_dataset(paths, local), its read buffer in bytes)."""
+def _records_and_buffer(path):
+  """(every record of readers.record_dataset(path), its read buffer in bytes: 0 none,
+  -1 TensorFlow's default for the file system)."""
   with tf.Graph().as_default() as graph:
     next_record = tf1.data.make_one_shot_iterator(
-        readers.record_dataset(paths, local)).get_next()
-    # The file reader sits in a function of the graph (one reader per file name).
-    buffers = []
-    for function in graph.as_graph_def().library.function:
-      nodes = {node.name: node for node in function.node_def}
-      buffers += [tf.make_ndarray(nodes[node.input[2].split(":")[0]].attr["value"].tensor)
-                  for node in function.node_def if node.op.startswith("TFRecordDataset")]
-    records = []
+        readers.record_dataset(path)).get_next()
+    # The file reader is a function of one file name; the buffer is its one int64 input.
+    reader_op = [o for o in graph.get_operations() if o.type == "FlatMapDataset"][0]
+    buffer_bytes, = [t for t in reader_op.inputs[1:] if t.dtype == tf.int64]
     with tf1.Session() as sess:
+      records, buffer_bytes = [], sess.run(buffer_bytes)
       while True:
         try:
           records.append(sess.run(next_record))
         except tf.errors.OutOfRangeError:
-          return records, int(buffers[0]) if len(buffers) == 1 else buffers
+          return records, int(buffer_bytes)
 
 
 def test_local_files_are_read_unbuffered_with_the_same_records(tmp_path, monkeypatch):
@@ -162,19 +160,19 @@ def test_local_files_are_read_unbuffered_with_the_same_records(tmp_path, monkeyp
   remote = "ram://test_readers/train0000.tfrecord"
   tf.io.gfile.makedirs("ram://test_readers")
   tf.io.gfile.copy(path, remote, overwrite=True)
-  assert _records_and_buffer(path, True) == (records, 0)
-  remote_records, remote_buffer = _records_and_buffer(remote, False)
-  assert remote_records == records and remote_buffer != 0
-  # make_dataset reads unbuffered exactly when every file is local.
-  seen_local = []
+  assert _records_and_buffer(path) == (records, 0)
+  assert _records_and_buffer(remote) == (records, -1)
+  # Every pipeline of make_dataset opens its files through record_dataset.
+  opened = []
   real = readers.record_dataset
   monkeypatch.setattr(readers, "record_dataset",
-                      lambda paths, local: seen_local.append(local) or real(paths, local))
+                      lambda path: opened.append(path) or real(path))
   reader = readers.YT8MFrameFeatureReader(num_classes=7, feature_sizes=[8, 4])
-  for pattern in (path, remote):
+  for skipped in (None, readers.SkippedRecords):
     with tf.Graph().as_default():
-      readers.make_dataset(reader, pattern, 2, 1, num_epochs=1, shuffle=False)
-  assert seen_local == [True, False]
+      readers.make_dataset(reader, path, 2, 1, num_epochs=1, shuffle=False,
+                           skipped=skipped and skipped())
+  assert len(opened) == 2
 
 
 def test_video_level_reader_round_trip(tmp_path):
