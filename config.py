@@ -8,6 +8,7 @@ model_flags.json is `GraphConfig.to_json()`: one key per field below (flag names
 files written before this module existed read back unchanged).
 """
 
+import copy
 import dataclasses
 
 import tensorflow as tf
@@ -80,6 +81,13 @@ flags.DEFINE_float("drop_rate", 0.5, "dropout ratio after VLAD encoding",
 flags.DEFINE_integer("expansion", 2, "expansion ratio in Group NetVlad", lower_bound=1)
 flags.DEFINE_integer("gating_reduction", 8, "reduction factor in se context gating",
                      lower_bound=1)
+flags.DEFINE_integer("mix_number", 3, "MixNeXtVladModel: NeXtVLAD branches mixed per "
+                     "video.", lower_bound=1)
+flags.DEFINE_float("cl_temperature", 2.0, "MixNeXtVladModel: temperature of the class "
+                   "distributions (softmax of logits / T) whose KL divergence from the "
+                   "mixture to each branch regularizes training.", lower_bound=1e-6)
+flags.DEFINE_float("cl_lambda", 1.0, "MixNeXtVladModel: weight of that KL divergence "
+                   "(the model's regularization_loss).", lower_bound=0.0)
 flags.DEFINE_integer("iterations", 30, "Frames DbofModel samples per video (0: all "
                      "real frames).", lower_bound=0)
 flags.DEFINE_bool("dbof_add_batch_norm", True, "Adds batch normalization to the DBoF "
@@ -148,23 +156,14 @@ flags.DEFINE_bool("bf16", False,
 
 
 @dataclasses.dataclass(frozen=True)
-class GraphConfig(object):
-  """Everything that shapes a role's graph. Field names are the flag names.
+class ModelConfig(object):
+  """One model: its architecture (--model), classifier and hyperparameters.
 
-  feature_names / feature_sizes are tuples here and comma-separated strings in
-  model_flags.json (as the flags spell them). `preprocessing` is what --pca_eigenvals
-  resolved to (preprocessing.PCA or NONE). bf16 and frame_packing change speed, not
-  results or variables: recorded for information, never a conflict, and a CLI's own
-  flags choose them when it rebuilds a run. teacher_cache describes the teacher cache
-  an offline KD run reads its teacher's outputs from (TeacherCache.record(); empty
-  otherwise): such a run's graph has no teacher.
+  Field names are the flag names. In KD each role has its own: the KD command's flags
+  describe the student, and the teacher's come from its own run directory
+  (GraphConfig.teacher_model). Layers and models never see flags, only
+  `create_kwargs()`.
   """
-  feature_names: tuple
-  feature_sizes: tuple
-  frame_features: bool
-  num_classes: int
-  max_frames: int
-  preprocessing: str
   model: str
   video_level_classifier_model: str
   l2_penalty: float
@@ -175,6 +174,9 @@ class GraphConfig(object):
   drop_rate: float
   expansion: int
   gating_reduction: int
+  mix_number: int
+  cl_temperature: float
+  cl_lambda: float
   iterations: int
   dbof_add_batch_norm: bool
   sample_random_frames: bool
@@ -189,6 +191,92 @@ class GraphConfig(object):
   gating: bool
   hrnn_cells: int
   hrnn_block_size: int
+
+  def model_class(self, frame_features):
+    """The --model class, from the registry of the feature kind in use."""
+    registry = (frame_level_models.MODELS if frame_features
+                else video_level_models.MODELS)
+    if self.model not in registry and not frame_features:
+      raise utils.UsageError("--model=%s is not a video-level model (choose from: %s); "
+                             "for frame-level models set --frame_features"
+                             % (self.model, ", ".join(registry.names())))
+    return registry.get(self.model)
+
+  def create_kwargs(self, feature_sizes, frame_packing):
+    """The keyword arguments of model_class().create_model besides the inputs."""
+    kwargs = dict(feature_sizes=feature_sizes,
+                  classifier=self.video_level_classifier_model,
+                  l2_penalty=self.l2_penalty, num_mixtures=self.moe_num_mixtures)
+    if self.model in ("NeXtVLADModel", "MixNeXtVladModel"):
+      kwargs.update(cluster_size=self.nextvlad_cluster_size,
+                    hidden_size=self.nextvlad_hidden_size, groups=self.groups,
+                    expansion=self.expansion, gating_reduction=self.gating_reduction,
+                    drop_rate=self.drop_rate, frame_packing=frame_packing)
+      if self.model == "MixNeXtVladModel":
+        kwargs.update(mix_number=self.mix_number, cl_temperature=self.cl_temperature,
+                      cl_lambda=self.cl_lambda)
+    elif self.model == "DbofModel":
+      kwargs.update(iterations=self.iterations,
+                    sample_random_frames=self.sample_random_frames,
+                    add_batch_norm=self.dbof_add_batch_norm,
+                    cluster_size=self.dbof_cluster_size,
+                    hidden_size=self.dbof_hidden_size,
+                    pooling_method=self.dbof_pooling_method,
+                    frame_packing=frame_packing)
+    elif self.model == "LstmModel":
+      kwargs.update(cells=self.lstm_cells, layers=self.lstm_layers)
+    elif self.model == "NetVLADModel":
+      kwargs.update(cluster_size=self.netvlad_cluster_size,
+                    hidden_size=self.netvlad_hidden_size,
+                    add_batch_norm=self.netvlad_add_batch_norm, gating=self.gating,
+                    frame_packing=frame_packing)
+    elif self.model == "HRNNModel":
+      kwargs.update(cells=self.hrnn_cells, block_size=self.hrnn_block_size)
+    return kwargs
+
+  def model_only(self):
+    """This config as a plain ModelConfig (a GraphConfig is one plus its run)."""
+    return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
+
+  def model_json(self):
+    """{flag name: value} of the model fields (what model_flags.json records of a
+    KD run's teacher)."""
+    return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+  def describe(self):
+    """A short description for log lines: the model and the settings it uses."""
+    kwargs = self.create_kwargs((), "auto")
+    return "%s(%s)" % (self.model, ", ".join(
+        "%s=%s" % (k, v) for k, v in sorted(kwargs.items())
+        if k not in ("feature_sizes", "frame_packing")))
+
+
+MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphConfig(ModelConfig):
+  """Everything that shapes a run's graph: the trained model's ModelConfig (the
+  student's in KD) plus the inputs, the roles and the losses. Field names are the flag
+  names.
+
+  feature_names / feature_sizes are tuples here and comma-separated strings in
+  model_flags.json (as the flags spell them). `preprocessing` is the resolved
+  preprocessing.Preprocessing (model_flags.json records its kind). bf16 and
+  frame_packing change speed, not results or variables: recorded for information,
+  never a conflict, and a CLI's own flags choose them when it rebuilds a run.
+  teacher_model: in KD, the teacher's ModelConfig as a dict (model_json()), from the
+  teacher's own run directory; empty: the teacher is built like the student (KD runs
+  written before roles had models of their own, parallel KD). teacher_cache describes
+  the teacher cache an offline KD run reads its teacher's outputs from
+  (TeacherCache.record(); empty otherwise): such a run's graph has no teacher.
+  """
+  feature_names: tuple
+  feature_sizes: tuple
+  frame_features: bool
+  num_classes: int
+  max_frames: int
+  preprocessing: preprocessing.Preprocessing
   label_loss: str
   model_type: str
   k_frame: int
@@ -202,6 +290,7 @@ class GraphConfig(object):
   regularization_penalty: float
   frame_packing: str
   bf16: bool
+  teacher_model: dict = dataclasses.field(default_factory=dict)
   teacher_cache: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -218,56 +307,33 @@ class GraphConfig(object):
     if self.model_type != "teacher" and not self.frame_features:
       raise utils.UsageError("--model_type=%s needs frame features (--frame_features)"
                              % self.model_type)
-    self.model_class()
-    if self.preprocessing not in (preprocessing.PCA, preprocessing.NONE):
-      raise utils.UsageError("unknown preprocessing %r" % self.preprocessing)
+    for role in self.roles():
+      model = self.model_config(role)
+      model.model_class(self.frame_features)
+      if (model.model == "MixNeXtVladModel" and model.video_level_classifier_model
+          not in LOGIT_CLASSIFIERS):
+        raise utils.UsageError(
+            "--model=MixNeXtVladModel mixes its branches' logits: it needs "
+            "--video_level_classifier_model=%s, not %s" % (
+                " or ".join(LOGIT_CLASSIFIERS), model.video_level_classifier_model))
+    if not isinstance(self.preprocessing, preprocessing.Preprocessing):
+      raise utils.UsageError("unknown preprocessing %r" % (self.preprocessing,))
 
   def replace(self, **changes):
     """A copy with some fields changed (validated again)."""
     return dataclasses.replace(self, **changes)
 
-  # --- the model ------------------------------------------------------------------------
-
-  def model_class(self):
-    """The --model class, from the registry of the feature kind in use."""
-    registry = (frame_level_models.MODELS if self.frame_features
-                else video_level_models.MODELS)
-    if self.model not in registry and not self.frame_features:
-      raise utils.UsageError("--model=%s is not a video-level model (choose from: %s); "
-                             "for frame-level models set --frame_features"
-                             % (self.model, ", ".join(registry.names())))
-    return registry.get(self.model)
-
-  def model_kwargs(self):
-    """The keyword arguments of model_class().create_model besides the inputs."""
-    kwargs = dict(feature_sizes=self.feature_sizes,
-                  classifier=self.video_level_classifier_model,
-                  l2_penalty=self.l2_penalty, num_mixtures=self.moe_num_mixtures)
-    if self.model == "NeXtVLADModel":
-      kwargs.update(cluster_size=self.nextvlad_cluster_size,
-                    hidden_size=self.nextvlad_hidden_size, groups=self.groups,
-                    expansion=self.expansion, gating_reduction=self.gating_reduction,
-                    drop_rate=self.drop_rate, frame_packing=self.frame_packing)
-    elif self.model == "DbofModel":
-      kwargs.update(iterations=self.iterations,
-                    sample_random_frames=self.sample_random_frames,
-                    add_batch_norm=self.dbof_add_batch_norm,
-                    cluster_size=self.dbof_cluster_size,
-                    hidden_size=self.dbof_hidden_size,
-                    pooling_method=self.dbof_pooling_method,
-                    frame_packing=self.frame_packing)
-    elif self.model == "LstmModel":
-      kwargs.update(cells=self.lstm_cells, layers=self.lstm_layers)
-    elif self.model == "NetVLADModel":
-      kwargs.update(cluster_size=self.netvlad_cluster_size,
-                    hidden_size=self.netvlad_hidden_size,
-                    add_batch_norm=self.netvlad_add_batch_norm, gating=self.gating,
-                    frame_packing=self.frame_packing)
-    elif self.model == "HRNNModel":
-      kwargs.update(cells=self.hrnn_cells, block_size=self.hrnn_block_size)
-    return kwargs
-
   # --- roles ----------------------------------------------------------------------------
+
+  def model_config(self, role):
+    """The ModelConfig of `role`: the KD teacher's own, else this run's model."""
+    if role == TEACHER and self.model_type == "KD" and self.teacher_model:
+      return ModelConfig(**self.teacher_model)
+    return self.model_only()
+
+  def frames_seen(self, role):
+    """How many frames `role` sees: k_frame for the student, all for the teacher."""
+    return self.k_frame if role == STUDENT else self.max_frames
 
   def single_model_role(self):
     """The scope a teacher/student-type run trains: teacher only when it sees all frames."""
@@ -309,16 +375,26 @@ class GraphConfig(object):
 
   def to_json(self):
     """The dict model_flags.json holds."""
-    recorded = dataclasses.asdict(self)
+    recorded = {field.name: getattr(self, field.name)
+                for field in dataclasses.fields(self)}
     recorded["feature_names"] = ",".join(self.feature_names)
     recorded["feature_sizes"] = ",".join(str(s) for s in self.feature_sizes)
+    recorded["preprocessing"] = self.preprocessing.kind
+    recorded["teacher_model"] = dict(self.teacher_model)
+    recorded["teacher_cache"] = dict(self.teacher_cache)
     return recorded
 
 
+# Classifiers that define logits (MixNeXtVladModel mixes them).
+LOGIT_CLASSIFIERS = ("LogisticModel", "StarterLogisticModel")
 INFORMATION_ONLY = ("bf16", "frame_packing")
 FIELDS = tuple(field.name for field in dataclasses.fields(GraphConfig))
-# Fields no flag holds: train.py resolves them (--pca_eigenvals, --teacher_cache).
-RESOLVED = ("preprocessing", "teacher_cache")
+# Fields no flag holds: train.py resolves them (--pca_eigenvals, the teacher's run
+# directory, --teacher_cache).
+RESOLVED = ("preprocessing", "teacher_model", "teacher_cache")
+# The flags config.py defines (the graph's); private_flags() copies them.
+GRAPH_FLAGS = tuple(name for name in FIELDS if name not in RESOLVED) + (
+    "pca_eigenvals", "skip_corrupt_records", "role")
 
 
 def _from_values(values):
@@ -339,10 +415,11 @@ def _checked(flag_values, name, value, source=None):
 
 
 def from_flags(flag_values=FLAGS):
-  """The GraphConfig the flags describe (with --pca_eigenvals resolved).
+  """The GraphConfig the flags describe, with --pca_eigenvals resolved (and loaded).
 
   Values are checked by the flags' parsers again, so values set in code (tests, tools)
-  meet the same checks as the command line's.
+  meet the same checks as the command line's. The teacher of a KD run is built like
+  the student until train.py has read the teacher's run directory (teacher_model).
   Raises:
     UsageError naming the flag at fault.
   """
@@ -352,35 +429,52 @@ def from_flags(flag_values=FLAGS):
   return _from_values(values)
 
 
+def private_flags(argv, names=GRAPH_FLAGS):
+  """The flags `names` (default: the graph's) of a command line (`argv` without the
+  program name), parsed into a FlagValues of their own: the process's flags stay
+  untouched. Other flags in argv are ignored. For benchmarks and tools that build a
+  documented command's graph."""
+  private = flags.FlagValues()
+  for name in names:
+    private[name] = copy.deepcopy(FLAGS[name])
+  private(["private"] + list(argv), known_only=True)
+  return private
+
+
 def defaults():
   """The GraphConfig of every flag at its default (for tests and tools)."""
-  values = {name: FLAGS[name].default for name in FIELDS if name not in RESOLVED}
-  values["preprocessing"] = preprocessing.PCA if preprocessing.scales(
-      values["frame_features"], values["feature_names"].split(","),
-      [int(s) for s in values["feature_sizes"].split(",")]) else preprocessing.NONE
-  return _from_values(values)
+  return from_flags(private_flags([]))
 
 
 def preprocessing_from_flags(flag_values=FLAGS):
-  """PCA when --pca_eigenvals is set and the features are frame-level rgb (1024) first.
+  """PCA scaling (loaded from --pca_eigenvals) when the path is set and the features
+  are frame-level rgb (1024) first, else none.
 
   The default path simply does not apply to other features, while a path given for
   them is a UsageError.
   """
   path = flag_values.pca_eigenvals
   if not path:
-    return preprocessing.NONE
+    return preprocessing.Preprocessing()
   names, sizes = utils.GetListOfFeatureNamesAndSizes(flag_values.feature_names,
                                                      flag_values.feature_sizes)
   if preprocessing.scales(flag_values.frame_features, names, sizes):
-    return preprocessing.PCA
+    return preprocessing.Preprocessing.from_eigenvalues(path)
   if path != preprocessing.DEFAULT_EIGENVALS:
     raise utils.UsageError(
         "--pca_eigenvals=%s scales frame-level rgb features (--frame_features with "
         "--feature_names starting with rgb of size 1024); these features are %s"
         % (path, "video-level" if not flag_values.frame_features
            else "%s of size %d" % (names[0], sizes[0])))
-  return preprocessing.NONE
+  return preprocessing.Preprocessing()
+
+
+def model_from_json(recorded, source, flag_values=FLAGS):
+  """The ModelConfig of a dict of model fields (model_flags.json, or its teacher_model),
+  checked with the flags' parsers; fields it lacks take their flag defaults."""
+  return ModelConfig(**{
+      name: (_checked(flag_values, name, recorded[name], source) if name in recorded
+             else flag_values[name].default) for name in MODEL_FIELDS})
 
 
 def from_json(recorded, source, flag_values=FLAGS):
@@ -388,7 +482,7 @@ def from_json(recorded, source, flag_values=FLAGS):
 
   Fields the file lacks (written by an older version) take their flag defaults;
   bf16 and frame_packing come from this process's flags. Unknown names are an error
-  naming `source`.
+  naming `source`. The preprocessing has no scale: its values are in the checkpoint.
   """
   unknown = sorted(set(recorded) - set(FIELDS))
   if unknown:
@@ -396,7 +490,16 @@ def from_json(recorded, source, flag_values=FLAGS):
   values = {}
   for name in FIELDS:
     if name == "preprocessing":
-      values[name] = recorded.get(name, preprocessing.NONE)
+      values[name] = preprocessing.Preprocessing(
+          recorded.get(name, preprocessing.NONE), source=source)
+    elif name == "teacher_model":
+      # A KD run written before roles had models of their own built its teacher like
+      # its student.
+      teacher = recorded.get(name) or (
+          {k: recorded[k] for k in MODEL_FIELDS if k in recorded}
+          if recorded.get("model_type") == "KD" else {})
+      values[name] = (model_from_json(teacher, source + " (teacher_model)",
+                                      flag_values).model_json() if teacher else {})
     elif name == "teacher_cache":
       values[name] = dict(recorded.get(name) or {})
     elif name in INFORMATION_ONLY or name not in recorded:
@@ -407,12 +510,74 @@ def from_json(recorded, source, flag_values=FLAGS):
   return _from_values(values)
 
 
+def cache_identity(record):
+  """What identifies the teacher cache of a model_flags.json record (its teacher_cache)
+  for a resume: the digest of the teacher, files and dtype (not where the teacher
+  lives). Records of caches written before fingerprints had a format compare by what
+  they share with today's: preprocessing, number of files and dtype."""
+  if not record:
+    return None
+  if "format" in record:
+    return record["digest"]
+  return (record.get("preprocessing"), record.get("num_files"), record.get("dtype"))
+
+
 def conflicts(recorded, current):
   """Fields whose values differ between two model_flags.json dicts ('--x: old -> new')."""
   found = []
   for name in sorted(set(recorded) | set(current)):
     if name in INFORMATION_ONLY:
       continue
+    if name == "teacher_cache":
+      old, new = recorded.get(name), current.get(name)
+      if old and new and "format" not in old:  # written by an earlier version
+        new = {k: v for k, v in new.items() if k != "format"}
+      if cache_identity(old) != cache_identity(new):
+        found.append("--teacher_cache: %s -> %s" % (
+            "digest %s" % old.get("digest") if old else "none (online)",
+            "digest %s" % new.get("digest") if new else "none (online)"))
+      continue
+    if name == "teacher_model" and recorded.get(name) and current.get(name):
+      found.extend("--teacher_model: %s %r -> %r" % (key, recorded[name].get(key),
+                                                     current[name].get(key))
+                   for key in MODEL_FIELDS
+                   if recorded[name].get(key) != current[name].get(key))
+      continue
     if recorded.get(name) != current.get(name):
       found.append("--%s: %r -> %r" % (name, recorded.get(name), current.get(name)))
   return found
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(object):
+  """How train.py trains (not what): resolved once from its flags in main and passed
+  down; the defaults are the starter's flags' defaults. Nothing below the entry points
+  reads flags, so benchmarks and tests build one directly."""
+  train_data_pattern: str = ""
+  eval_data_pattern: str = ""
+  batch_size: int = 1024
+  base_learning_rate: float = 0.01
+  learning_rate_decay: float = 0.95
+  learning_rate_decay_examples: float = 4000000
+  num_epochs: int = 5
+  max_steps: int = None
+  export_model_steps: int = 1000
+  num_readers: int = 8
+  optimizer: str = "AdamOptimizer"
+  clip_gradient_norm: float = 1.0
+  seed: int = None
+  log_every_n_steps: int = 10
+  skip_corrupt_records: bool = False
+  log_device_placement: bool = False
+  num_gpu: int = 1
+
+  def __post_init__(self):
+    if self.batch_size <= 0:
+      raise utils.UsageError("--batch_size must be positive, got %d" % self.batch_size)
+    if not isinstance(getattr(tf.compat.v1.train, self.optimizer, None), type):
+      raise utils.UsageError("--optimizer=%s is not a tf.compat.v1.train optimizer "
+                             "(e.g. AdamOptimizer)" % self.optimizer)
+
+  def replace(self, **changes):
+    """A copy with some fields changed (validated again)."""
+    return dataclasses.replace(self, **changes)

@@ -12,6 +12,7 @@ recurrent state stops at the last real frame.
   NetVLADModel             learnable NetVLAD per modality + context gating (Willow)
   HRNNModel                hierarchical LSTM over blocks of frames (H-RNN teacher)
   NeXtVLADModel            re-exported from nextvlad.py
+  MixNeXtVladModel         a per-video mixture of NeXtVLADs (nextvlad.py)
 """
 
 import tensorflow as tf
@@ -21,7 +22,7 @@ import model_utils
 import registry
 import utils
 import video_level_models
-from nextvlad import NeXtVLADModel, classify
+from nextvlad import MixNeXtVladModel, NeXtVLADModel, classify
 
 tf1 = tf.compat.v1
 POOLING_METHODS = ("max", "average")  # --dbof_pooling_method
@@ -32,11 +33,7 @@ def _branch_names(count):
   return (["rgb", "audio"] + ["feature%d" % i for i in range(2, count)])[:count]
 
 
-def masked_mean(frames, mask):
-  """frames [B, T, D], mask [B, T] float 1/0 -> mean over real frames [B, D]."""
-  total = tf.reduce_sum(tf.where(mask[:, :, None] > 0, frames, tf.zeros_like(frames)),
-                        axis=1)
-  return total / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+masked_mean = model_utils.masked_mean
 
 
 def masked_max(frames, mask):
@@ -324,5 +321,5 @@ class HRNNModel(model_utils.BaseModel):
 
 MODELS = registry.Registry("frame-level model", "--model")
 for _model in (FrameLevelLogisticModel, DbofModel, LstmModel, NetVLADModel, HRNNModel,
-               NeXtVLADModel):
+               NeXtVLADModel, MixNeXtVladModel):
   MODELS.register(_model)

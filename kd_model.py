@@ -1,28 +1,41 @@
-"""Teacher and student in one graph: inputs per role, role models, tower losses.
+"""Teacher and student in one graph: each role's inputs and model, and the training
+task that owns a run's inputs, models and losses.
 
 Variable layout (stable, so checkpoints move between run kinds):
   teacher/tower/...   the model that sees all frames
   student/tower/...   the model that sees k frames (--k_frame, --frame_sampling)
+  student/tower/rep_projection/...   KD only, when the student's representation is
+                      narrower or wider than the teacher's: the learned linear map that
+                      L_rep compares through (never part of an inference graph)
   input_preprocessing/rgb_scale   (only with PCA preprocessing)
-A `--model_type=teacher` run with k_frame >= max_frames trains `teacher/`; a
-teacher-type run with fewer frames, or `--model_type=student`, trains `student/` alone
-(the k-frame baseline); `--model_type=KD` builds both and trains `student/` against the
-teacher restored from its checkpoint (serial) or trains both from scratch (parallel).
+Each role builds its own model (GraphConfig.model_config): in KD the teacher's comes
+from its own run directory, the student's from the command line.
+
+`training_task(cfg, teacher, cache)` is the one place a run's task is chosen:
+  ModelTraining  a teacher, or a k-frame student baseline, trained alone on labels
+  Distillation   KD: serial (frozen teacher restored from its checkpoint), parallel
+                 (both trained from scratch) or offline (the teacher's outputs read
+                 from a teacher cache next to each record)
+Each task builds the training input batch, one tower's losses, and says which
+variables train and how the teacher is restored.
 """
+
+import dataclasses
 
 import tensorflow as tf
 
 import frame_selection
 import losses
-import preprocessing
+import model_utils
 import readers
 
 tf1 = tf.compat.v1
 TEACHER, STUDENT = "teacher", "student"
+PROJECTION_SCOPE = "rep_projection"
 
 
-def model_inputs(cfg, role, batch, training_scale=None, seed=None, is_training=True):
-  """The frames a role sees, dequantized and preprocessed.
+def model_inputs(cfg, role, batch, seed=None, is_training=True):
+  """The frames a role sees, dequantized and preprocessed (cfg.preprocessing).
 
   Args:
     cfg: the GraphConfig.
@@ -30,7 +43,6 @@ def model_inputs(cfg, role, batch, training_scale=None, seed=None, is_training=T
     batch: reader output; video_matrix uint8 [B, T, F] or float32, num_frames [B]. For
       the student, T may already be the k' frames the reader picked (get_reader's
       student_only).
-    training_scale: numpy [1024] PCA scale when training (see preprocessing.preprocess).
     seed: op seed of random frame sampling.
     is_training: False picks `random` frames as a fixed set per video id.
   Returns:
@@ -48,9 +60,7 @@ def model_inputs(cfg, role, batch, training_scale=None, seed=None, is_training=T
         video_ids=None if is_training else batch["video_ids"])
   if frames.dtype == tf.uint8:
     frames = readers.dequantize_frames(frames, num_frames)
-  frames = preprocessing.preprocess(frames, num_frames, cfg.preprocessing,
-                                    rgb_size=cfg.feature_sizes[0],
-                                    training_scale=training_scale)
+  frames = cfg.preprocessing.apply(frames, num_frames, rgb_size=cfg.feature_sizes[0])
   return frames, num_frames
 
 
@@ -61,15 +71,25 @@ def _frozen_getter(getter, *args, **kwargs):
 
 def create_role_model(cfg, role, model_input, num_frames, is_training, reuse,
                       frozen=False):
-  """Builds cfg's model under `<role>/tower` and returns its output dict.
+  """Builds the role's model (cfg.model_config(role)) under `<role>/tower`.
 
   frozen: the variables are created non-trainable (the serial-KD teacher).
+  Returns:
+    the model's output dict (model_utils.BaseModel).
   """
+  model = cfg.model_config(role)
   with tf1.variable_scope(role, custom_getter=_frozen_getter if frozen else None):
     with tf1.variable_scope("tower", reuse=reuse):
-      return cfg.model_class()().create_model(
+      return model.model_class(cfg.frame_features)().create_model(
           model_input=model_input, vocab_size=cfg.num_classes, num_frames=num_frames,
-          is_training=is_training, **cfg.model_kwargs())
+          is_training=is_training,
+          **model.create_kwargs(cfg.feature_sizes, cfg.frame_packing))
+
+
+def inference_outputs(cfg, batch, role, reuse=False):
+  """One role's model in inference mode -> its output dict (see create_role_model)."""
+  inputs, num_frames = model_inputs(cfg, role, batch, is_training=False)
+  return create_role_model(cfg, role, inputs, num_frames, is_training=False, reuse=reuse)
 
 
 def regularization_loss(role):
@@ -78,77 +98,223 @@ def regularization_loss(role):
   return tf.add_n(terms) if terms else tf.constant(0.0)
 
 
-def tower_loss(cfg, batch, reuse, training_scale=None, seed=None):
-  """Builds one training tower.
+def model_losses(outputs, labels, label_loss, role):
+  """A model's label and regularization losses under the starter's contract.
 
+  label: outputs["loss"] when the model gives one, else label_loss on its
+    predictions; plus label_loss on every outputs["aux_predictions"].
+  regularization: the L2 terms of the variables under `role/`, plus
+    outputs["regularization_loss"] when the model gives one.
   Returns:
-    dict with `total` (the loss to minimise), `label_loss` (L_CE of the trained model
-    or the student), `rep_loss` and `pred_loss` (KD only), `regularization`,
-    `predictions` [B, C] of the trained model (the student in KD) and, in KD, the
-    student's `representation` [B, H]. An offline KD batch (cfg.teacher_cache) brings
-    the teacher's outputs as teacher_predictions [B, C] and teacher_representation
-    [B, H].
+    (label loss, regularization) scalar tensors.
   """
-  label_loss = losses.get_label_loss(cfg.label_loss)
-  labels = batch["labels"]
-  terms = {}
-  if cfg.model_type != "KD":
+  if "loss" in outputs:
+    label = outputs["loss"]
+  else:
+    label = label_loss.calculate_loss(outputs["predictions"], labels)
+  for aux in outputs.get("aux_predictions", ()):
+    label += label_loss.calculate_loss(aux, labels)
+  regularization = regularization_loss(role)
+  if "regularization_loss" in outputs:
+    regularization += outputs["regularization_loss"]
+  return label, regularization
+
+
+def teacher_variables():
+  """Every global variable under teacher/ (weights and batch-norm statistics)."""
+  return [v for v in tf1.global_variables() if v.op.name.startswith(TEACHER + "/")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher(object):
+  """A serial-KD teacher: its checkpoint and the scope its variables have there.
+
+  scope is `teacher` for a teacher run; a run that trained its student (a baseline, or
+  a distilled student) can teach too, its `student/` variables restored into the KD
+  graph's `teacher/`.
+  """
+  checkpoint: str
+  scope: str = TEACHER
+
+  def var_list(self, variables):
+    """{name in the checkpoint: graph variable} for the KD graph's teacher/ variables."""
+    return {self.scope + v.op.name[len(TEACHER):]: v for v in variables}
+
+
+class ModelTraining(object):
+  """One model trained alone on labels: the teacher (all frames) or a k-frame student
+  baseline (cfg.single_model_role())."""
+
+  def __init__(self, cfg):
+    self.cfg = cfg
+    self.label_loss = losses.get_label_loss(cfg.label_loss)
+
+  def student_only(self):
+    """Whether only the k-frame student reads the batches, so the reader may decode
+    its frames alone (never for `random` training draws, made in the model graph so
+    that --seed reproduces them)."""
+    return self.cfg.roles() == (STUDENT,) and self.cfg.frame_sampling != "random"
+
+  def input_batch(self, train_cfg, global_batch, skipped=None, start_step=0):
+    """Shuffled training batches of train_cfg.train_data_pattern (uint8 frames).
+
+    With a seed the record order is fixed, and a run resumed at start_step skips the
+    batches its first start_step steps read, so it sees the batches an uninterrupted
+    run would have seen.
+    """
+    return readers.get_input_data_tensors(
+        readers.get_reader(self.cfg, dequantize=False, student_only=self.student_only()),
+        train_cfg.train_data_pattern, global_batch, train_cfg.num_readers,
+        train_cfg.num_epochs, shuffle=True, seed=train_cfg.seed,
+        flag_name="--train_data_pattern", skipped=skipped,
+        skip_batches=start_step if train_cfg.seed is not None else 0,
+        companions=self._companions())
+
+  def _companions(self):
+    return None
+
+  def tower(self, batch, reuse, seed=None):
+    """One training tower on its slice of the batch.
+
+    Returns:
+      dict of scalar tensors `total` (the loss to minimise), `label_loss`,
+      `regularization` (and per task more terms), and `predictions` [B, C] of the
+      trained model (the student in KD).
+    """
+    cfg = self.cfg
     role = cfg.single_model_role()
-    inputs, num_frames = model_inputs(cfg, role, batch, training_scale, seed)
+    inputs, num_frames = model_inputs(cfg, role, batch, seed)
     outputs = create_role_model(cfg, role, inputs, num_frames, True, reuse)
-    terms["label_loss"] = label_loss.calculate_loss(outputs["predictions"], labels)
-    terms["regularization"] = regularization_loss(role)
-    terms["total"] = (terms["label_loss"] +
-                      cfg.regularization_penalty * terms["regularization"])
-    terms["predictions"] = outputs["predictions"]
+    label, regularization = model_losses(outputs, batch["labels"], self.label_loss, role)
+    return {"label_loss": label, "regularization": regularization,
+            "total": label + cfg.regularization_penalty * regularization,
+            "predictions": outputs["predictions"]}
+
+  def trained_variables(self):
+    """The variables that get gradients (those of cfg.trained_roles())."""
+    return [v for role in self.cfg.trained_roles()
+            for v in tf1.trainable_variables(scope=role + "/")]
+
+  def restore_teacher(self):
+    """(Scaffold init_fn restoring the teacher at a fresh start, the variables it
+    restores, its checkpoint), or None when there is none to restore."""
+    return None
+
+  def loss_scale_note(self, batch_size):
+    """A line when summed KD terms meet other sizes than the recipe's, else None."""
+    return None
+
+
+class Distillation(ModelTraining):
+  """Knowledge distillation of the teacher into the k-frame student.
+
+  Modes: serial (a frozen teacher in inference mode, restored from `teacher`),
+  parallel (teacher and student trained together from scratch, the teacher on its
+  labels only) and offline (no teacher in the graph: its outputs come from `cache`
+  with each record). Per tower:
+    total = kd_ce_weight * L_CE + kd_pred_weight * L_pred + kd_rep_weight * L_rep
+            + regularization_penalty * regularization
+  where L_CE and the regularization are the student's (model_losses), L_pred compares
+  class probabilities and L_rep representations (through the student's projection
+  when their widths differ). A term whose weight is 0 is left out of the graph.
+  """
+
+  def __init__(self, cfg, teacher=None, cache=None):
+    super(Distillation, self).__init__(cfg)
+    self.teacher = teacher
+    self.cache = cache
+    self.mode = "offline" if cache is not None else cfg.kd_mode
+    self.rep_width = None
+
+  def _companions(self):
+    return self.cache.paths_by_file() if self.cache else None
+
+  def input_batch(self, train_cfg, global_batch, skipped=None, start_step=0):
+    """The records' batches (see ModelTraining); offline, with each record's cached
+    teacher outputs as teacher_predictions [B, C] and teacher_representation [B, H]."""
+    batch = super(Distillation, self).input_batch(train_cfg, global_batch, skipped,
+                                                  start_step)
+    if self.cache:
+      batch["teacher_predictions"], batch["teacher_representation"] = self.cache.decode(
+          batch.pop("companion"), batch["video_ids"])
+    return batch
+
+  def _teacher_outputs(self, batch, reuse, seed):
+    if self.mode == "offline":
+      return {"predictions": batch["teacher_predictions"],
+              "representation": batch["teacher_representation"]}
+    parallel = self.mode == "parallel"
+    inputs, num_frames = model_inputs(self.cfg, TEACHER, batch, seed)
+    return create_role_model(self.cfg, TEACHER, inputs, num_frames,
+                             is_training=parallel, reuse=reuse, frozen=not parallel)
+
+  def _projected(self, representation, width, reuse):
+    """The student's representation [B, Hs] as L_rep compares it: itself when the
+    teacher's is as wide, else through a learned linear map to [B, width] under
+    student/tower/rep_projection (as FitNets regress a teacher's hint)."""
+    if int(representation.shape[-1]) == width:
+      return representation
+    with tf1.variable_scope(STUDENT), tf1.variable_scope("tower", reuse=reuse):
+      return model_utils.fully_connected(representation, width, PROJECTION_SCOPE)
+
+  def tower(self, batch, reuse, seed=None):
+    """One KD tower; terms as ModelTraining's plus `pred_loss` and `rep_loss` (when
+    weighted) and, in parallel mode, `teacher_label_loss`."""
+    cfg = self.cfg
+    labels = batch["labels"]
+    teacher = self._teacher_outputs(batch, reuse, seed)
+    inputs, num_frames = model_inputs(cfg, STUDENT, batch, seed)
+    student = create_role_model(cfg, STUDENT, inputs, num_frames, True, reuse)
+    terms = {}
+    terms["label_loss"], terms["regularization"] = model_losses(
+        student, labels, self.label_loss, STUDENT)
+    total = cfg.kd_ce_weight * terms["label_loss"]
+    if cfg.kd_pred_weight:
+      terms["pred_loss"] = losses.prediction_loss(
+          tf.stop_gradient(teacher["predictions"]), student["predictions"],
+          cfg.kd_pred_loss, cfg.kd_reduction)
+      total += cfg.kd_pred_weight * terms["pred_loss"]
+    if cfg.kd_rep_weight:
+      target = tf.stop_gradient(teacher["representation"])
+      self.rep_width = int(target.shape[-1])
+      terms["rep_loss"] = losses.representation_loss(
+          target, self._projected(student["representation"], self.rep_width, reuse),
+          cfg.kd_reduction)
+      total += cfg.kd_rep_weight * terms["rep_loss"]
+    total += cfg.regularization_penalty * terms["regularization"]
+    if self.mode == "parallel":
+      terms["teacher_label_loss"], teacher_regularization = model_losses(
+          teacher, labels, self.label_loss, TEACHER)
+      total += (terms["teacher_label_loss"] +
+                cfg.regularization_penalty * teacher_regularization)
+    terms["total"] = total
+    terms["predictions"] = student["predictions"]
     return terms
 
-  parallel = cfg.kd_mode == "parallel"
-  if cfg.teacher_cache:  # offline: the frozen teacher's outputs come with the batch
-    teacher = {"predictions": batch["teacher_predictions"],
-               "representation": batch["teacher_representation"]}
-  else:
-    t_inputs, t_frames = model_inputs(cfg, TEACHER, batch, training_scale, seed)
-    teacher = create_role_model(cfg, TEACHER, t_inputs, t_frames, is_training=parallel,
-                                reuse=reuse, frozen=not parallel)
-  s_inputs, s_frames = model_inputs(cfg, STUDENT, batch, training_scale, seed)
-  student = create_role_model(cfg, STUDENT, s_inputs, s_frames, True, reuse)
-  teacher_predictions = tf.stop_gradient(teacher["predictions"])
-  teacher_representation = tf.stop_gradient(teacher["representation"])
-  terms["label_loss"] = label_loss.calculate_loss(student["predictions"], labels)
-  terms["pred_loss"] = losses.prediction_loss(teacher_predictions,
-                                              student["predictions"],
-                                              cfg.kd_pred_loss, cfg.kd_reduction)
-  terms["rep_loss"] = losses.representation_loss(teacher_representation,
-                                                 student["representation"],
-                                                 cfg.kd_reduction)
-  terms["regularization"] = regularization_loss(STUDENT)
-  total = (cfg.kd_ce_weight * terms["label_loss"] +
-           cfg.kd_pred_weight * terms["pred_loss"] +
-           cfg.kd_rep_weight * terms["rep_loss"] +
-           cfg.regularization_penalty * terms["regularization"])
-  if parallel:
-    terms["teacher_label_loss"] = label_loss.calculate_loss(teacher["predictions"],
-                                                            labels)
-    total += (terms["teacher_label_loss"] +
-              cfg.regularization_penalty * regularization_loss(TEACHER))
-  terms["total"] = total
-  terms["predictions"] = student["predictions"]
-  terms["representation"] = student["representation"]
-  return terms
+  def restore_teacher(self):
+    """The serial teacher's restore at a fresh start (see ModelTraining)."""
+    if self.mode != "serial" or self.teacher is None:
+      return None
+    var_list = self.teacher.var_list(teacher_variables())
+    saver = tf1.train.Saver(var_list=var_list)
+    checkpoint = self.teacher.checkpoint
+    return (lambda scaffold, sess: saver.restore(sess, checkpoint)), var_list, checkpoint
+
+  def loss_scale_note(self, batch_size):
+    """With --kd_reduction=sum, L_rep grows with batch x representation width and
+    L_pred with the batch, while L_CE is a batch mean; the documented weights (0.01,
+    0.001) are tuned for batch 80 per tower and width 2048. Returns None when they
+    apply as they are, else one line with the weights that keep the recipe's balance.
+    """
+    return loss_scale_note(self.cfg, batch_size, self.rep_width or RECIPE_WIDTH)
 
 
 RECIPE_BATCH, RECIPE_WIDTH = 80, 2048
 
 
 def loss_scale_note(cfg, batch_size, representation_width):
-  """A note when summed KD terms meet another batch/width than the recipe tuned for.
-
-  With --kd_reduction=sum, L_rep grows with batch x representation width and L_pred
-  with the batch, while L_CE is a batch mean; the documented weights (0.01, 0.001)
-  are tuned for batch 80 per tower and width 2048. Returns None when they apply as
-  they are, else one line with the weights that keep the recipe's balance.
-  """
+  """See Distillation.loss_scale_note; representation_width: what L_rep compares (the
+  teacher's width)."""
   if cfg.model_type != "KD" or cfg.kd_reduction != "sum":
     return None
   if (batch_size, representation_width) == (RECIPE_BATCH, RECIPE_WIDTH):
@@ -162,12 +328,13 @@ def loss_scale_note(cfg, batch_size, representation_width):
           % (RECIPE_BATCH, RECIPE_WIDTH, batch_size, representation_width, rep, pred))
 
 
-def inference_outputs(cfg, batch, role, reuse=False):
-  """One role's model in inference mode -> its output dict (see create_role_model)."""
-  inputs, num_frames = model_inputs(cfg, role, batch, is_training=False)
-  return create_role_model(cfg, role, inputs, num_frames, is_training=False, reuse=reuse)
+def training_task(cfg, teacher=None, cache=None):
+  """The task a run trains: Distillation for --model_type=KD (offline with a teacher
+  cache, else cfg.kd_mode), else ModelTraining.
 
-
-def teacher_variables():
-  """Every global variable under teacher/ (weights and batch-norm statistics)."""
-  return [v for v in tf1.global_variables() if v.op.name.startswith(TEACHER + "/")]
+  teacher: the serial teacher to restore at a fresh start (None when resuming, or
+    offline); cache: the TeacherCache of an offline run (cfg.teacher_cache).
+  """
+  if cfg.model_type != "KD":
+    return ModelTraining(cfg)
+  return Distillation(cfg, teacher=teacher, cache=cache)

@@ -24,7 +24,10 @@ class BaseModel(object):
 
   The dict has `predictions` [B, vocab_size] probabilities, `logits` [B, vocab_size]
   where the classifier defines them, and `representation` [B, H] (the vector fed to
-  the classifier; L_rep compares it between teacher and student).
+  the classifier; L_rep compares it between teacher and student). In training a model
+  may add the starter's `loss` (replaces the label loss of `predictions`),
+  `regularization_loss` (added to the L2 terms) and `aux_predictions` (a list of
+  [B, vocab_size], each adding its label loss); see kd_model.model_losses.
   """
 
   def create_model(self, model_input, vocab_size, num_frames, is_training, **unused):
@@ -258,6 +261,13 @@ class FrameRows(object):
     if self.row_mask is None:
       return values
     return values * tf.cast(self.row_mask, values.dtype)[:, None]
+
+
+def masked_mean(frames, mask):
+  """frames [B, T, D], mask [B, T] float 1/0 -> mean over real frames [B, D]."""
+  total = tf.reduce_sum(tf.where(mask[:, :, None] > 0, frames, tf.zeros_like(frames)),
+                        axis=1)
+  return total / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
 
 
 def frame_mask(num_frames, max_frames, dtype=tf.float32):

@@ -6,6 +6,9 @@ Per modality branch (rgb: N=1024, K clusters, G groups; audio: N=128, K/2, G/2):
   vlad[d, k] = sum_{frames, groups} assignment * (x_group[d] - center[d, k]),
   intra-normalised over d, flattened to K * lambda*N/G, batch normalised.
 Head: concat branches -> dropout -> FC (no bias) -> BN -> SE gating -> classifier.
+
+MixNeXtVladModel (the NeXtVLAD authors' 2018 submission): several such models mixed by
+per-video weights, trained with an on-the-fly distillation of the mixture into each.
 """
 
 import tensorflow as tf
@@ -142,3 +145,83 @@ class NeXtVLADModel(model_utils.BaseModel):
     hidden = model_utils.batch_norm(hidden, is_training, "hidden1_bn")
     representation = model_utils.se_context_gating(hidden, gating_reduction, is_training)
     return classify(representation, vocab_size, is_training, classifier, classifier_params)
+
+
+class MixNeXtVladModel(model_utils.BaseModel):
+  """A per-video mixture of NeXtVLAD models ("on-the-fly naive ensemble", the original
+  nextvlad.py's second model).
+
+  weights = softmax(FC(BN(mean of the real frames))) over --mix_number branches, each a
+  whole NeXtVLADModel under `branch_<n>/` (its own rgb and audio NeXtVLAD, hidden layer,
+  gating and classifier); logits = sum_n weights_n * logits_n; predictions =
+  sigmoid(logits). In training it also returns the original's regularization_loss,
+  cl_lambda * batch mean of sum_n KL(softmax(logits / T) || softmax(logits_n / T)),
+  and the branches' predictions as aux_predictions (each gets the label loss).
+  """
+
+  def create_model(self, model_input, vocab_size, num_frames, is_training, mix_number=3,
+                   cl_temperature=2.0, cl_lambda=1.0, classifier="LogisticModel",
+                   **nextvlad_params):
+    """Builds the mixture (the defaults are those of the flags of the same names).
+
+    Args:
+      model_input: [B, T, sum(feature_sizes)] float frames, padded beyond num_frames.
+      vocab_size: number of classes.
+      num_frames: [B] int real frames per video.
+      is_training: Python bool (dropout, batch norm, and the training-only outputs).
+      mix_number: branches M.
+      cl_temperature, cl_lambda: temperature and weight of the KL regularization.
+      classifier: LogisticModel or StarterLogisticModel (the branches' logits are
+        mixed); nextvlad_params go to every branch's NeXtVLADModel.create_model.
+    Returns:
+      {"predictions": [B, vocab_size], "logits": [B, vocab_size] the mixed logits,
+       "representation": [B, hidden_size] the mixing-weighted sum of the branches'
+       representations (what L_rep compares), "mix_weights": [B, M]}; in training
+      also "regularization_loss" (scalar) and "aux_predictions" (M x [B, vocab_size]).
+    """
+    mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
+    # The original averages over the padded frame axis; over the real frames here, so
+    # that padding never changes a prediction (README: differences).
+    mean_frame = model_utils.masked_mean(model_input, mask)
+    mean_frame = model_utils.batch_norm(mean_frame, is_training, "mix_weights_bn")
+    mix_logits = model_utils.fully_connected(
+        mean_frame, mix_number, "mix_weights",
+        stddev=model_utils.variance_scaling_stddev(int(mean_frame.shape[-1])))
+    mix_weights = tf.nn.softmax(mix_logits, axis=-1)  # [B, M]
+
+    branches = []
+    for n in range(mix_number):
+      with tf1.variable_scope("branch_%d" % n):
+        branches.append(NeXtVLADModel().create_model(
+            model_input, vocab_size, num_frames, is_training, classifier=classifier,
+            **nextvlad_params))
+    if any("logits" not in branch for branch in branches):
+      raise utils.UsageError("--model=MixNeXtVladModel needs a classifier with logits "
+                             "(--video_level_classifier_model=LogisticModel), not %s"
+                             % classifier)
+    branch_logits = tf.stack([b["logits"] for b in branches], axis=1)  # [B, M, C]
+    logits = tf.reduce_sum(mix_weights[:, :, None] * branch_logits, axis=1)
+    representation = tf.reduce_sum(
+        mix_weights[:, :, None] * tf.stack([b["representation"] for b in branches],
+                                           axis=1), axis=1)
+    outputs = {"predictions": tf.sigmoid(logits), "logits": logits,
+               "representation": representation, "mix_weights": mix_weights}
+    if is_training:
+      outputs["regularization_loss"] = cl_lambda * mixture_kl(logits, branch_logits,
+                                                              cl_temperature)
+      outputs["aux_predictions"] = [b["predictions"] for b in branches]
+    return outputs
+
+
+def mixture_kl(logits, branch_logits, temperature, epsilon=1e-8):
+  """Batch mean of sum_n KL(softmax(logits / T) || softmax(branch_logits_n / T)).
+
+  logits [B, C] (the mixture's), branch_logits [B, M, C] -> scalar. The class
+  distributions are softmaxes over all classes, epsilon 1e-8 inside the logs, as in
+  the original.
+  """
+  mixture = tf.nn.softmax(logits / temperature, axis=-1)[:, None, :]  # [B, 1, C]
+  branches = tf.nn.softmax(branch_logits / temperature, axis=-1)  # [B, M, C]
+  kl = tf.reduce_sum(mixture * (tf.math.log(mixture + epsilon) -
+                                tf.math.log(branches + epsilon)), axis=-1)  # [B, M]
+  return tf.reduce_mean(tf.reduce_sum(kl, axis=-1))

@@ -10,6 +10,9 @@ features are never scaled. The scale lives in the graph as the variable
 with and eval, inference and exported models apply the same one without the .npy file.
 """
 
+import dataclasses
+import hashlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -54,28 +57,53 @@ def scales(frame_features, feature_names, feature_sizes):
                                                                            RGB_SIZE)
 
 
-def preprocess(frames, num_frames, kind, rgb_size=RGB_SIZE, training_scale=None):
-  """Applies the preprocessing `kind` to dequantized frames.
+@dataclasses.dataclass(frozen=True)
+class Preprocessing(object):
+  """What happens to frames between the reader and the model, resolved once.
 
-  Args:
-    frames: [B, T, F] float32, rgb in the first rgb_size columns, padding rows 0.
-    num_frames: [B] int32.
-    kind: PCA or NONE.
-    training_scale: numpy [rgb_size] initial value of the scale variable (from
-      load_rgb_scale) when training; None when the value comes from a checkpoint.
-  Returns:
-    [B, T, F] float32, padding rows still 0.
+  kind: PCA or NONE (what model_flags.json records).
+  rgb_scale: numpy float32 [1024] when the scale was loaded from an eigenvalue file
+    (training: the initial value of the scale variable); None when its values come
+    from a checkpoint (eval, inference, export: the variable is restored).
+  scale_sha256: the scale's digest (teacher-cache fingerprints), or None.
+  source: where it was resolved from (a flag or a file), for messages.
   """
-  if kind == NONE:
-    return frames
-  if kind != PCA:
-    raise utils.UsageError("unknown preprocessing %r in model_flags.json" % kind)
-  with tf1.variable_scope("input_preprocessing", reuse=tf1.AUTO_REUSE):
-    initializer = (tf1.zeros_initializer() if training_scale is None
-                   else tf1.constant_initializer(training_scale))
-    scale = tf1.get_variable("rgb_scale", [rgb_size], initializer=initializer,
-                             trainable=False)
-  rgb = (frames[:, :, :rgb_size] - RGB_BIAS) * scale
-  mask = tf.sequence_mask(num_frames, tf.shape(frames)[1], dtype=frames.dtype)
-  rgb = rgb * mask[:, :, None]
-  return tf.concat([rgb, frames[:, :, rgb_size:]], axis=2)
+  kind: str = NONE
+  rgb_scale: object = dataclasses.field(default=None, compare=False, repr=False)
+  scale_sha256: str = None
+  source: str = dataclasses.field(default="", compare=False)
+
+  def __post_init__(self):
+    if self.kind not in (PCA, NONE):
+      raise utils.UsageError("%sunknown preprocessing %r" % (
+          self.source + ": " if self.source else "", self.kind))
+
+  @classmethod
+  def from_eigenvalues(cls, path):
+    """PCA scaling with the scale of the eigenvalue file `path` (--pca_eigenvals)."""
+    scale = load_rgb_scale(path)
+    return cls(PCA, scale, hashlib.sha256(scale.tobytes()).hexdigest(),
+               "--pca_eigenvals=" + path)
+
+  def apply(self, frames, num_frames, rgb_size=RGB_SIZE):
+    """Applies this preprocessing to dequantized frames.
+
+    Args:
+      frames: [B, T, F] float32, rgb in the first rgb_size columns, padding rows 0.
+      num_frames: [B] int32.
+    Returns:
+      [B, T, F] float32, padding rows still 0. With PCA the scale is the variable
+      input_preprocessing/rgb_scale (one per graph, shared by every role), initialized
+      from rgb_scale when known, else restored from a checkpoint.
+    """
+    if self.kind == NONE:
+      return frames
+    with tf1.variable_scope("input_preprocessing", reuse=tf1.AUTO_REUSE):
+      initializer = (tf1.zeros_initializer() if self.rgb_scale is None
+                     else tf1.constant_initializer(self.rgb_scale))
+      scale = tf1.get_variable("rgb_scale", [rgb_size], initializer=initializer,
+                               trainable=False)
+    rgb = (frames[:, :, :rgb_size] - RGB_BIAS) * scale
+    mask = tf.sequence_mask(num_frames, tf.shape(frames)[1], dtype=frames.dtype)
+    rgb = rgb * mask[:, :, None]
+    return tf.concat([rgb, frames[:, :, rgb_size:]], axis=2)

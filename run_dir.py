@@ -11,6 +11,7 @@ import os
 import tensorflow as tf
 
 import config
+import kd_model
 import utils
 
 tf1 = tf.compat.v1
@@ -129,7 +130,8 @@ def check_checkpoint_matches(variables, checkpoint, what):
   """Raises UsageError naming missing or mismatched variables of `checkpoint`.
 
   Args:
-    variables: graph variables to be restored by name.
+    variables: graph variables to be restored by name, or {name in the checkpoint:
+      graph variable} (a Saver's var_list).
     checkpoint: checkpoint prefix path.
     what: how to call the checkpoint in the message (e.g. "--teacher_checkpoint").
   """
@@ -138,11 +140,13 @@ def check_checkpoint_matches(variables, checkpoint, what):
   except (tf.errors.OpError, ValueError) as e:
     raise utils.UsageError("%s %s cannot be read: %s" % (what, checkpoint,
                                                          str(e).splitlines()[0]))
-  missing = [v.op.name for v in variables if v.op.name not in stored]
-  mismatched = ["%s %s in the graph vs %s stored" % (v.op.name, v.shape.as_list(),
-                                                     stored[v.op.name])
-                for v in variables
-                if v.op.name in stored and v.shape.as_list() != list(stored[v.op.name])]
+  if not isinstance(variables, dict):
+    variables = {v.op.name: v for v in variables}
+  missing = [name for name in variables if name not in stored]
+  mismatched = ["%s %s in the graph vs %s stored" % (name, v.shape.as_list(),
+                                                     stored[name])
+                for name, v in variables.items()
+                if name in stored and v.shape.as_list() != list(stored[name])]
   if mismatched:
     raise utils.UsageError("%s %s was written for another model config: %d variables "
                            "differ in shape, e.g. %s" % (
@@ -151,3 +155,72 @@ def check_checkpoint_matches(variables, checkpoint, what):
   if missing:
     raise utils.UsageError("%s %s lacks %d variables of this graph, e.g. %s" % (
         what, checkpoint, len(missing), ", ".join(missing[:3])))
+
+
+def teacher_checkpoint(flag_value, teacher_dir, max_frames):
+  """The checkpoint prefix a serial-KD student learns from.
+
+  flag_value: --teacher_checkpoint (a prefix or a run directory), or empty for the
+  latest checkpoint of teacher_dir (<train_dir>_teacher).
+  Raises:
+    UsageError naming the flag or directory when there is no usable checkpoint.
+  """
+  if not flag_value:
+    checkpoint = tf1.train.latest_checkpoint(teacher_dir)
+    if not checkpoint:
+      raise utils.UsageError(
+          "KD needs a trained teacher: no checkpoint in %s (train it first with "
+          "--model_type=teacher --k_frame=%d, or pass --teacher_checkpoint)"
+          % (teacher_dir, max_frames))
+    return checkpoint
+  # A prefix first: ram:// calls any prefix of a file name (model.ckpt-N) a directory.
+  if checkpoint_exists(flag_value):
+    return flag_value
+  if not tf.io.gfile.isdir(flag_value):
+    raise utils.UsageError("--teacher_checkpoint=%s does not exist" % flag_value)
+  checkpoint = tf1.train.latest_checkpoint(flag_value)
+  if not checkpoint:
+    raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
+                           % flag_value)
+  return checkpoint
+
+
+# What teacher and student must share: one reader feeds both, and L_pred compares
+# their classes.
+SHARED_INPUTS = ("frame_features", "feature_names", "feature_sizes", "max_frames",
+                 "num_classes")
+
+
+def teacher_of(checkpoint, cfg):
+  """The teacher a KD run (cfg, from the command line) distils from `checkpoint`.
+
+  Its model is the one its run directory's model_flags.json records (the model that
+  run trained: its teacher, or its student for a baseline or KD run); a checkpoint
+  without one is built from the KD command's model flags.
+  Returns:
+    (kd_model.Teacher, its ModelConfig, a note line for the console or None).
+  Raises:
+    UsageError when the teacher read other inputs or predicts another class space.
+  """
+  directory = os.path.dirname(checkpoint)
+  recorded = read_recorded(directory)
+  if recorded is None:
+    return (kd_model.Teacher(checkpoint), cfg.model_only(),
+            "note: %s has no %s: the teacher is built from this command's model "
+            "flags (%s)" % (directory, MODEL_FLAGS_FILE, cfg.model))
+  taught = config.from_json(recorded, flags_path(directory))
+  for name in SHARED_INPUTS:
+    theirs, ours = getattr(taught, name), getattr(cfg, name)
+    if theirs != ours:
+      spell = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v
+      if name == "num_classes":
+        raise utils.UsageError(
+            "the teacher %s predicts %d classes but --num_classes=%d: L_pred compares "
+            "the two models' class probabilities, so they need the same class space"
+            % (checkpoint, theirs, ours))
+      raise utils.UsageError(
+          "the teacher %s was trained with --%s=%s, this run reads --%s=%s: teacher "
+          "and student read the same records" % (checkpoint, name, spell(theirs), name,
+                                                 spell(ours)))
+  role = taught.role()
+  return kd_model.Teacher(checkpoint, scope=role), taught.model_config(role), None

@@ -35,11 +35,11 @@ import utils
 tf1 = tf.compat.v1
 FINGERPRINT_FILE = "fingerprint.json"
 DTYPES = {"float16": np.float16, "float32": np.float32}  # --teacher_cache_dtype
-# GraphConfig fields that do not change the teacher's outputs: the student's, the loss.
-STUDENT_ONLY_FIELDS = ("model_type", "k_frame", "frame_sampling", "kd_mode", "kd_ce_weight",
-                       "kd_pred_weight", "kd_rep_weight", "kd_reduction", "kd_pred_loss",
-                       "regularization_penalty", "label_loss", "frame_packing", "bf16",
-                       "teacher_cache")
+# Version of the fingerprint's layout: caches of another one are built again.
+FORMAT = 2
+# Where the teacher and the files are, recorded for information: a cache stays valid
+# when its teacher's run directory moves (it is identified by its checkpoint's digest).
+LOCATION_FIELDS = ("teacher_checkpoint",)
 NO_ENTRY_MARKER = "teacher cache: a training record has no cached entry"
 
 
@@ -51,32 +51,45 @@ def _sha256_of_file(path):
   return digest.hexdigest()
 
 
-def fingerprint(cfg, teacher_checkpoint, rgb_scale, files, dtype):
-  """What a cache of these inputs holds, as a JSON-able dict.
+def fingerprint(cfg, teacher, files, dtype):
+  """What a cache of these inputs holds, as a JSON-able dict: the teacher alone (its
+  model, inputs, preprocessing and checkpoint), the training files and the dtype, so
+  that students of every model, size, k and frame sampling share one cache.
 
-  The checkpoint is identified by its .index file, which holds every tensor's checksum;
-  the files by path, size and modification time.
+  cfg: the KD run's GraphConfig (cfg.model_config(TEACHER) is the teacher's model);
+  teacher: the kd_model.Teacher. The checkpoint is identified by its .index file,
+  which holds every tensor's checksum; the files by path, size and modification time.
   """
-  teacher = {k: v for k, v in cfg.to_json().items() if k not in STUDENT_ONLY_FIELDS}
+  described = cfg.model_config(kd_model.TEACHER).model_json()
+  described.update(
+      feature_names=",".join(cfg.feature_names),
+      feature_sizes=",".join(str(s) for s in cfg.feature_sizes),
+      frame_features=cfg.frame_features, num_classes=cfg.num_classes,
+      max_frames=cfg.max_frames, preprocessing=cfg.preprocessing.kind)
   return {
-      "teacher_checkpoint": utils.absolute(teacher_checkpoint),
-      "teacher_checkpoint_sha256": _sha256_of_file(teacher_checkpoint + ".index"),
-      "teacher": teacher,
-      "rgb_scale_sha256": (hashlib.sha256(np.asarray(rgb_scale, np.float32).tobytes())
-                           .hexdigest() if rgb_scale is not None else None),
+      "format": FORMAT,
+      "teacher_checkpoint": utils.absolute(teacher.checkpoint),
+      "teacher_checkpoint_sha256": _sha256_of_file(teacher.checkpoint + ".index"),
+      "teacher_scope": teacher.scope,
+      "teacher": described,
+      "rgb_scale_sha256": cfg.preprocessing.scale_sha256,
       "files": [[utils.absolute(f)] + list(utils.file_signature(f)) for f in files],
       "dtype": dtype,
   }
 
 
 def digest(fingerprint_dict):
-  """A short stable name of a fingerprint (recorded in the KD run's model_flags.json)."""
-  text = json.dumps(fingerprint_dict, sort_keys=True).encode("utf-8")
+  """A short stable name of a fingerprint (recorded in the KD run's model_flags.json);
+  where the teacher's checkpoint lives is not part of it."""
+  identity = {k: v for k, v in fingerprint_dict.items() if k not in LOCATION_FIELDS}
+  text = json.dumps(identity, sort_keys=True).encode("utf-8")
   return hashlib.sha256(text).hexdigest()[:16]
 
 
 def _mismatch(stored, wanted):
   """One phrase saying how a stored fingerprint differs from the wanted one, or None."""
+  if stored.get("format") != wanted["format"]:
+    return "by an earlier version of this code (its fingerprint format differs)"
   stored_teacher = stored.get("teacher", {})
   if (stored.get("rgb_scale_sha256") != wanted["rgb_scale_sha256"] or
       stored_teacher.get("preprocessing") != wanted["teacher"]["preprocessing"]):
@@ -85,7 +98,8 @@ def _mismatch(stored, wanted):
     changed = sorted(k for k in set(stored_teacher) | set(wanted["teacher"])
                      if stored_teacher.get(k) != wanted["teacher"].get(k))
     return "for another teacher model or feature config (--%s differs)" % changed[0]
-  if stored.get("teacher_checkpoint_sha256") != wanted["teacher_checkpoint_sha256"]:
+  if (stored.get("teacher_checkpoint_sha256") != wanted["teacher_checkpoint_sha256"] or
+      stored.get("teacher_scope") != wanted["teacher_scope"]):
     return "from another teacher checkpoint (%s)" % stored.get("teacher_checkpoint")
   if stored.get("files") != wanted["files"]:
     return "from other data files (--train_data_pattern, or files changed since)"
@@ -103,8 +117,9 @@ class TeacherCache(object):
 
   def record(self):
     """What a KD run's model_flags.json records of its cache (GraphConfig.teacher_cache):
-    the digest, and the teacher, preprocessing and files it stands for."""
-    return {"digest": digest(self.fingerprint),
+    the digest, and the teacher, preprocessing and files it stands for (see
+    config.cache_identity for what a resume compares)."""
+    return {"format": FORMAT, "digest": digest(self.fingerprint),
             "teacher_checkpoint": self.fingerprint["teacher_checkpoint"],
             "preprocessing": self.fingerprint["teacher"]["preprocessing"],
             "num_files": len(self.fingerprint["files"]),
@@ -146,12 +161,13 @@ class TeacherCache(object):
                              "teacher cache" % (self.directory, FINGERPRINT_FILE))
     self.representation_width = 0
 
-  def build(self, cfg, teacher_checkpoint, rgb_scale, batch_size, skip_corrupt_records,
-            bf16, progress_every_secs=30):
+  def build(self, cfg, teacher, batch_size, skip_corrupt_records, bf16,
+            progress_every_secs=30):
     """Runs the teacher over every training file without a complete shard.
 
-    The teacher runs in inference mode on all frames, with cfg's preprocessing, from
-    teacher_checkpoint; memory stays that of one batch whatever the number of videos.
+    The teacher (cfg.model_config(TEACHER), restored from teacher.checkpoint) runs in
+    inference mode on all frames, with cfg.preprocessing; memory stays that of one
+    batch whatever the number of videos.
     """
     missing = self.missing_shards()
     if not missing:
@@ -172,15 +188,14 @@ class TeacherCache(object):
         dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE)
       iterator = tf1.data.make_initializable_iterator(dataset.prefetch(2))
       batch = iterator.get_next()
-      inputs, num_frames = kd_model.model_inputs(cfg, kd_model.TEACHER, batch,
-                                                 training_scale=rgb_scale)
+      inputs, num_frames = kd_model.model_inputs(cfg, kd_model.TEACHER, batch)
       outputs = kd_model.create_role_model(cfg, kd_model.TEACHER, inputs, num_frames,
                                            is_training=False, reuse=False)
       fetches = [batch["video_ids"], outputs["predictions"], outputs["representation"]]
-      teacher_vars = kd_model.teacher_variables()
-      run_dir.check_checkpoint_matches(teacher_vars, teacher_checkpoint,
+      var_list = teacher.var_list(kd_model.teacher_variables())
+      run_dir.check_checkpoint_matches(var_list, teacher.checkpoint,
                                        "the teacher checkpoint")
-      saver = tf1.train.Saver(var_list={v.op.name: v for v in teacher_vars})
+      saver = tf1.train.Saver(var_list=var_list)
       init = [tf1.global_variables_initializer(), tf1.local_variables_initializer()]
       graph.finalize()
     self.representation_width = int(outputs["representation"].shape[-1])
@@ -193,7 +208,7 @@ class TeacherCache(object):
     videos = 0
     with tf1.Session(graph=graph, config=utils.session_config(bf16)) as sess:
       sess.run(init)
-      saver.restore(sess, teacher_checkpoint)
+      saver.restore(sess, teacher.checkpoint)
       for done, index in enumerate(missing):
         final = self.shard(index)
         # A name of its own: two students starting together may build the same shard.

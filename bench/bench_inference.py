@@ -37,10 +37,8 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
   import readers
   import utils
   from bench_train import DOCUMENTED, random_input
-  FLAGS = tf1.flags.FLAGS
   # The documented command's graph flags; its training flags mean nothing here.
-  FLAGS(["bench"] + DOCUMENTED + CASES[case] + extra_flags, known_only=True)
-  cfg = config.from_flags()
+  cfg = config.from_flags(config.private_flags(DOCUMENTED + CASES[case] + extra_flags))
 
   def build(cfg):
     graph = tf.Graph()

@@ -34,17 +34,18 @@ PEER = {("train", 300): (9.6, 18.3), ("train", 30): (74.0, 4.0),
 
 def run_case(mode, frames, steps, data_pattern, extra_flags):
   """Times training or evaluation steps in this process; returns a dict."""
-  import config
   import inference_graph
+  import kd_model
   import readers
   import train
+  import train_graph
   import utils
-  FLAGS = tf1.flags.FLAGS
-  FLAGS(["bench"] + DBOF + ["--iterations=%d" % frames,
-                            "--train_data_pattern=" + data_pattern] + list(extra_flags))
-  cfg = config.from_flags()
+  cfg, train_cfg = train.configs_of(DBOF + ["--iterations=%d" % frames,
+                                            "--train_data_pattern=" + data_pattern] +
+                                    list(extra_flags))
   if mode == "train":
-    model = train.TrainGraph(cfg, ["/cpu:0"], train.Task(), None, None)
+    model = train_graph.TrainGraph(cfg, train_cfg, kd_model.training_task(cfg),
+                                   ["/cpu:0"])
     graph, fetch = model.graph, model.train_op
   else:
     graph = tf.Graph()

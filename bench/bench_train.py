@@ -6,7 +6,7 @@ Cases: the teacher (all 300 frames), k=30 and k=6 student baselines, KD at k=30 
 k=6, and the teacher's inference-mode forward pass (for the KD bound). Each case runs in
 its own process (so its peak RSS is its own), once fed by in-graph random input (model
 only) and once by the reader over generated shards (end to end). The graph is the one
-train.py builds (train.TrainGraph), with the README's documented command's flags and its
+train.py builds (train_graph.TrainGraph), with the README's documented command's flags and its
 default preprocessing (PCA scaling of rgb, as the original; one multiply per rgb value).
 Targets (issue 4):
   teacher step (model only) >= 80% of a large matmul's FLOP/s, measured in the same run;
@@ -57,29 +57,26 @@ def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0):
 
 def run_case(case, source, steps, data_pattern, extra_flags=()):
   """Builds and times one case in this process; returns a dict of measurements."""
-  import config
   import kd_model
-  import preprocessing
   import train
+  import train_graph
   import utils
-  FLAGS = tf1.flags.FLAGS
-  FLAGS(["bench"] + DOCUMENTED + CASES[case] + ["--train_data_pattern=" + data_pattern] +
-        list(extra_flags))
-  cfg = config.from_flags()
+  cfg, train_cfg = train.configs_of(DOCUMENTED + CASES[case] +
+                                    ["--train_data_pattern=" + data_pattern] +
+                                    list(extra_flags))
   result = {"case": case, "source": source}
   input_fn = random_input(80) if source == "model" else None
 
   def build(cfg):
+    task = kd_model.training_task(cfg)
     if case == "teacher_forward":
       graph = tf.Graph()
       with graph.as_default():
-        batch = input_fn(80) if input_fn else train.reader_input(cfg, 80)
+        batch = input_fn(80) if input_fn else task.input_batch(train_cfg, 80)
         outputs = kd_model.inference_outputs(cfg, batch, kd_model.TEACHER)
         return graph, tf.reduce_sum(outputs["predictions"]), \
             tf1.global_variables_initializer()
-    model = train.TrainGraph(cfg, ["/cpu:0"], train.Task(),
-                             preprocessing.load_rgb_scale(FLAGS.pca_eigenvals), None,
-                             input_fn=input_fn)
+    model = train_graph.TrainGraph(cfg, train_cfg, task, ["/cpu:0"], input_fn=input_fn)
     with model.graph.as_default():
       return model.graph, model.train_op, tf1.global_variables_initializer()
 

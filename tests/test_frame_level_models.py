@@ -21,6 +21,9 @@ TINY = {
     "HRNNModel": dict(cells=8, block_size=4),
     "NeXtVLADModel": dict(feature_sizes=FEATURE_SIZES, cluster_size=4, hidden_size=8,
                           groups=2, expansion=2, gating_reduction=2, drop_rate=0.0),
+    "MixNeXtVladModel": dict(feature_sizes=FEATURE_SIZES, cluster_size=4, hidden_size=8,
+                             groups=2, expansion=2, gating_reduction=2, drop_rate=0.0,
+                             mix_number=2),
 }
 REPRESENTATION_SIZE = {"FrameLevelLogisticModel": F}
 NAMES = sorted(TINY)
@@ -62,7 +65,8 @@ def _placeholders(max_frames):
 
 # The base configs with both classifiers, and a k=6 student H-RNN (the other cases
 # run in both modes in the padding test).
-BUILD_CASES = [(name, {}, T, c) for name in NAMES for c in ("LogisticModel", "MoeModel")]
+BUILD_CASES = [(name, {}, T, c) for name in NAMES for c in ("LogisticModel", "MoeModel")
+               if (name, c) != ("MixNeXtVladModel", "MoeModel")]  # it mixes logits
 BUILD_CASES.append(("HRNNModel", dict(block_size=15), 6, "LogisticModel"))
 BUILD_IDS = ["%s-T%d-%s" % (n, t, c) for n, _, t, c in BUILD_CASES]
 BUILD_IDS[-1] = "HRNNModel-block_size=15-T6-LogisticModel"
@@ -138,6 +142,11 @@ PINNED_VARIABLES = {
     "HRNNModel": ["m/block_lstm_0/input/weights", "m/block_lstm_1/recurrent/weights",
                   "m/video_lstm/recurrent/weights"],
     "NeXtVLADModel": ["m/rgb_nextvlad/cluster_centers", "m/hidden1/weights"],
+    "MixNeXtVladModel": ["m/mix_weights_bn/moving_mean", "m/mix_weights/weights",
+                         "m/mix_weights/biases", "m/branch_0/rgb_nextvlad/cluster_centers",
+                         "m/branch_1/audio_nextvlad/cluster_logits/weights",
+                         "m/branch_1/hidden1/weights",
+                         "m/branch_1/classifier/logistic/weights"],
 }
 
 
@@ -275,9 +284,11 @@ def test_flag_defaults_are_the_starter_codes():
   # Each model's own argument defaults are its flags' defaults.
   import inspect
   defaults = config.defaults()
-  for name in ("DbofModel", "LstmModel", "NetVLADModel", "HRNNModel", "NeXtVLADModel"):
+  assert (flags.mix_number, flags.cl_temperature, flags.cl_lambda) == (3, 2.0, 1.0)
+  for name in ("DbofModel", "LstmModel", "NetVLADModel", "HRNNModel", "NeXtVLADModel",
+               "MixNeXtVladModel"):
     signature = inspect.signature(frame_level_models.MODELS.get(name).create_model)
-    kwargs = defaults.replace(model=name).model_kwargs()
+    kwargs = defaults.replace(model=name).create_kwargs(defaults.feature_sizes, "auto")
     for arg, value in kwargs.items():
       if arg in signature.parameters:
         default = signature.parameters[arg].default
@@ -307,7 +318,8 @@ def _outputs_with_packing(name, overrides, frames, num_frames, is_training, pack
     ("DbofModel", dict(iterations=0)),
     ("DbofModel", dict(iterations=0, pooling_method="average")),
     ("NetVLADModel", {}),
-    ("NeXtVLADModel", {})])
+    ("NeXtVLADModel", {}),
+    ("MixNeXtVladModel", {})])
 @pytest.mark.parametrize("is_training", [False, True])
 def test_packed_real_frames_equal_the_padded_computation(tmp_path, name, overrides,
                                                          is_training):

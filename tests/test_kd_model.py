@@ -1,9 +1,9 @@
 """kd_model in process on a tiny NeXtVLAD: serial and parallel KD graphs, the teacher
 restore, vanishing distillation terms, per-role inputs, run kinds and recorded flags.
 
-Graphs are assembled the way train.TrainGraph does (tower_loss under a tower name
-scope, an optimizer over the trained roles' variables, UPDATE_OPS run with every step)
-but on placeholders fed with random uint8 batches, so no data files are needed.
+Graphs are assembled the way train_graph.TrainGraph does (the task's tower under a
+tower name scope, an optimizer over its trained variables, UPDATE_OPS run with every
+step) but on placeholders fed with random uint8 batches, so no data files are needed.
 """
 import contextlib
 import inspect
@@ -96,25 +96,25 @@ def _feed(placeholders, batch):
   return {placeholders[name]: batch[name] for name in placeholders}
 
 
-def _build_tower(seed=0):
-  """A graph with one training tower (kd_model.tower_loss) on placeholders."""
+def _build_tower(seed=0, cfg=None):
+  """A graph with one training tower (the kd_model task's) on placeholders."""
   graph = tf.Graph()
+  task = kd_model.training_task(cfg or _cfg())
   with graph.as_default():
     tf1.set_random_seed(seed)
     batch = _placeholders()
     with tf.name_scope("tower_0"):
-      terms = kd_model.tower_loss(_cfg(), batch, reuse=False)
-  return types.SimpleNamespace(graph=graph, batch=batch, terms=terms)
+      terms = task.tower(batch, reuse=False)
+  return types.SimpleNamespace(graph=graph, batch=batch, terms=terms, task=task)
 
 
-def _build_training(seed=0, learning_rate=0.01):
-  """One tower, an Adam step over _cfg().trained_roles() and UPDATE_OPS (train.py)."""
-  model = _build_tower(seed)
+def _build_training(seed=0, learning_rate=0.01, cfg=None):
+  """One tower, an Adam step over the task's trained variables and UPDATE_OPS."""
+  model = _build_tower(seed, cfg)
   graph, batch, terms = model.graph, model.batch, model.terms
   with graph.as_default():
     global_step = tf1.train.get_or_create_global_step()
-    train_vars = [v for role in _cfg().trained_roles()
-                  for v in tf1.trainable_variables(scope=role + "/")]
+    train_vars = model.task.trained_variables()
     optimizer = tf1.train.AdamOptimizer(learning_rate)
     grads = optimizer.compute_gradients(terms["total"], var_list=train_vars)
     missing = [v.op.name for g, v in grads if g is None]
@@ -123,7 +123,8 @@ def _build_training(seed=0, learning_rate=0.01):
     train_op = tf.group(optimizer.apply_gradients(grads, global_step=global_step),
                         *updates)
   return types.SimpleNamespace(graph=graph, batch=batch, terms=terms, updates=updates,
-                               train_op=train_op, train_vars=train_vars)
+                               train_op=train_op, train_vars=train_vars,
+                               task=model.task)
 
 
 def _update_target(update):
@@ -173,7 +174,7 @@ def test_serial_kd_trains_only_the_student_and_keeps_the_restored_teacher(
   assert tf.train.load_variable(teacher_checkpoint, bn + "update_count") == TEACHER_STEPS
   assert np.abs(tf.train.load_variable(teacher_checkpoint, bn + "moving_mean")).max() > 1e-3
 
-  # Records how tower_loss builds each role and the outputs it gets.
+  # Records how the task's tower builds each role and the outputs it gets.
   calls = []
   create = kd_model.create_role_model
 
@@ -283,7 +284,7 @@ def test_distillation_terms_vanish_when_the_student_is_the_teacher_in_inference(
 
 
 def _parallel_tower_distillation_losses(k_frame):
-  """tower_loss in parallel mode (both roles in training mode, no dropout) with the
+  """The KD tower in parallel mode (both roles in training mode, no dropout) with the
   student's variables set to the teacher's -> (rep_loss, pred_loss)."""
   with _flag_values(model_type="KD", kd_mode="parallel", k_frame=k_frame, drop_rate=0.0):
     model = _build_tower(seed=3)

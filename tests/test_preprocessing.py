@@ -16,14 +16,14 @@ def test_pca_scaling_matches_the_original_formula():
   # The original: rgb = (dequantized - 4/512) * (sqrt(eigenvalue) + 1e-4); audio as is.
   eigenvalues = np.load(os.path.join(helpers.ROOT, "yt8m_pca", "eigenvals.npy")).ravel()
   assert eigenvalues.shape == (2048,)
-  scale = preprocessing.load_rgb_scale(preprocessing.DEFAULT_EIGENVALS)
+  resolved = preprocessing.Preprocessing.from_eigenvalues(preprocessing.DEFAULT_EIGENVALS)
+  scale = resolved.rgb_scale
   np.testing.assert_allclose(scale, np.sqrt(eigenvalues[:1024]) + 1e-4, rtol=1e-6)
   rng = np.random.RandomState(0)
   frames = rng.uniform(-2, 2, (2, 3, 1152)).astype(np.float32)
   frames[1, 2] = 0  # padding
   with tf.Graph().as_default():
-    out = preprocessing.preprocess(tf.constant(frames), tf.constant([3, 2]),
-                                   preprocessing.PCA, training_scale=scale)
+    out = resolved.apply(tf.constant(frames), tf.constant([3, 2]))
     with tf1.Session() as sess:
       sess.run(tf1.global_variables_initializer())
       got = sess.run(out)

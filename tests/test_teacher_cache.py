@@ -242,9 +242,15 @@ def test_each_mismatch_is_named():
                         "max_frames": 300},
             "rgb_scale_sha256": "a", "teacher_checkpoint_sha256": "c",
             "teacher_checkpoint": "/runs/x_teacher/model.ckpt-6", "files": [["f", 1, 2]],
-            "dtype": "float16"}
+            "dtype": "float16", "format": teacher_cache.FORMAT, "teacher_scope": "teacher"}
   assert teacher_cache._mismatch(wanted, dict(wanted)) is None
+  # Where the teacher lives is not part of a cache's identity: a run directory moves.
+  moved = dict(wanted, teacher_checkpoint="/elsewhere/x_teacher/model.ckpt-6")
+  assert teacher_cache._mismatch(moved, wanted) is None
+  assert teacher_cache.digest(moved) == teacher_cache.digest(wanted)
   cases = [
+      (dict(format=1), "by an earlier version of this code"),
+      (dict(teacher_scope="student"), "from another teacher checkpoint"),
       (dict(teacher=dict(wanted["teacher"], preprocessing="none"), rgb_scale_sha256=None,
             teacher_checkpoint_sha256="d"), "with another preprocessing"),
       (dict(teacher=dict(wanted["teacher"], max_frames=200)),

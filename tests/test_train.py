@@ -56,7 +56,8 @@ def test_readme_documented_command_runs_verbatim(data, tmp_path):
     assert out.splitlines()[0].startswith("Run directory: ")
   base = str(tmp_path / "nextvlad_8g_5l2_5drop_128k_2048_2x80_logistic")
   teacher_dir, student_dir, kd_dir = [base + suffix for _, suffix in runs]
-  scale = preprocessing.load_rgb_scale(preprocessing.DEFAULT_EIGENVALS)
+  scale = preprocessing.Preprocessing.from_eigenvalues(
+      preprocessing.DEFAULT_EIGENVALS).rgb_scale
   for directory in (teacher_dir, student_dir, kd_dir):
     checkpoint = tf1.train.latest_checkpoint(directory)
     assert checkpoint.endswith("-3"), directory
