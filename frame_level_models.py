@@ -129,8 +129,10 @@ class DbofModel(model_utils.BaseModel):
       # select_frames needs at least `iterations` frames; it only picks real ones.
       shortfall = tf.maximum(iterations - tf.shape(model_input)[1], 0)
       model_input = tf.pad(model_input, [[0, 0], [0, shortfall], [0, 0]])
-    frames, _ = frame_selection.select_frames(model_input, num_frames, iterations,
-                                             strategy)
+    frames, _ = frame_selection.select_frames(
+        model_input, num_frames, iterations, strategy,
+        seed=model_utils.stable_seed(tf1.get_default_graph().get_name_scope() +
+                                     "/sample_frames"))
     return frames, None
 
   @staticmethod
@@ -216,7 +218,7 @@ def netvlad(frames, mask, cluster_size, add_batch_norm, is_training, packed=Fals
   x = rows.to_padded(x)  # [B, T, D]
   centers = tf1.get_variable(
       "cluster_centers", [1, feature_size, cluster_size],
-      initializer=tf1.truncated_normal_initializer(stddev=feature_size ** -0.5))
+      initializer=model_utils.truncated_normal(feature_size ** -0.5, "cluster_centers"))
   weighted_sum = tf.matmul(x, assignment, transpose_a=True)  # [B, D, K]
   vlad = weighted_sum - tf.reduce_sum(assignment, axis=1, keepdims=True) * centers
   vlad = tf.nn.l2_normalize(vlad, axis=1)

@@ -7,6 +7,8 @@ restores in another. Batch-norm moving averages are updated by ops in the UPDATE
 collection, which the training loop runs with every step.
 """
 
+import hashlib
+
 import tensorflow as tf
 
 import utils
@@ -41,6 +43,28 @@ def l2_regularizer(scale):
   return lambda weights: tf.multiply(scale, tf.nn.l2_loss(weights), name="l2_penalty")
 
 
+def stable_seed(name):
+  """The op seed of the random op called `name` (its variable or name scope path),
+  when the graph has a seed (--seed), else None (drawn anew every run).
+
+  Seeded by name, a variable starts from the same values, and a dropout draws the same
+  masks, whatever else the graph holds: a KD student trained online (a teacher built
+  before it) or offline (no teacher) starts and trains alike. TensorFlow's default op
+  seeds count the ops created before, so any other op would change them.
+  """
+  if tf1.get_default_graph().seed is None:
+    return None
+  return int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def truncated_normal(stddev, name):
+  """A truncated-normal initializer for the variable `name` of the current variable
+  scope, seeded by its full name (stable_seed)."""
+  scope = tf1.get_variable_scope().name
+  return tf1.truncated_normal_initializer(
+      stddev=stddev, seed=stable_seed((scope + "/" if scope else "") + name))
+
+
 def variance_scaling_stddev(fan_in):
   """The truncated-normal stddev of slim's `variance_scaling_initializer()` defaults.
 
@@ -63,8 +87,8 @@ def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
   with tf1.variable_scope(scope):
     weights = tf1.get_variable(
         "weights", [input_size, num_outputs],
-        initializer=tf1.truncated_normal_initializer(
-            stddev=stddev if stddev is not None else 1.0 / input_size ** 0.5),
+        initializer=truncated_normal(
+            stddev if stddev is not None else 1.0 / input_size ** 0.5, "weights"),
         regularizer=l2_regularizer(l2_penalty))
     if inputs.shape.ndims == 2:
       outputs = tf.matmul(inputs, weights)
@@ -171,7 +195,8 @@ def dropout(inputs, rate, is_training):
   """Drops units with probability `rate` while training; identity at inference."""
   if not is_training or not rate:
     return inputs
-  return tf.nn.dropout(inputs, rate=rate)
+  return tf.nn.dropout(inputs, rate=rate, seed=stable_seed(
+      tf1.get_default_graph().get_name_scope() + "/dropout"))
 
 
 def context_gating(inputs, is_training, scope="context_gating", use_batch_norm=True,
@@ -304,7 +329,7 @@ def lstm(inputs, num_frames, num_units, scope, forget_bias=1.0):
     with tf1.variable_scope("recurrent"):
       recurrent_weights = tf1.get_variable(
           "weights", [num_units, 4 * num_units],
-          initializer=tf1.truncated_normal_initializer(stddev=num_units ** -0.5))
+          initializer=truncated_normal(num_units ** -0.5, "weights"))
   projected = tf.transpose(tf.reshape(projected, [batch_size, max_frames, 4 * num_units]),
                            [1, 0, 2])  # time-major [T, B, 4H]
   is_real = tf.transpose(tf.sequence_mask(num_frames, max_frames))[:, :, None]

@@ -90,8 +90,8 @@ class NeXtVLAD(object):
 
     centers = tf1.get_variable(
         "cluster_centers", [1, self.group_size, self.cluster_size],
-        initializer=tf1.truncated_normal_initializer(
-            stddev=model_utils.variance_scaling_stddev(self.group_size)))
+        initializer=model_utils.truncated_normal(
+            model_utils.variance_scaling_stddev(self.group_size), "cluster_centers"))
     assignment_sum = tf.reduce_sum(assignment, axis=1, keepdims=True)  # [B, 1, K]
     vlad = tf.matmul(assignment, grouped, transpose_a=True)  # [B, K, D/G]
     vlad = tf.transpose(vlad, [0, 2, 1]) - assignment_sum * centers  # [B, D/G, K]

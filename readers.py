@@ -436,8 +436,8 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   skipped: a SkippedRecords to drop and count corrupt records instead of failing
     (--skip_corrupt_records; each record is then also validated on its own, which costs
     a second parse).
-  companions: {data file: a TFRecord file with one record per (valid) record of it, in
-    the same order} (a teacher cache). Each record travels with its companion through
+  companions: {data file (absolute path): a TFRecord file with one record per (valid)
+    record of it, in the same order} (a teacher cache). Each record travels with its companion through
     shuffling and batching; the batch dict gets them as `companion` [B] string ("" for
     a record beyond the end of its companion file).
   """
@@ -457,7 +457,7 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
   if companions is None:
     read_file = read_records
   else:
-    columns.append([companions[f] for f in files])
+    columns.append([companions[utils.absolute(f)] for f in files])
 
     def read_file(*column_values):
       endless = record_dataset(column_values[-1]).concatenate(

@@ -130,7 +130,7 @@ class TeacherCache(object):
     return os.path.join(self.directory, "teacher-%05d.tfrecord" % index)
 
   def paths_by_file(self):
-    """{training file: its cache shard}."""
+    """{training file (absolute path, as fingerprinted): its cache shard}."""
     return {path: self.shard(i) for i, (path, _, _) in enumerate(self.fingerprint["files"])}
 
   def missing_shards(self):

@@ -48,3 +48,17 @@ def user_error_line(process):
   assert len(lines) == 1, process.stderr
   assert "Traceback" not in process.stderr
   return lines[0]
+
+
+def run_in_one_process(tmp_path, plan, env=None):
+  """Runs tests/one_process.py on `plan` (several CLIs in one process: one TensorFlow
+  start-up, one ram:// file system); returns its results, one per step."""
+  import json
+  plan_path, results_path = tmp_path / "plan.json", tmp_path / "results.json"
+  plan_path.write_text(json.dumps(plan))
+  process = subprocess.run(
+      [sys.executable, "-m", "tests.one_process", str(plan_path), str(results_path)],
+      cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
+      capture_output=True, text=True, timeout=900)
+  assert process.returncode == 0, process.stderr[-3000:]
+  return json.loads(results_path.read_text())

@@ -43,6 +43,7 @@ def test_demo_at_tiny_scale_writes_every_artefact(tmp_path):
   commands = (out / "commands.txt").read_text().splitlines()
   trains = [c for c in commands if c.startswith(os.path.join(helpers.ROOT, "train.py"))]
   assert len(trains) == 3 and "--model_type=KD" in trains[2]
+  assert "--teacher_cache=%s" % (out / "teacher_cache_s0") in trains[2]  # offline KD
   for suffix in ("teacher", "student_k_6", "KD_k_6"):
     assert (out / "runs" / ("demo_s0_" + suffix) / "validation.jsonl").exists()
   png = out / "gap_vs_step.png"
@@ -68,5 +69,5 @@ def test_demo_at_tiny_scale_writes_every_artefact(tmp_path):
   kd = [json.loads(l) for l in open(str(kd_run / "eval.jsonl"))]
   assert cells["KD student"] == float("%.4f" % kd[-1]["gap"])
   assert json.load(open(str(kd_run / "model_flags.json")))["teacher_cache"]["digest"]
-  assert (out / "table_runs" / "teacher_cache_s0" / "fingerprint.json").exists()
+  assert (out / "teacher_cache_s0" / "fingerprint.json").exists()  # the demo's
   assert (out / "table_runs" / "first_s0_student_k_6" / "eval.jsonl").exists()

@@ -488,3 +488,131 @@ def test_loss_scale_note_gives_the_recipe_balance_for_other_sizes(set_flags):
   assert kd_model.loss_scale_note(_cfg(), 32, 256) is None
   set_flags(model_type="teacher", kd_reduction="sum")
   assert kd_model.loss_scale_note(_cfg(), 32, 256) is None
+
+
+def _teacher_model(**changes):
+  """The tiny config's model fields with `changes`: a teacher of its own."""
+  return dict(_cfg().model_json(), **changes)
+
+
+def _recording(monkeypatch):
+  """Records every create_role_model call's (role, outputs)."""
+  calls = []
+  create = kd_model.create_role_model
+
+  def recording_create(cfg, role, *args, **kwargs):
+    outputs = create(cfg, role, *args, **kwargs)
+    calls.append((role, outputs))
+    return outputs
+  monkeypatch.setattr(kd_model, "create_role_model", recording_create)
+  return calls
+
+
+def test_each_role_builds_its_own_model_and_l_rep_goes_through_a_projection(
+    tiny, monkeypatch):
+  tiny(model_type="KD", k_frame=4, nextvlad_hidden_size=4, drop_rate=0.0)
+  cfg = _cfg().replace(teacher_model=_teacher_model(
+      model="MixNeXtVladModel", mix_number=2, nextvlad_hidden_size=8))
+  assert cfg.model_config("teacher").model == "MixNeXtVladModel"
+  assert cfg.model_config("student").model == "NeXtVLADModel"
+  calls = _recording(monkeypatch)
+  model = _build_training(seed=5, cfg=cfg)
+  (_, teacher), (_, student) = calls
+  with model.graph.as_default():
+    shapes = {v.op.name: v.shape.as_list() for v in tf1.global_variables()}
+    projection = [v for v in model.train_vars if "rep_projection" in v.op.name]
+    assert {v.op.name for v in projection} == {"student/tower/rep_projection/weights",
+                                               "student/tower/rep_projection/biases"}
+    weights, biases = sorted(projection, key=lambda v: v.op.name)[::-1]
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      feed = _feed(model.batch, _numpy_batch(3))
+      terms, t_rep, s_rep, w, b = sess.run(
+          [model.terms, teacher["representation"], student["representation"],
+           weights, biases], feed)
+      before = sess.run(weights)
+      sess.run(model.train_op, feed)
+      after = sess.run(weights)
+  assert shapes["teacher/tower/branch_1/hidden1/weights"][1] == 8
+  assert shapes["student/tower/hidden1/weights"][1] == 4
+  assert not [n for n in shapes if n.startswith("student/") and "branch_" in n]
+  assert shapes["student/tower/rep_projection/weights"] == [4, 8]
+  expected = ((t_rep - (s_rep @ w + b)) ** 2).sum()
+  assert terms["rep_loss"] == pytest.approx(expected, rel=1e-5)
+  assert not np.array_equal(before, after)  # the projection trains with the student
+  # The projection is training only: the student's inference graph has none.
+  with tf.Graph().as_default():
+    kd_model.inference_outputs(cfg, dict(_placeholders(), video_ids=tf.constant(["v"])),
+                               "student")
+    assert not [v for v in tf1.global_variables() if "rep_projection" in v.op.name]
+
+
+def test_a_zero_weight_leaves_its_term_and_the_projection_out(tiny):
+  tiny(model_type="KD", k_frame=4, nextvlad_hidden_size=4, kd_rep_weight=0.0)
+  cfg = _cfg().replace(teacher_model=_teacher_model(nextvlad_hidden_size=8))
+  model = _build_tower(cfg=cfg)
+  assert "rep_loss" not in model.terms and "pred_loss" in model.terms
+  with model.graph.as_default():
+    assert not [v for v in tf1.global_variables() if "rep_projection" in v.op.name]
+  model = _build_tower(cfg=cfg.replace(kd_rep_weight=0.5, kd_pred_weight=0.0))
+  assert "rep_loss" in model.terms and "pred_loss" not in model.terms
+
+
+def test_model_flags_record_the_teachers_model_and_old_kd_runs_read_as_same(tiny):
+  tiny(model_type="KD", k_frame=4)
+  teacher = _teacher_model(model="MixNeXtVladModel", mix_number=2)
+  recorded = _cfg().replace(teacher_model=teacher).to_json()
+  assert recorded["teacher_model"]["model"] == "MixNeXtVladModel"
+  back = config.from_json(recorded, "model_flags.json")
+  assert back.model_config("teacher") == config.ModelConfig(**teacher)
+  assert back.model_config("student") == _cfg().model_only()
+  # A KD run written before roles had models of their own built its teacher like its
+  # student; a teacher-type run has no teacher_model.
+  old = {k: v for k, v in _cfg().to_json().items() if k != "teacher_model"}
+  assert config.from_json(old, "old").model_config("teacher") == _cfg().model_only()
+  assert config.from_json(dict(old, model_type="teacher"), "old").teacher_model == {}
+  changed = dict(recorded, teacher_model=dict(teacher, mix_number=3))
+  assert config.conflicts(recorded, changed) == ["--teacher_model: mix_number 2 -> 3"]
+
+
+def _teacher_run(directory, **flag_values):
+  """A run directory holding only the model_flags.json of the tiny config."""
+  with _flag_values(**dict(TINY, **flag_values)):
+    directory.mkdir()
+    utils.write_json(str(directory / "model_flags.json"), _cfg().to_json())
+  return str(directory / "model.ckpt-1")
+
+
+def test_the_teacher_is_built_from_its_run_directory(tiny, tmp_path):
+  tiny(model_type="KD", k_frame=4, nextvlad_hidden_size=4)
+  checkpoint = _teacher_run(tmp_path / "mix", model="MixNeXtVladModel", mix_number=2,
+                            model_type="teacher", k_frame=T, nextvlad_hidden_size=16)
+  teacher, model, note = run_dir.teacher_of(checkpoint, _cfg())
+  assert (teacher.checkpoint, teacher.scope, note) == (checkpoint, "teacher", None)
+  assert (model.model, model.mix_number, model.nextvlad_hidden_size) == (
+      "MixNeXtVladModel", 2, 16)
+  # A baseline run teaches with its student/ variables.
+  baseline = _teacher_run(tmp_path / "baseline", model_type="student", k_frame=6)
+  teacher, model, _ = run_dir.teacher_of(baseline, _cfg())
+  assert teacher.scope == "student" and model.nextvlad_hidden_size == 8
+  with tf.Graph().as_default():
+    variable = tf1.get_variable("teacher/tower/hidden1/weights", [2])
+    assert teacher.var_list([variable]) == {"student/tower/hidden1/weights": variable}
+  # No model_flags.json: the command's model flags, said in one line.
+  (tmp_path / "bare").mkdir()
+  teacher, model, note = run_dir.teacher_of(str(tmp_path / "bare" / "model.ckpt-1"),
+                                            _cfg())
+  assert model == _cfg().model_only() and "has no model_flags.json" in note
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_classes", 7, "predicts 7 classes but --num_classes=%d: L_pred" % C),
+    ("feature_sizes", "16,4", "was trained with --feature_sizes=16,4, this run reads "
+                              "--feature_sizes=16,8")])
+def test_a_teacher_of_other_inputs_or_classes_is_refused(tiny, tmp_path, field, value,
+                                                         message):
+  tiny(model_type="KD", k_frame=4)
+  checkpoint = _teacher_run(tmp_path / "t", model_type="teacher", k_frame=T,
+                            **{field: value})
+  with pytest.raises(utils.UsageError, match=re.escape(message)):
+    run_dir.teacher_of(checkpoint, _cfg())

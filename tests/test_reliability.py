@@ -57,12 +57,12 @@ tf.Graph.__init__ = counting_init
 
 # train.py: remember the TrainGraph and look at the default graph when the loop starts.
 train_graphs, loop = [], {}
-if hasattr(module, "TrainGraph"):
-  train_init = module.TrainGraph.__init__
+if hasattr(module, "train_graph"):
+  train_init = module.train_graph.TrainGraph.__init__
   def recording_init(self, *args, **kwargs):
     train_init(self, *args, **kwargs)
     train_graphs.append(self)
-  module.TrainGraph.__init__ = recording_init
+  module.train_graph.TrainGraph.__init__ = recording_init
   logger_start = module.StepLogger.start
   def recording_start(self, step):
     graph = tf1.get_default_graph()
@@ -363,6 +363,10 @@ def drivers(data, teacher, tmp_path_factory):
   np.save(inf_pca, np.concatenate([np.ones(1000), [np.inf], np.ones(1047)])[:, None])
   race_dir = os.path.join(root, "race_run_teacher")
   shutil.copytree(teacher, race_dir)
+  # A teacher checkpoint without its model_flags.json: KD builds it from its own flags.
+  bare_teacher = os.path.join(root, "bare_teacher")
+  shutil.copytree(teacher, bare_teacher)
+  os.remove(os.path.join(bare_teacher, "model_flags.json"))
   # The copied state file names the teacher's checkpoints by absolute path.
   tf1.train.update_checkpoint_state(race_dir, os.path.join(race_dir, "model.ckpt-2"))
   outside = _mkdir(os.path.join(root, "outside"))
@@ -410,10 +414,11 @@ def drivers(data, teacher, tmp_path_factory):
           "--teacher_checkpoint=/nonexistent/model.ckpt-7"] + TINY},
       {"name": "kd_teacher_other_shapes", "args": [
           good, train_dir("kd3"), "--model_type=KD", "--k_frame=4",
-          "--teacher_checkpoint=" + teacher] + TINY + ["--nextvlad_hidden_size=32"]},
+          "--teacher_checkpoint=" + bare_teacher] + TINY + ["--nextvlad_hidden_size=32"]},
       {"name": "kd_teacher_other_model", "args": [
           good, train_dir("kd4"), "--model_type=KD", "--k_frame=4",
-          "--teacher_checkpoint=" + teacher, "--model=FrameLevelLogisticModel"] + TINY},
+          "--teacher_checkpoint=" + bare_teacher, "--model=FrameLevelLogisticModel"] +
+          TINY},
       {"name": "pca_inf", "args": [good, train_dir("pca"), "--pca_eigenvals=" + inf_pca,
                                    "--max_steps=1"] + TINY},
       {"name": "nan_input", "args": ["--train_data_pattern=" + video["nan"],
@@ -880,6 +885,10 @@ def test_kd_without_a_usable_teacher_names_what_is_missing_or_mismatched(drivers
   assert not os.path.exists(os.path.join(drivers["root"], "runs", "kd_no_teacher_KD_k_4"))
   assert ("--teacher_checkpoint=/nonexistent/model.ckpt-7 does not exist" in
           error_line(train["kd_teacher_path_missing"]))
+  # The teacher is built from its run directory's model_flags.json; without one, from
+  # the KD command's model flags (said in a note), which may not fit its checkpoint.
+  assert "has no model_flags.json: the teacher is built from this command's model flags" \
+      in train["kd_teacher_other_shapes"]["stdout"]
   line = error_line(train["kd_teacher_other_shapes"])
   assert "was written for another model config" in line
   assert "differ in shape, e.g. teacher/tower/" in line and "32" in line

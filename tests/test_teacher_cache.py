@@ -62,19 +62,20 @@ def _loss_lines(out):
 
 
 def _offline_from_the_same_start(setup, online_dir, name, *args):
-  """An offline KD run that starts from the online run's step-0 checkpoint (the same
-  initial student weights) and trains the same steps on the same batches."""
+  """An offline KD run with the online run's seed, trained the same steps on the same
+  batches from scratch: its variables are seeded by name (model_utils.stable_seed), so
+  without a teacher in the graph it starts from the online student's weights."""
   base = str(setup["root"] / name)
   run = base + "_KD_k_%d" % K
-  os.makedirs(run)
-  for path in glob.glob(os.path.join(online_dir, "model.ckpt-0.*")):
-    shutil.copy(path, run)
-  tf1.train.update_checkpoint_state(run, os.path.join(run, "model.ckpt-0"))
   out = helpers.run_cli("train.py", [
       "--train_data_pattern=" + setup["train"], "--train_dir=" + base,
       "--teacher_checkpoint=" + setup["teacher"], "--model_type=KD", "--k_frame=%d" % K,
       "--max_steps=20"] + COMMON + list(args)).stdout
-  assert "Starting at step 0 (resumed)" in out
+  assert "Starting at step 0." in out
+  online_start, offline_start = _values(online_dir, 0, "student/"), _values(run, 0)
+  assert set(online_start) == set(offline_start) and online_start
+  for variable, value in online_start.items():
+    np.testing.assert_array_equal(offline_start[variable], value, err_msg=variable)
   return run, out
 
 

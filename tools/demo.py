@@ -1,11 +1,16 @@
 """The recipe end to end on generated data: teacher, k-frame baseline, distilled student.
 
+The distilled student learns offline: the teacher's outputs are computed once into a
+teacher cache (train.py --teacher_cache) that later students share
+(tools/frame_selection_table.py, tools/student_table.py).
+
   python tools/demo.py --out_dir=demo_out [--seeds=0] [--scale=1.0] [--model_flags=...]
 
 Everything goes through the same commands a user runs (tools/make_synthetic_yt8m.py,
 train.py, eval.py, inference.py), only at demo sizes. Writes under --out_dir:
   data/                 the generated YouTube-8M-layout shards
   runs/demo_s<seed>_*   the three run directories (checkpoints, events, validation.jsonl)
+  teacher_cache_s<seed>/  the teacher's outputs for every training video
   predictions.csv       Kaggle CSV of the distilled student on the validation videos
   results.md            the results table (also printed)
   gap_vs_step.png       validation GAP of the three runs against training steps
@@ -18,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -118,12 +124,20 @@ def finished(run_dir, steps):
       os.path.join(run_dir, "model.ckpt-%d.index" % steps))
 
 
+def teacher_cache_dir(out_dir, seed):
+  """Where the demo keeps the outputs of its seed's teacher (train.py --teacher_cache)."""
+  return os.path.join(out_dir, "teacher_cache_s%d" % seed)
+
+
 def train_runs(runner, data_dir, runs_dir, seed, scale, fresh, model_flags=()):
   """The three train.py runs of the documented recipe; returns {kind: run dir}.
 
+  The KD run distils offline from a teacher cache next to runs_dir (built by its first
+  step, reused while the teacher stays the same).
   model_flags: train.py flags appended to MODEL_FLAGS (they override them).
   """
   base = os.path.join(runs_dir, "demo_s%d" % seed)
+  cache = teacher_cache_dir(os.path.dirname(runs_dir), seed)
   train_pattern = os.path.join(data_dir, "frame", "train*.tfrecord")
   validate_pattern = os.path.join(data_dir, "frame", "validate*.tfrecord")
   run_dirs = {}
@@ -134,6 +148,10 @@ def train_runs(runner, data_dir, runs_dir, seed, scale, fresh, model_flags=()):
       print("train: reusing the finished run %s" % run_dirs[kind])
       continue
     print("train: %s (seed %d, %d steps)" % (LABELS[kind], seed, steps), flush=True)
+    if kind == "teacher":  # a new teacher: its old outputs are stale
+      shutil.rmtree(cache, ignore_errors=True)
+    if kind == "KD":
+      kind_flags = kind_flags + ["--teacher_cache=" + cache]
     runner.run("train.py", MODEL_FLAGS + list(model_flags) + TRAIN_FLAGS + kind_flags + [
         "--train_data_pattern=" + train_pattern, "--eval_data_pattern=" + validate_pattern,
         "--train_dir=" + base, "--seed=%d" % seed, "--max_steps=%d" % steps,
@@ -147,6 +165,24 @@ def evaluate(runner, run_dir, validate_pattern):
   runner.run("eval.py", ["--train_dir=" + run_dir, "--eval_data_pattern=" +
                          validate_pattern, "--run_once", "--batch_size=100"])
   return read_jsonl(os.path.join(run_dir, "eval.jsonl"))[-1]
+
+
+def train_and_evaluate(runner, demo_dir, base, suffix, flags, seed, steps, model_flags=()):
+  """Trains one run of the demo's model, data and training settings (unless it was
+  evaluated before), evaluates it with eval.py; returns its eval.jsonl record.
+
+  base: --train_dir; suffix: the run-kind suffix train.py adds; flags: the run's own
+  train.py flags (model type, k, teacher, ...), after model_flags and the demo's.
+  """
+  run_dir = base + suffix
+  validate = os.path.join(demo_dir, "data", "frame", "validate*.tfrecord")
+  if not os.path.exists(os.path.join(run_dir, "eval.jsonl")):
+    runner.run("train.py", MODEL_FLAGS + list(model_flags) + TRAIN_FLAGS + list(flags) + [
+        "--train_data_pattern=" + os.path.join(demo_dir, "data", "frame",
+                                               "train*.tfrecord"),
+        "--train_dir=" + base, "--seed=%d" % seed, "--max_steps=%d" % steps,
+        "--export_model_steps=%d" % steps, "--start_new_model=True"], quiet=True)
+  return evaluate(runner, run_dir, validate)
 
 
 def inference_rate(runner, run_dir, validate_pattern, output_file):

@@ -6,8 +6,8 @@ frames are picked, next to the distilled student.
 
 Rows: Uniform-k, Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k (students
 trained alone on hard labels with that --frame_sampling) and the KD student (uniform
-frames, distilled offline from the demo's teacher: its outputs are computed once into a
-teacher cache shared by every k); columns: k. Every cell is a train.py run followed by
+frames, distilled offline from the demo's teacher through the demo's teacher cache,
+shared by every k); columns: k. Every cell is a train.py run followed by
 eval.py --run_once, with the demo's model, data and training settings (tools/demo.py).
 Prints a Markdown table and writes it to <demo_dir>/frame_selection_table.md.
 """
@@ -30,17 +30,8 @@ ROWS = [("Uniform-k", "uniform"), ("Random-k", "random"), ("First-k", "first"),
 
 def cell(runner, args, base, kind_flags, suffix, steps):
   """Trains one student (unless its run is complete) and returns its validation GAP."""
-  run_dir = base + suffix
-  validate = os.path.join(args.demo_dir, "data", "frame", "validate*.tfrecord")
-  done = os.path.join(run_dir, "eval.jsonl")
-  if not os.path.exists(done):
-    runner.run("train.py", demo.MODEL_FLAGS + shlex.split(args.model_flags) +
-               demo.TRAIN_FLAGS + kind_flags + [
-        "--train_data_pattern=" + os.path.join(args.demo_dir, "data", "frame",
-                                               "train*.tfrecord"),
-        "--train_dir=" + base, "--seed=%d" % args.seed, "--max_steps=%d" % steps,
-        "--export_model_steps=%d" % steps, "--start_new_model=True"], quiet=True)
-  return demo.evaluate(runner, run_dir, validate)["gap"]
+  return demo.train_and_evaluate(runner, args.demo_dir, base, suffix, kind_flags,
+                                 args.seed, steps, shlex.split(args.model_flags))["gap"]
 
 
 def main(argv=None):
@@ -80,7 +71,7 @@ def main(argv=None):
   # The KD row distils offline: the demo teacher's outputs are computed once into a
   # cache that the students of every k read (train.py --teacher_cache).
   kd_flags = ["--model_type=KD", "--teacher_checkpoint=" + teacher_dir,
-              "--teacher_cache=" + os.path.join(table_dir, "teacher_cache_s%d" % args.seed)]
+              "--teacher_cache=" + demo.teacher_cache_dir(args.demo_dir, args.seed)]
   for k in ks:
     base = os.path.join(table_dir, "kd_s%d" % args.seed)
     gaps[("KD student", k)] = cell(runner, args, base, kd_flags + ["--k_frame=%d" % k],
