@@ -1,4 +1,5 @@
 """Offline distillation: train.py --model_type=KD --teacher_cache=DIR."""
+import concurrent.futures
 import glob
 import json
 import os
@@ -136,12 +137,22 @@ def test_float16_cache_gives_the_loss_terms_within_half_a_percent(setup, online)
     assert len(feature["representation"].bytes_list.value[0]) == width * 16
 
 
-def test_shuffled_readers_join_every_record_with_its_own_video(setup):
+@pytest.fixture(scope="module")
+def built_cache(setup):
+  """A float16 cache of the setup's teacher, built alone (--build_teacher_cache_only);
+  tests only read it."""
+  cache = str(setup["root"] / "cache_built")
+  out = _train(setup, "--model_type=KD", "--k_frame=%d" % K, "--teacher_cache=" + cache,
+               "--build_teacher_cache_only", "--teacher_checkpoint=" + setup["teacher"]
+               ).stdout
+  assert "Teacher cache: computing 2 of 2 shards" in out
+  return cache
+
+
+def test_shuffled_readers_join_every_record_with_its_own_video(setup, built_cache):
   # Unseeded shuffling, two readers interleaving: each record must still travel with
   # its own video's cache entry (the cache keys entries by video id).
-  cache = str(setup["root"] / "cache_join")
-  _train(setup, "--model_type=KD", "--k_frame=%d" % K, "--teacher_cache=" + cache,
-         "--build_teacher_cache_only", "--teacher_checkpoint=" + setup["teacher"])
+  cache = built_cache
   with tf.Graph().as_default():
     import config
     cfg = config.defaults().replace(num_classes=20)
@@ -285,3 +296,68 @@ def test_offline_kd_with_towers_skipped_records_and_a_resume(setup, tmp_path):
   out = helpers.run_cli("train.py", args + ["--max_steps=4"], env=towers).stdout
   assert "Starting at step 2 (resumed)" in out and "Teacher cache: computing" not in out
   assert tf1.train.latest_checkpoint(str(tmp_path / "run_KD_k_3")).endswith("-4")
+
+
+def _doctor(shard, predictions, representation):
+  """Rewrites every entry of a cache shard with predictions(values) and
+  representation(values) in place of the teacher's outputs; ids, record order, the
+  tf.train.Example layout and the float16 dtype stay. Returns the number of entries."""
+  records = list(tf1.io.tf_record_iterator(shard))
+  with tf.io.TFRecordWriter(shard) as writer:
+    for record in records:
+      example = tf.train.Example.FromString(record)
+      feature = example.features.feature
+      for key, change in (("predictions", predictions),
+                          ("representation", representation)):
+        values = np.frombuffer(feature[key].bytes_list.value[0], np.float16)
+        changed = np.asarray(change(values), np.float16)
+        assert changed.shape == values.shape and not np.array_equal(changed, values)
+        feature[key].bytes_list.value[0] = changed.tobytes()
+      writer.write(example.SerializeToString())
+  return len(records)
+
+
+def test_the_student_learns_from_what_the_cache_holds(setup, built_cache):
+  """--teacher_cache is read, not ignored: three KD students of the same seed and
+  steps, from a cache built alone, from an untouched copy of it and from a copy with
+  one shard doctored (teacher predictions all ones, representation doubled), log the
+  same loss terms and end with the same weights for the first two, and other pred_loss
+  and rep_loss (the label loss of step 1 unchanged) and other weights for the third."""
+  root = setup["root"]
+  cache = built_cache
+  kd = ["--model_type=KD", "--k_frame=%d" % K, "--teacher_checkpoint=" + setup["teacher"]]
+  shutil.copytree(cache, str(root / "cache_read_copy"))
+  shutil.copytree(cache, str(root / "cache_read_doctored"))
+  stored = json.load(open(os.path.join(cache, "fingerprint.json")))
+  assert stored["fingerprint"]["dtype"] == "float16"
+  # The first of the two training files' shards (12 videos): two readers interleave the
+  # files, so every batch holds videos of both.
+  shard = os.path.join(str(root / "cache_read_doctored"), "teacher-00000.tfrecord")
+  assert _doctor(shard, np.ones_like, lambda values: values * 2) == 12
+  with open(shard, "rb") as f, open(os.path.join(cache, "teacher-00000.tfrecord"),
+                                     "rb") as g:
+    assert f.read() != g.read()
+
+  def train(name):
+    process = _train(setup, *kd, "--teacher_cache=" + str(root / name), "--max_steps=2",
+                     "--kd_pred_weight=1", "--kd_rep_weight=1",
+                     "--train_dir=" + str(root / ("student_" + name)))
+    assert "Teacher cache" not in process.stdout  # read, not built again
+    return (_loss_lines(process.stdout),
+            _values(str(root / ("student_%s_KD_k_%d" % (name, K))), 2))
+
+  # Three students at once: the two cores take two, and the test stays short.
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    (terms, values), (copy_terms, copy_values), (doctored_terms, doctored_values) = (
+        pool.map(train, [os.path.basename(cache), "cache_read_copy",
+                         "cache_read_doctored"]))
+  assert set(terms) == {1, 2}
+  assert set(terms[1]) == {"total", "label_loss", "pred_loss", "rep_loss"}
+  assert copy_terms == terms
+  assert set(values) == set(copy_values) and values
+  for name in values:
+    np.testing.assert_array_equal(copy_values[name], values[name], err_msg=name)
+  assert doctored_terms[1]["label_loss"] == terms[1]["label_loss"]  # same student
+  for term in ("pred_loss", "rep_loss"):
+    assert doctored_terms[1][term] != terms[1][term], term
+  assert any(not np.array_equal(doctored_values[name], values[name]) for name in values)
