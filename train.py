@@ -366,7 +366,8 @@ class TrainGraph(object):
         self._summarize(towers)
         self._train_op(optimizer, grads, grad_norm, loss_scaling)
         self._finite_weights(train_vars)
-        self.saver = tf1.train.Saver(max_to_keep=5)
+        # Relative paths in the state file: the run directory can move (README).
+        self.saver = tf1.train.Saver(max_to_keep=5, save_relative_paths=True)
         self.init_fn = self._teacher_restore(teacher_checkpoint)
         self.validation = (ValidationGraph(cfg) if FLAGS.eval_data_pattern else None)
 
