@@ -233,7 +233,7 @@ def resolve_teacher_checkpoint():
   path = FLAGS.teacher_checkpoint
   if not path:
     directory = FLAGS.train_dir.rstrip("/") + "_teacher"
-    checkpoint = tf1.train.latest_checkpoint(directory)
+    checkpoint = run_dir.find_checkpoint(directory)
     if not checkpoint:
       raise utils.UsageError(
           "KD needs a trained teacher: no checkpoint in %s (train it first with "
@@ -245,7 +245,7 @@ def resolve_teacher_checkpoint():
     return path
   if not tf.io.gfile.isdir(path):
     raise utils.UsageError("--teacher_checkpoint=%s does not exist" % path)
-  checkpoint = tf1.train.latest_checkpoint(path)
+  checkpoint = run_dir.find_checkpoint(path)
   if not checkpoint:
     raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
                            % path)
@@ -587,11 +587,14 @@ class StepLogger(object):
       self.writer.flush()
 
 
-def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=None):
+def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=None,
+          resume_from=None):
   """Builds the graph and runs the training loop until max steps or end of data.
 
   teacher_checkpoint: where a fresh serial-KD run restores teacher/ from (else None).
   cache: the TeacherCache an offline KD run reads (else None).
+  resume_from: the checkpoint of train_dir the run resumes from
+    (run_dir.find_checkpoint), or None for a fresh start.
   """
   devices, session_config = tower_devices()
   if task.cluster is not None:
@@ -599,10 +602,9 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=Non
     # other workers (a finished chief would otherwise block a late worker forever).
     session_config.device_filters.extend(["/job:ps", "/job:%s/task:%d"
                                           % (task.type, task.index)])
-  latest = tf1.train.latest_checkpoint(train_dir)
+  start_step = run_dir.checkpoint_step(resume_from) if resume_from else 0
   model = TrainGraph(cfg, devices, task, rgb_scale, teacher_checkpoint,
-                     start_step=run_dir.checkpoint_step(latest) if latest else 0,
-                     cache=cache)
+                     start_step=start_step, cache=cache)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
   steps_cap = max_steps()
@@ -611,9 +613,16 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=Non
     scaffold = tf1.train.Scaffold(saver=model.saver, init_fn=model.init_fn)
     master = server.target if server else ""
     if task.is_chief:
+      # The checkpoint resolved once (checkpoint_dir= would look again with TensorFlow's
+      # latest_checkpoint, which misses a moved run's checkpoints and starts afresh).
+      # The Saver goes on managing the checkpoints the state file lists, as
+      # checkpoint_dir= would have had it.
+      if resume_from:
+        model.saver.recover_last_checkpoints(
+            run_dir.recorded_checkpoints(train_dir, resume_from))
       creator = tf1.train.ChiefSessionCreator(scaffold=scaffold, master=master,
                                               config=session_config,
-                                              checkpoint_dir=train_dir)
+                                              checkpoint_filename_with_path=resume_from)
       hooks = [tf1.train.CheckpointSaverHook(
           train_dir, save_steps=FLAGS.export_model_steps, scaffold=scaffold,
           listeners=[FiniteWeightsBeforeSave(model.weights_finite, train_dir)])]
@@ -632,7 +641,7 @@ def train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache=Non
           graph_failures_named(lambda: step, train_dir), \
           tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
         step = sess.run(model.global_step)
-        print("Starting at step %d%s." % (step, " (resumed)" if latest else ""),
+        print("Starting at step %d%s." % (step, " (resumed)" if resume_from else ""),
               flush=True)
         logger.start(step)
         try:
@@ -728,12 +737,14 @@ def main(unused_argv):
       print("Parameter server %d serving." % task.index, flush=True)
       server.join()
       return 0
+  # Resolved once: where the run resumes from, its start step and whether it needs a
+  # teacher all follow from this one checkpoint (and a moved run's note says so once).
+  resume_from = None if FLAGS.start_new_model else run_dir.find_checkpoint(train_dir)
   teacher_checkpoint = None
   # The teacher is resolved before the run directory is touched, so a KD run without
   # a usable teacher leaves nothing behind. Offline KD needs it to check its cache.
   if (cfg.model_type == "KD" and cfg.kd_mode == "serial" and
-      (FLAGS.teacher_cache or FLAGS.start_new_model or
-       not tf1.train.latest_checkpoint(train_dir))):
+      (FLAGS.teacher_cache or not resume_from)):
     teacher_checkpoint = resolve_teacher_checkpoint()
     print("Teacher: %s" % teacher_checkpoint)
   cfg = resolve_preprocessing(cfg, train_dir, teacher_checkpoint)
@@ -752,7 +763,8 @@ def main(unused_argv):
   # The chief writes the run directory: one chief at a time (held until exit).
   run_lock = run_dir.lock(train_dir) if task.is_chief else None  # noqa: F841
   prepare_run_dir(cfg, train_dir, task.is_chief)
-  train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache)
+  train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache,
+        resume_from)
   return 0
 
 
