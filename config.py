@@ -407,12 +407,21 @@ def from_json(recorded, source, flag_values=FLAGS):
   return _from_values(values)
 
 
+def _compared(name, value):
+  """What of a model_flags.json value decides a conflict: a teacher cache by its digest
+  (what the cache holds), not by the teacher checkpoint's path it also records, which
+  changes when the teacher's run directory moves."""
+  if name == "teacher_cache":
+    return (value or {}).get("digest")
+  return value
+
+
 def conflicts(recorded, current):
   """Fields whose values differ between two model_flags.json dicts ('--x: old -> new')."""
   found = []
   for name in sorted(set(recorded) | set(current)):
     if name in INFORMATION_ONLY:
       continue
-    if recorded.get(name) != current.get(name):
+    if _compared(name, recorded.get(name)) != _compared(name, current.get(name)):
       found.append("--%s: %r -> %r" % (name, recorded.get(name), current.get(name)))
   return found

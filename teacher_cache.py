@@ -69,9 +69,19 @@ def fingerprint(cfg, teacher_checkpoint, rgb_scale, files, dtype):
   }
 
 
-def digest(fingerprint_dict):
-  """A short stable name of a fingerprint (recorded in the KD run's model_flags.json)."""
-  text = json.dumps(fingerprint_dict, sort_keys=True).encode("utf-8")
+def digest(fingerprint_dict, teacher_checkpoint=None):
+  """A short stable name of a fingerprint (recorded in the KD run's model_flags.json).
+
+  Where the teacher checkpoint lives is left out (the sha256 of its .index identifies
+  it), so the name survives moving or copying the teacher's run directory.
+  teacher_checkpoint: a path to hash in as well, which gives the name an earlier
+  version gave the fingerprint with that teacher path (how train.py recognises a run
+  it recorded).
+  """
+  named = {k: v for k, v in fingerprint_dict.items() if k != "teacher_checkpoint"}
+  if teacher_checkpoint is not None:
+    named["teacher_checkpoint"] = teacher_checkpoint
+  text = json.dumps(named, sort_keys=True).encode("utf-8")
   return hashlib.sha256(text).hexdigest()[:16]
 
 

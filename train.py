@@ -198,9 +198,10 @@ def _tower_device_fn(compute_device, variable_device):
   return device_fn
 
 
-def prepare_run_dir(cfg, train_dir, is_chief):
+def prepare_run_dir(cfg, train_dir, is_chief, cache=None):
   """Wipes (--start_new_model) or checks a resumed run dir; writes model_flags.json.
 
+  cache: the TeacherCache of an offline KD run, or None.
   Raises:
     UsageError when resuming a run whose recorded model flags differ from these.
   """
@@ -217,11 +218,22 @@ def prepare_run_dir(cfg, train_dir, is_chief):
   # Read back through GraphConfig: fields an older version did not record compare as
   # the defaults they had.
   recorded = config.from_json(recorded, run_dir.flags_path(train_dir)).to_json()
+  if cache and named_by_earlier_digest(recorded["teacher_cache"], cache):
+    recorded["teacher_cache"] = cfg.teacher_cache
   conflicts = config.conflicts(recorded, cfg.to_json())
   if conflicts:
     raise utils.UsageError(
         "%s was trained with other model flags (%s); resume with the same flags or "
         "pass --start_new_model=True" % (train_dir, "; ".join(conflicts)))
+
+
+def named_by_earlier_digest(record, cache):
+  """Whether `record` (the teacher_cache of a run's model_flags.json) names `cache` by
+  the digest an earlier version gave it, which hashed the teacher checkpoint's path
+  (the one the record holds) too; today's leaves the path out."""
+  return bool(record and record.get("teacher_checkpoint")) and (
+      record.get("digest") == teacher_cache.digest(cache.fingerprint,
+                                                   record["teacher_checkpoint"]))
 
 
 def resolve_teacher_checkpoint():
@@ -762,7 +774,7 @@ def main(unused_argv):
     teacher_checkpoint = None
   # The chief writes the run directory: one chief at a time (held until exit).
   run_lock = run_dir.lock(train_dir) if task.is_chief else None  # noqa: F841
-  prepare_run_dir(cfg, train_dir, task.is_chief)
+  prepare_run_dir(cfg, train_dir, task.is_chief, cache)
   train(cfg, train_dir, task, server, rgb_scale, teacher_checkpoint, cache,
         resume_from)
   return 0
