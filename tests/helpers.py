@@ -5,6 +5,7 @@ Preprocessing: CLI tests run train.py with its defaults, so generated frame-leve
 tests that check numbers independent of it pass --pca_eigenvals= or build graphs with
 feature sizes other than 1024 (never scaled).
 """
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,16 @@ def user_error_line(process):
   assert len(lines) == 1, process.stderr
   assert "Traceback" not in process.stderr
   return lines[0]
+
+
+def run_in_one_process(tmp_path, plan):
+  """Runs tests/one_process.py on `plan` (a list of steps, see there) in a fresh
+  process; returns its results, one per step."""
+  plan_path, results_path = tmp_path / "plan.json", tmp_path / "results.json"
+  plan_path.write_text(json.dumps(plan))
+  process = subprocess.run(
+      [sys.executable, "-m", "tests.one_process", str(plan_path), str(results_path)],
+      cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+      capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stderr[-3000:]
+  return json.loads(results_path.read_text())
