@@ -193,12 +193,13 @@ def find_checkpoint(run_dir):
 def recorded_checkpoints(run_dir, checkpoint):
   """The checkpoints of run_dir's state file that are complete in run_dir (taken by
   name, wherever the file says they were), oldest first, ending with `checkpoint`:
-  what a resumed Saver keeps managing (Saver.recover_last_checkpoints), so
-  --max_to_keep deletes the oldest of them as training goes on."""
+  what a resumed Saver keeps managing (Saver.recover_last_checkpoints), so its
+  max_to_keep deletes the oldest of them as training goes on."""
+  names = tf.io.gfile.listdir(run_dir)
   kept = []
   for path in (_state(run_dir) or ("", []))[1]:
     here = os.path.join(run_dir, os.path.basename(path))
-    if here != checkpoint and here not in kept and checkpoint_complete(here):
+    if here != checkpoint and here not in kept and checkpoint_complete(here, names):
       kept.append(here)
   return kept + [checkpoint]
 
