@@ -77,9 +77,12 @@ def checkpoints_to_evaluate():
   if FLAGS.checkpoint or FLAGS.run_once:
     yield run_dir.chosen_checkpoint(FLAGS.train_dir, FLAGS.checkpoint)
     return
-  last = None
+  last, last_note = None, None
   while True:
-    checkpoint = tf1.train.latest_checkpoint(FLAGS.train_dir)
+    checkpoint, note = run_dir.resolve_checkpoint(FLAGS.train_dir)
+    if note and note != last_note:  # once, not at every look
+      print(note, flush=True)
+    last_note = note
     if checkpoint and checkpoint != last:
       last = checkpoint
       yield checkpoint

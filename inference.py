@@ -103,12 +103,12 @@ def csv_rows(video_ids, class_indexes, scores):
   return [rows.getvalue()]
 
 
-def predict_from_checkpoint(model_dir, output):
+def predict_from_checkpoint(model_dir, output, checkpoint=None):
   """Runs the run's model over --input_data_pattern; writes rows to `output` (a
-  PredictionWriter)."""
+  PredictionWriter). checkpoint: the one to use, default model_dir's latest."""
   cfg = run_dir.load(model_dir, flag_name=model_flag_name())
   role = cfg.role(FLAGS.role)
-  checkpoint = run_dir.latest_checkpoint(model_dir, model_flag_name())
+  checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
   model = inference_graph.InferenceGraph(
       cfg, role, FLAGS.input_data_pattern, "--input_data_pattern", FLAGS.batch_size,
       FLAGS.num_readers, FLAGS.top_k, with_labels=False)
@@ -183,13 +183,14 @@ def model_flag_name():
   return "--input_model_tgz" if FLAGS.input_model_tgz else "--train_dir"
 
 
-def pack_model(model_dir, tgz_path):
-  """Packs the latest checkpoint and model_flags.json of model_dir into tgz_path.
+def pack_model(model_dir, tgz_path, checkpoint=None):
+  """Packs a checkpoint (default: the latest) and model_flags.json of model_dir into
+  tgz_path.
 
   The tarball holds one directory, `model/`, with model_flags.json, a `checkpoint`
-  state file naming the packed checkpoint, and its .index/.data files.
+  state file naming the packed checkpoint (relative to it), and its .index/.data files.
   """
-  checkpoint = run_dir.latest_checkpoint(model_dir)
+  checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir)
   prefix = os.path.basename(checkpoint)
   with utils.atomic_output(tgz_path, "wb") as raw, \
       tarfile.open(fileobj=raw, mode="w:gz") as tar:
@@ -306,9 +307,11 @@ def main(unused_argv):
   model_dir = FLAGS.train_dir
   if FLAGS.input_model_tgz:
     model_dir = safe_untar(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
+  checkpoint = None  # looked up once: a moved run's note is said once
   if FLAGS.output_model_tgz:
     run_dir.load(model_dir, model_flag_name())
-    pack_model(model_dir, FLAGS.output_model_tgz)
+    checkpoint = run_dir.latest_checkpoint(model_dir, model_flag_name())
+    pack_model(model_dir, FLAGS.output_model_tgz, checkpoint)
   if not FLAGS.output_file:
     return 0
   readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
@@ -320,7 +323,7 @@ def main(unused_argv):
     if FLAGS.saved_model:
       count = predict_from_saved_model(FLAGS.saved_model, writer)
     else:
-      count = predict_from_checkpoint(model_dir, writer)
+      count = predict_from_checkpoint(model_dir, writer, checkpoint)
   print("Wrote %d videos to %s%s" % (count, FLAGS.output_file,
                                      " and " + names_path(FLAGS.output_file)
                                      if names else ""))

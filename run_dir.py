@@ -3,10 +3,16 @@
 A run directory (`<train_dir>_teacher`, `_student_k_<k>`, `_KD_k_<k>`) holds the
 checkpoints, TensorBoard events and model_flags.json, the GraphConfig it was trained
 with, so eval.py, inference.py and export_model.py rebuild its graph from it alone.
+
+A run directory can be moved or copied (another disk, machine, gs:// <-> local): its
+`checkpoint` state file names the checkpoints relative to the directory, and one
+written by an earlier version (with absolute paths that no longer exist) is read by
+falling back to the newest complete checkpoint in the directory (find_checkpoint).
 """
 
 import fcntl
 import os
+import re
 
 import tensorflow as tf
 
@@ -16,6 +22,9 @@ import utils
 
 tf1 = tf.compat.v1
 MODEL_FLAGS_FILE = "model_flags.json"
+STATE_FILE = "checkpoint"  # the state file tf.compat.v1.train.Saver writes
+CHECKPOINT_BASENAME = "model.ckpt"  # train.py's checkpoints: model.ckpt-<global step>
+_DATA_SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")
 
 
 def lock(run_dir):
@@ -86,9 +95,120 @@ def checkpoint_exists(prefix):
   return tf.io.gfile.exists(prefix + ".index")
 
 
+def checkpoint_complete(prefix, names=None):
+  """True when checkpoint `prefix` has its .index and every .data-K-of-N shard.
+
+  names: the file names of the prefix's directory, when already listed. Each file is
+  also asked for by name: ram:// can list a name that is only the prefix of another
+  file's (a temporary one's).
+  """
+  directory, base = os.path.split(prefix)
+  if names is None:
+    try:
+      names = tf.io.gfile.listdir(directory)
+    except tf.errors.NotFoundError:
+      return False
+  totals = set()
+  shards = []
+  for name in names:
+    match = _DATA_SHARD.match(name[len(base):]) if name.startswith(base) else None
+    if match:
+      totals.add(int(match.group(2)))
+      shards.append(name)
+  if len(totals) != 1 or base + ".index" not in names:
+    return False
+  total = totals.pop()
+  wanted = {"%s.data-%05d-of-%05d" % (base, i, total) for i in range(total)}
+  if not wanted <= set(shards):
+    return False
+  return all(tf.io.gfile.exists(os.path.join(directory, name))
+             for name in [base + ".index"] + sorted(wanted))
+
+
+def complete_checkpoints(run_dir):
+  """The complete `model.ckpt-N` checkpoint prefixes directly in run_dir, oldest
+  (lowest global step N) first."""
+  try:
+    names = tf.io.gfile.listdir(run_dir)
+  except tf.errors.NotFoundError:
+    return []
+  pattern = re.compile(r"^%s-(\d+)\.index$" % re.escape(CHECKPOINT_BASENAME))
+  steps = sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+  prefixes = [os.path.join(run_dir, "%s-%d" % (CHECKPOINT_BASENAME, step))
+              for step in steps]
+  return [prefix for prefix in prefixes if checkpoint_complete(prefix, names)]
+
+
+def _state(run_dir):
+  """(the checkpoint run_dir's state file names, every checkpoint it lists), relative
+  paths joined to run_dir; None without a state file; ("", []) for one that names none
+  or cannot be parsed."""
+  try:
+    state = tf1.train.get_checkpoint_state(run_dir)
+  except ValueError:  # a state file without model_checkpoint_path
+    return "", []
+  if state is None:
+    return ("", []) if tf.io.gfile.exists(os.path.join(run_dir, STATE_FILE)) else None
+  return state.model_checkpoint_path, list(state.all_model_checkpoint_paths)
+
+
+def resolve_checkpoint(run_dir):
+  """(the checkpoint prefix to restore from run_dir or None, a note line or None).
+
+  The checkpoint the `checkpoint` state file names, taken in run_dir. When the state
+  file names checkpoints that are not there (absolute paths written by an earlier
+  version, before the directory moved or was copied), the newest complete
+  `model.ckpt-N` in run_dir (highest N, its .index and every data shard present), and
+  a note saying so. No state file: no checkpoint (as TensorFlow's latest_checkpoint).
+  """
+  state = _state(run_dir)
+  if state is None:
+    return None, None
+  recorded = state[0]
+  if recorded:
+    here = os.path.join(run_dir, os.path.basename(recorded))
+    # The path as recorded must be there too: a copy whose state file names the
+    # original's checkpoints (still in place) reads its own copies of them.
+    if ((recorded == here or checkpoint_exists(recorded)) and
+        checkpoint_complete(here)):
+      return here, None
+  kept = complete_checkpoints(run_dir)
+  if not kept:
+    return None, None
+  return kept[-1], (
+      "note: %s names checkpoints that are not there (moved or copied?); using %s, "
+      "the newest complete one in %s" % (os.path.join(run_dir, STATE_FILE),
+                                         os.path.basename(kept[-1]), run_dir))
+
+
+def find_checkpoint(run_dir):
+  """The checkpoint to restore from run_dir (see resolve_checkpoint), or None when it
+  has none. A fallback from a state file naming checkpoints that are not there is
+  said in one line on stdout."""
+  checkpoint, note = resolve_checkpoint(run_dir)
+  if note:
+    print(note, flush=True)
+  return checkpoint
+
+
+def recorded_checkpoints(run_dir, checkpoint):
+  """The checkpoints of run_dir's state file that are complete in run_dir (taken by
+  name, wherever the file says they were), oldest first, ending with `checkpoint`:
+  what a resumed Saver keeps managing (Saver.recover_last_checkpoints), so its
+  max_to_keep deletes the oldest of them as training goes on."""
+  names = tf.io.gfile.listdir(run_dir)
+  kept = []
+  for path in (_state(run_dir) or ("", []))[1]:
+    here = os.path.join(run_dir, os.path.basename(path))
+    if here != checkpoint and here not in kept and checkpoint_complete(here, names):
+      kept.append(here)
+  return kept + [checkpoint]
+
+
 def latest_checkpoint(run_dir, flag_name="--train_dir"):
-  """The newest complete checkpoint prefix of run_dir; UsageError when there is none."""
-  checkpoint = tf1.train.latest_checkpoint(run_dir)
+  """The checkpoint to restore from run_dir (find_checkpoint); UsageError when there is
+  none."""
+  checkpoint = find_checkpoint(run_dir)
   if not checkpoint:
     raise utils.UsageError("%s=%s has no checkpoint yet" % (flag_name, run_dir))
   return checkpoint
@@ -166,7 +286,7 @@ def teacher_checkpoint(flag_value, teacher_dir, max_frames):
     UsageError naming the flag or directory when there is no usable checkpoint.
   """
   if not flag_value:
-    checkpoint = tf1.train.latest_checkpoint(teacher_dir)
+    checkpoint = find_checkpoint(teacher_dir)
     if not checkpoint:
       raise utils.UsageError(
           "KD needs a trained teacher: no checkpoint in %s (train it first with "
@@ -178,7 +298,7 @@ def teacher_checkpoint(flag_value, teacher_dir, max_frames):
     return flag_value
   if not tf.io.gfile.isdir(flag_value):
     raise utils.UsageError("--teacher_checkpoint=%s does not exist" % flag_value)
-  checkpoint = tf1.train.latest_checkpoint(flag_value)
+  checkpoint = find_checkpoint(flag_value)
   if not checkpoint:
     raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
                            % flag_value)

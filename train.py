@@ -344,19 +344,20 @@ class StepLogger(object):
       self.writer.flush()
 
 
-def train(cfg, train_cfg, train_dir, cluster_task, server, task, cache_dir=""):
+def train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from=None,
+          cache_dir=""):
   """Builds the graph and runs the training loop until max steps or end of data.
 
-  task: the kd_model task (kd_model.training_task); cache_dir: --teacher_cache, named
-  by the error for a record the cache lacks.
+  task: the kd_model task (kd_model.training_task); resume_from: the checkpoint of
+  train_dir the run resumes from (run_dir.find_checkpoint), or None for a fresh start;
+  cache_dir: --teacher_cache, named by the error for a record the cache lacks.
   """
   devices, session_config = cluster.tower_devices(
       train_cfg.num_gpu, cfg.bf16, train_cfg.log_device_placement)
   cluster_task.restrict_session(session_config)
-  latest = tf1.train.latest_checkpoint(train_dir)
   model = train_graph.TrainGraph(
       cfg, train_cfg, task, devices, cluster_task,
-      start_step=run_dir.checkpoint_step(latest) if latest else 0)
+      start_step=run_dir.checkpoint_step(resume_from) if resume_from else 0)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
   steps_cap = train_cfg.max_steps
@@ -365,9 +366,16 @@ def train(cfg, train_cfg, train_dir, cluster_task, server, task, cache_dir=""):
     scaffold = tf1.train.Scaffold(saver=model.saver, init_fn=model.init_fn)
     master = server.target if server else ""
     if cluster_task.is_chief:
+      # The checkpoint resolved once (checkpoint_dir= would look again with TensorFlow's
+      # latest_checkpoint, which misses a moved run's checkpoints and starts afresh).
+      # The Saver goes on managing the checkpoints the state file lists, as
+      # checkpoint_dir= would have had it.
+      if resume_from:
+        model.saver.recover_last_checkpoints(
+            run_dir.recorded_checkpoints(train_dir, resume_from))
       creator = tf1.train.ChiefSessionCreator(scaffold=scaffold, master=master,
                                               config=session_config,
-                                              checkpoint_dir=train_dir)
+                                              checkpoint_filename_with_path=resume_from)
       hooks = [tf1.train.CheckpointSaverHook(
           train_dir, save_steps=train_cfg.export_model_steps, scaffold=scaffold,
           listeners=[FiniteWeightsBeforeSave(model.weights_finite, train_dir)])]
@@ -388,7 +396,7 @@ def train(cfg, train_cfg, train_dir, cluster_task, server, task, cache_dir=""):
           graph_failures_named(lambda: step, train_dir, cache_dir), \
           tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
         step = sess.run(model.global_step)
-        print("Starting at step %d%s." % (step, " (resumed)" if latest else ""),
+        print("Starting at step %d%s." % (step, " (resumed)" if resume_from else ""),
               flush=True)
         logger.start(step)
         try:
@@ -468,13 +476,14 @@ def main(unused_argv):
       print("Parameter server %d serving." % cluster_task.index, flush=True)
       server.join()
       return 0
+  # Resolved once: where the run resumes from, its start step and whether it needs a
+  # teacher all follow from this one checkpoint (and a moved run's note says so once).
+  resume_from = None if FLAGS.start_new_model else run_dir.find_checkpoint(train_dir)
   teacher = None
   # The teacher is resolved before the run directory is touched, so a KD run without
   # a usable teacher leaves nothing behind. Offline KD needs it to check its cache.
   if cfg.model_type == "KD":
-    resuming = (not FLAGS.start_new_model and
-                tf1.train.latest_checkpoint(train_dir) is not None)
-    cfg, teacher = resolve_teacher(cfg, train_dir, resuming)
+    cfg, teacher = resolve_teacher(cfg, train_dir, resuming=resume_from is not None)
   cfg = resolve_preprocessing(cfg, train_dir, teacher)
   if teacher:
     check_teacher_preprocessing(teacher.checkpoint, cfg.preprocessing)
@@ -490,7 +499,8 @@ def main(unused_argv):
   run_lock = run_dir.lock(train_dir) if cluster_task.is_chief else None  # noqa: F841
   prepare_run_dir(cfg, train_dir, cluster_task.is_chief)
   task = kd_model.training_task(cfg, teacher=teacher, cache=cache)
-  train(cfg, train_cfg, train_dir, cluster_task, server, task, FLAGS.teacher_cache)
+  train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from,
+        FLAGS.teacher_cache)
   return 0
 
 

@@ -5,6 +5,7 @@ Preprocessing: CLI tests run train.py with its defaults, so generated frame-leve
 tests that check numbers independent of it pass --pca_eigenvals= or build graphs with
 feature sizes other than 1024 (never scaled).
 """
+import json
 import os
 import subprocess
 import sys
@@ -51,9 +52,9 @@ def user_error_line(process):
 
 
 def run_in_one_process(tmp_path, plan, env=None):
-  """Runs tests/one_process.py on `plan` (several CLIs in one process: one TensorFlow
-  start-up, one ram:// file system); returns its results, one per step."""
-  import json
+  """Runs tests/one_process.py on `plan` (a list of steps, see there) in a fresh
+  process: several CLIs share one TensorFlow start-up and one ram:// file system.
+  env: extra environment variables. Returns its results, one per step."""
   plan_path, results_path = tmp_path / "plan.json", tmp_path / "results.json"
   plan_path.write_text(json.dumps(plan))
   process = subprocess.run(

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -16,18 +15,6 @@ from tests import helpers
 
 RAM = "ram://e2e"
 TRAIN = ["--batch_size=4", "--seed=1", "--num_readers=2"] + helpers.TINY_MODEL
-
-
-def _run_in_one_process(tmp_path, plan):
-  """Runs tests/one_process.py on `plan`; returns its results, one per step."""
-  plan_path, results_path = tmp_path / "plan.json", tmp_path / "results.json"
-  plan_path.write_text(json.dumps(plan))
-  process = subprocess.run(
-      [sys.executable, "-m", "tests.one_process", str(plan_path), str(results_path)],
-      cwd=helpers.ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-      capture_output=True, text=True, timeout=600)
-  assert process.returncode == 0, process.stderr[-3000:]
-  return json.loads(results_path.read_text())
 
 
 def _error_line(result):
@@ -111,7 +98,7 @@ def e2e(tmp_path_factory):
       ("files", {"list": RAM}),
       ("copy_back", {"copy": [RAM, back]}),
   ]
-  results = _run_in_one_process(tmp_path, [step for _, step in steps])
+  results = helpers.run_in_one_process(tmp_path, [step for _, step in steps])
   return {"results": dict(zip([name for name, _ in steps], results)), "back": back,
           "local": local, "validate": validate}
 
