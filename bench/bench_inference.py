@@ -6,7 +6,8 @@ The documented NeXtVLAD config (cluster 128, hidden 2048, groups 8, expansion 2,
 classes), in inference mode, exactly as eval.py and inference.py build it
 (inference_graph.top_k_outputs, top-20, with the default PCA scaling of rgb): model only (in-graph random uint8 input) and end
 to end (reading, parsing and decoding generated shards included). FLOPs per video are
-counted from the graph. Each case runs in its own process. Targets (issue 5): FLOPs
+counted from the graph, and parameters. Each case runs in its own process. Also the
+original's MixNeXtVLAD (3 branches) as a teacher. Targets (issue 5): FLOPs
 k=6 <= 10% and k=30 <= 16% of the teacher's; model-only videos/s k=30 >= 5x and k=6
 >= 10x the teacher's; end to end k=30 >= 4x and k=6 >= 8x. Issue 15: end to end >= 0.9
 of model only for both students (a student's reader decodes only its k frames), so
@@ -26,7 +27,10 @@ tf1 = tf.compat.v1
 
 CASES = {"teacher": ["--model_type=teacher", "--k_frame=300"],
          "student_k30": ["--model_type=student", "--k_frame=30"],
-         "student_k6": ["--model_type=student", "--k_frame=6"]}
+         "student_k6": ["--model_type=student", "--k_frame=6"],
+         # The original's 3-branch MixNeXtVLAD (issue 21).
+         "mix3_teacher": ["--model=MixNeXtVladModel", "--mix_number=3",
+                          "--model_type=teacher", "--k_frame=300"]}
 
 
 def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
@@ -39,6 +43,8 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
   from bench_train import DOCUMENTED, random_input
   # The documented command's graph flags; its training flags mean nothing here.
   cfg = config.from_flags(config.private_flags(DOCUMENTED + CASES[case] + extra_flags))
+
+  result = {"case": case, "source": source}
 
   def build(cfg):
     graph = tf.Graph()
@@ -55,10 +61,11 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
                                                shuffle=False)
       outputs = inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20,
                                               with_labels=False)
+      result["parameters"] = sum(v.shape.num_elements()
+                                 for v in tf1.trainable_variables())
       return graph, [outputs["top_scores"], outputs["top_indices"]], \
           tf1.global_variables_initializer()
 
-  result = {"case": case, "source": source}
   if source == "model":
     # The profiler needs static shapes: count on the padded graph (the same FLOPs
     # when every frame is real, as here).
@@ -91,6 +98,9 @@ def main():
   parser.add_argument("--videos", type=int, default=400)
   parser.add_argument("--data_dir", default="/tmp/yt8m_bench_data_300")
   parser.add_argument("--case", choices=sorted(CASES))
+  parser.add_argument("--cases", default=",".join(CASES),
+                      help="the cases to run (teacher first; targets need all three "
+                      "NeXtVLAD cases)")
   parser.add_argument("--source", choices=["model", "e2e"], default="model")
   parser.add_argument("--data_pattern", default="")
   args, extra_flags = parser.parse_known_args()
@@ -100,7 +110,8 @@ def main():
     return
   pattern = common.generated_data(args.data_dir, args.videos, min_frames=300,
                                   short_video_fraction=0.0)
-  runs = {(case, source): [] for case in CASES for source in ("model", "e2e")}
+  cases = args.cases.split(",")
+  runs = {(case, source): [] for case in cases for source in ("model", "e2e")}
   for repeat in range(args.repeats):  # in alternation, so drifts in machine speed hit all
     for (case, source), results in runs.items():
       results.append(run_in_subprocess(case, source, args.batch_size, args.batches,
@@ -117,10 +128,11 @@ def main():
 
   teacher_flops = runs[("teacher", "model")][0]["flops_per_video"]
   rows = []
-  for case in CASES:
+  for case in cases:
     flops = runs[(case, "model")][0]["flops_per_video"]
     rss = max(r["peak_rss_mb"] for source in ("model", "e2e") for r in runs[(case, source)])
-    rows.append([case, "%.2f" % (flops / 1e9), "%.1f%%" % (100 * flops / teacher_flops),
+    rows.append([case, "%.1f" % (runs[(case, "model")][0]["parameters"] / 1e6),
+                 "%.2f" % (flops / 1e9), "%.1f%%" % (100 * flops / teacher_flops),
                  "%.1f" % statistics.median(rates(case, "model")),
                  "%.1fx" % paired((case, "model"), ("teacher", "model")),
                  "%.1f" % statistics.median(rates(case, "e2e")),
@@ -129,9 +141,12 @@ def main():
                  "%.1f" % (rss / 1024)])
   print("batch %d, %d repeats (medians; ratios are medians of ratios within a repeat), %s"
         % (args.batch_size, args.repeats, time.strftime("%Y-%m-%d")))
-  print(common.table(rows, ["model", "GFLOP/video", "of teacher", "videos/s model only",
+  print(common.table(rows, ["model", "parameters (M)", "GFLOP/video", "of teacher",
+                            "videos/s model only",
                             "speed-up", "videos/s end to end", "speed-up",
                             "e2e / model", "peak RSS GB"]))
+  if not {"student_k30", "student_k6"} <= set(cases):
+    return
   print("targets: FLOPs k=6 <= 10%, k=30 <= 16%; model only k=30 >= 5x, k=6 >= 10x; "
         "end to end k=30 >= 4x, k=6 >= 8x")
   checks = [("end to end / model only, k=30", paired(("student_k30", "e2e"),

@@ -16,6 +16,9 @@ Targets (issue 4):
 """
 import argparse
 import json
+import os
+import tempfile
+import types
 
 import common
 import numpy as np
@@ -27,6 +30,7 @@ tf1 = tf.compat.v1
 
 # The README's documented command; appended flags (the case, the data) override its own.
 DOCUMENTED = documented_command.documented_flags()
+QUARTER = ["--nextvlad_hidden_size=512", "--nextvlad_cluster_size=32"]
 CASES = {
     "teacher": ["--model_type=teacher", "--k_frame=300"],
     "student_k30": ["--model_type=student", "--k_frame=30"],
@@ -34,11 +38,21 @@ CASES = {
     "kd_k30": ["--model_type=KD", "--k_frame=30"],
     "kd_k6": ["--model_type=KD", "--k_frame=6"],
     "teacher_forward": ["--model_type=teacher", "--k_frame=300"],
+    # The original's MixNeXtVLAD (3 branches) as a teacher.
+    "mix3_teacher": ["--model=MixNeXtVladModel", "--mix_number=3",
+                     "--model_type=teacher", "--k_frame=300"],
+    # A compact student (a quarter of the hidden layer and clusters) alone, and
+    # distilled offline from a teacher cache of the documented teacher (issue 21).
+    "student_k6_quarter": ["--model_type=student", "--k_frame=6"] + QUARTER,
+    "offline_kd_k6_quarter": ["--model_type=KD", "--k_frame=6"] + QUARTER,
 }
+OFFLINE = ("offline_kd_k6_quarter",)
 
 
-def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0):
-  """input_fn for TrainGraph: one fixed random batch held in non-trainable variables."""
+def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0,
+                 teacher_width=None):
+  """input_fn for TrainGraph: one fixed random batch held in non-trainable variables;
+  with teacher_width, also cached teacher outputs (offline KD)."""
   rng = np.random.RandomState(seed)
   labels = np.zeros([batch_size, num_classes], np.float32)
   for row in range(batch_size):
@@ -48,11 +62,43 @@ def random_input(batch_size, num_classes=3862, frames=300, width=1152, seed=0):
     assert global_batch == batch_size
     matrix = tf1.Variable(rng.randint(0, 256, [batch_size, frames, width]).astype(np.uint8),
                           trainable=False, name="bench_frames")
-    return {"video_ids": tf.constant(["v%d" % i for i in range(batch_size)]),
-            "video_matrix": tf.identity(matrix),
-            "num_frames": tf.fill([batch_size], frames),
-            "labels": tf.constant(labels)}
+    batch = {"video_ids": tf.constant(["v%d" % i for i in range(batch_size)]),
+             "video_matrix": tf.identity(matrix),
+             "num_frames": tf.fill([batch_size], frames),
+             "labels": tf.constant(labels)}
+    if teacher_width:
+      batch["teacher_predictions"] = tf.constant(
+          rng.uniform(size=[batch_size, num_classes]).astype(np.float32))
+      batch["teacher_representation"] = tf.constant(
+          rng.normal(size=[batch_size, teacher_width]).astype(np.float32))
+    return batch
   return input_fn
+
+
+def teacher_cache_of_a_teacher(data_pattern, directory, extra_flags=()):
+  """A teacher cache of the documented teacher (random weights, saved to a checkpoint
+  first) over data_pattern -> (the teacher's ModelConfig json, the TeacherCache)."""
+  import kd_model
+  import readers
+  import teacher_cache
+  import train
+  cfg, _ = train.configs_of(DOCUMENTED + CASES["teacher"] + list(extra_flags))
+  graph = tf.Graph()
+  with graph.as_default():
+    batch = random_input(2, frames=8)(2)
+    kd_model.inference_outputs(cfg, batch, kd_model.TEACHER)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      checkpoint = tf1.train.Saver().save(sess, os.path.join(directory, "model.ckpt"))
+  teacher = kd_model.Teacher(checkpoint)
+  kd_cfg = cfg.replace(model_type="KD", k_frame=6, teacher_model=cfg.model_json())
+  files = readers.list_data_files(data_pattern)
+  cache = teacher_cache.TeacherCache(os.path.join(directory, "cache"),
+                                     teacher_cache.fingerprint(kd_cfg, teacher, files,
+                                                               "float16"))
+  cache.claim()
+  cache.build(kd_cfg, teacher, 80, False, kd_cfg.bf16)
+  return cfg.model_json(), cache
 
 
 def run_case(case, source, steps, data_pattern, extra_flags=()):
@@ -65,10 +111,21 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
                                     ["--train_data_pattern=" + data_pattern] +
                                     list(extra_flags))
   result = {"case": case, "source": source}
-  input_fn = random_input(80) if source == "model" else None
+  offline = case in OFFLINE
+  input_fn = (random_input(80, teacher_width=2048 if offline else None)
+              if source == "model" else None)
+  cache = None
+  if offline:
+    if source == "e2e":
+      teacher_model, cache = teacher_cache_of_a_teacher(
+          data_pattern, tempfile.mkdtemp(prefix="bench_cache"), extra_flags)
+    else:  # the graph reads no cache: the batch brings the teacher's outputs
+      teacher_model, cache = cfg.replace(nextvlad_hidden_size=2048).model_json(), \
+          types.SimpleNamespace()
+    cfg = cfg.replace(teacher_model=teacher_model, teacher_cache={"bench": True})
 
   def build(cfg):
-    task = kd_model.training_task(cfg)
+    task = kd_model.training_task(cfg, cache=cache)
     if case == "teacher_forward":
       graph = tf.Graph()
       with graph.as_default():
@@ -137,6 +194,16 @@ def report(results):
   print("end to end / model only, worst case: %.2f (target >= 0.9)" % worst)
   kd_rss = max(r["peak_rss_mb"] for r in results if r["case"].startswith("kd"))
   print("peak RSS of KD training: %.1f GB (target < 8 GB)" % (kd_rss / 1024))
+  for source in ("model", "e2e"):
+    offline = by[("offline_kd_k6_quarter", source)]["seconds_per_step"]
+    alone = by[("student_k6_quarter", source)]["seconds_per_step"]
+    print("offline KD step of the quarter-width k=6 student vs its own step (%s): "
+          "%.3f s vs %.3f s -> %.2fx (target <= 1.15x)"
+          % ("model only" if source == "model" else "end to end", offline, alone,
+             offline / alone))
+  mix, teacher = by[("mix3_teacher", "model")], by[("teacher", "model")]
+  print("MixNeXtVLAD (3 branches) training step: %.2f s, %.2fx the NeXtVLAD teacher's"
+        % (mix["seconds_per_step"], mix["seconds_per_step"] / teacher["seconds_per_step"]))
 
 
 def main():

@@ -3,8 +3,7 @@ a teacher (trained with two towers, --bf16 and frame packing; evaluated, predict
 exported), distilled online into a narrower NeXtVLAD and, from one teacher cache, into
 a FrameLevelLogistic student and a mixture student of another width.
 
-The CLIs run one after another in one process (tests/one_process.py) to share one
-TensorFlow start-up.
+The CLIs run one after another through helpers.run_plan.
 """
 import json
 import os
@@ -70,7 +69,7 @@ def runs(tmp_path_factory):
           "--train_dir=%s/other" % root, "--model_type=KD", "--k_frame=4",
           "--teacher_checkpoint=" + teacher, "--num_classes=10"]}),
   ]
-  results = helpers.run_in_one_process(root, [step for _, step in steps],
+  results = helpers.run_plan(root, [step for _, step in steps],
                                        env={"YT8M_CPU_TOWERS": "2"})
   results = dict(zip([name for name, _ in steps], results))
   for name, result in results.items():

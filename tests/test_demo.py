@@ -2,8 +2,8 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
+
+import pytest
 
 from tests import helpers
 
@@ -11,14 +11,15 @@ from tests import helpers
 TINY = "--nextvlad_cluster_size=4 --nextvlad_hidden_size=16 --groups=2 --expansion=1"
 
 
-def test_demo_at_tiny_scale_writes_every_artefact(tmp_path):
+def test_demo_at_tiny_scale_writes_every_artefact(tmp_path, monkeypatch):
+  from tools import demo, frame_selection_table, student_table
+  # The tools run here; the commands they run go through helpers.run_cli (forked from
+  # a process that imported TensorFlow once), as they would in interpreters of their own.
+  monkeypatch.setattr(demo.Runner, "execute", staticmethod(
+      lambda script, args: helpers.run_cli(script, args, check=False, timeout=600)))
   out = tmp_path / "demo"
-  process = subprocess.run(
-      [sys.executable, os.path.join(helpers.ROOT, "tools", "demo.py"),
-       "--out_dir=" + str(out), "--scale=0.01", "--model_flags=" + TINY],
-      capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-2000:]
+  assert demo.main(["--out_dir=" + str(out), "--scale=0.01",
+                    "--model_flags=" + TINY]) == 0
 
   table = [l for l in (out / "results.md").read_text().splitlines() if l.startswith("|")]
   header, rows = table[0], table[2:]
@@ -52,13 +53,9 @@ def test_demo_at_tiny_scale_writes_every_artefact(tmp_path):
 
   # The frame-selection table on the tiny demo: one row and the KD row at k=6 (distilled
   # offline from the demo's teacher through a teacher cache), 2 training steps per cell.
-  process = subprocess.run(
-      [sys.executable, os.path.join(helpers.ROOT, "tools", "frame_selection_table.py"),
-       "--demo_dir=" + str(out), "--scale=0.01", "--ks=6", "--rows=first",
-       "--model_flags=" + TINY],
-      capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-2000:]
+  assert frame_selection_table.main([
+      "--demo_dir=" + str(out), "--scale=0.01", "--ks=6", "--rows=first",
+      "--model_flags=" + TINY]) == 0
   table = (out / "frame_selection_table.md").read_text().splitlines()
   assert table[0].startswith("Teacher (all frames): GAP 0.")
   assert table[2] == "| frames picked | k=6 |"
@@ -71,3 +68,36 @@ def test_demo_at_tiny_scale_writes_every_artefact(tmp_path):
   assert json.load(open(str(kd_run / "model_flags.json")))["teacher_cache"]["digest"]
   assert (out / "teacher_cache_s0" / "fingerprint.json").exists()  # the demo's
   assert (out / "table_runs" / "first_s0_student_k_6" / "eval.jsonl").exists()
+
+  # The students table on the tiny demo: FrameLevelLogistic at k=2 trained alone and
+  # distilled from the demo's cache, and a NeXtVLAD distilled from a 2-branch
+  # MixNeXtVLAD teacher; speed at two small batch sizes.
+  assert student_table.main([
+      "--demo_dir=" + str(out), "--scale=0.01", "--ks=2", "--students=logistic",
+      "--mix_number=2", "--large_batch=8", "--speed_videos=16",
+      "--model_flags=" + TINY]) == 0
+  rows = [l.split("|")[1:-1] for l in (out / "student_table.md").read_text().splitlines()
+          if l.startswith("| ") and not l.startswith("| model")]
+  cells = {(r[0].strip(), r[2].strip()): [c.strip() for c in r] for r in rows}
+  assert set(cells) == {("NeXtVLAD teacher", "alone"), ("MixNeXtVLAD teacher", "alone"),
+                        ("FrameLevelLogistic", "alone"),
+                        ("FrameLevelLogistic", "distilled"),
+                        ("NeXtVLAD", "from the mixture")}
+  teacher_gap = float(cells[("NeXtVLAD teacher", "alone")][3])
+  assert teacher_gap == float(table[0].split("GAP ")[1])  # the same eval record
+  alone, distilled = cells[("FrameLevelLogistic", "alone")], cells[
+      ("FrameLevelLogistic", "distilled")]
+  assert alone[5:] == distilled[5:]  # one model, one measurement
+  assert float(alone[5]) == pytest.approx((1152 * 200 + 200) / 1e6, abs=0.006)
+  for row in cells.values():
+    assert 0 < float(row[3]) <= 1 and float(row[6]) > 0 and float(row[7]) > 0
+  recorded = json.load(open(str(out / "student_table.json")))
+  assert {r["trained"] for r in recorded["rows"]} == {"alone", "distilled"}
+  assert recorded["teacher"]["cost"] > 0
+  mix_flags = json.load(open(str(out / "student_runs" / "mix2_s0_full_KD_k_2" /
+                                 "model_flags.json")))
+  assert mix_flags["teacher_model"]["model"] == "MixNeXtVladModel"
+  text = (out / "student_table.md").read_text()
+  assert "Distilled frontier at or above the alone frontier at every cost:" in text
+  if importlib.util.find_spec("matplotlib"):
+    assert (out / "student_table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,8 +5,8 @@ run resumes with its teacher cache. One written by an earlier version, whose sta
 names absolute paths that are gone, falls back to its newest complete checkpoint and
 says so in one line.
 
-The CLIs of a test run in one process (tests/one_process.py): ram:// lives in a
-process's memory, and on local disk it spares each CLI TensorFlow's start-up."""
+The CLIs of a test on ram:// run in one process (tests/one_process.py), since ram://
+lives in a process's memory; on local disk each goes through helpers.run_cli."""
 import hashlib
 import json
 import os
@@ -30,8 +30,9 @@ RAM = "ram://movable"
 
 
 def _run(tmp_path, steps):
-  """Runs the named plan steps [(name, step)] in one process; {name: result}."""
-  results = helpers.run_in_one_process(tmp_path, [step for _, step in steps])
+  """Runs the named plan steps [(name, step)] (helpers.run_plan: in one process when
+  they touch ram://); {name: result}."""
+  results = helpers.run_plan(tmp_path, [step for _, step in steps])
   return dict(zip([name for name, _ in steps], results))
 
 

@@ -83,18 +83,26 @@ class Runner(object):
     self.log = open(os.path.join(out_dir, "commands.txt"), "a")
 
   def run(self, script, args, quiet=False):
+    """Runs `python <script> args` (script relative to the repository); its stdout.
+    A failure stops the demo with the end of its output."""
     command = [sys.executable, os.path.join(ROOT, script)] + list(args)
     self.log.write(" ".join(shlex.quote(c) for c in command[1:]) + "\n")
     self.log.flush()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     start = time.time()
-    process = subprocess.run(command, capture_output=True, text=True, env=env)
+    process = self.execute(script, list(args))
     if process.returncode != 0:
       sys.stderr.write(process.stdout[-2000:] + process.stderr[-3000:])
       raise SystemExit("demo: %s failed (exit %d)" % (script, process.returncode))
     if not quiet:
       print("  %s done in %.0f s" % (script, time.time() - start), flush=True)
     return process.stdout
+
+  @staticmethod
+  def execute(script, args):
+    """The CompletedProcess of `python <script> args` in an interpreter of its own."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + args,
+                          capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
 def generate_data(runner, data_dir, scale):

@@ -27,7 +27,6 @@ import math
 import os
 import resource
 import shlex
-import subprocess
 import sys
 import time
 
@@ -63,12 +62,23 @@ def student_flags(spec, base_flags):
   return flags
 
 
-def measure(run_dir, data_pattern, batch_size, videos):
-  """End-to-end inference speed of a run's model, as inference.py builds it.
+def measure(run_dir, data_pattern, batch_sizes, videos):
+  """End-to-end inference speed of a run's model, as inference.py builds it, at each
+  batch size.
 
   Returns:
-    {"videos_per_second", "cpu_seconds_per_video", "parameters", "gflops_per_video"}.
+    {batch size: {"videos_per_second", "cpu_seconds_per_video", "parameters",
+    "gflops_per_video", "cpu"}}.
   """
+  speeds = {batch_size: _measure_one(run_dir, data_pattern, batch_size, videos)
+            for batch_size in batch_sizes}
+  gflops = demo.flops_per_video(run_dir) / 1e9
+  for speed in speeds.values():
+    speed["gflops_per_video"] = gflops
+  return speeds
+
+
+def _measure_one(run_dir, data_pattern, batch_size, videos):
   tf = demo.import_tensorflow_quietly()
   tf1 = tf.compat.v1
   tf1.disable_eager_execution()
@@ -101,11 +111,9 @@ def measure(run_dir, data_pattern, batch_size, videos):
     for _ in range(runs):
       sess.run(fetches)
     seconds, cpu = time.time() - start, _cpu_seconds() - cpu
-  flops = demo.flops_per_video(run_dir)
   return {"videos_per_second": runs * batch_size / seconds,
           "cpu_seconds_per_video": cpu / (runs * batch_size),
-          "parameters": parameters, "gflops_per_video": flops / 1e9,
-          "cpu": common.cpu_line()}
+          "parameters": parameters, "cpu": common.cpu_line()}
 
 
 def _cpu_seconds():
@@ -113,17 +121,13 @@ def _cpu_seconds():
   return usage.ru_utime + usage.ru_stime
 
 
-def measured(run_dir, data_pattern, batch_size, videos):
-  """measure() in a process of its own (the model alone in it)."""
-  child = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), "--measure=" + run_dir,
-       "--data_pattern=" + data_pattern, "--batch_size=%d" % batch_size,
-       "--videos=%d" % videos], capture_output=True, text=True,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  if child.returncode != 0:
-    raise SystemExit("student_table: measuring %s failed:\n%s"
-                     % (run_dir, child.stderr[-3000:]))
-  return json.loads(child.stdout.strip().splitlines()[-1])
+def measured(runner, run_dir, data_pattern, batch_sizes, videos):
+  """measure() in a process of its own (the model alone in it), run by `runner`."""
+  out = runner.run("tools/student_table.py", [
+      "--measure=" + run_dir, "--data_pattern=" + data_pattern,
+      "--batch_sizes=" + ",".join(map(str, batch_sizes)), "--videos=%d" % videos],
+      quiet=True)
+  return {int(b): m for b, m in json.loads(out.strip().splitlines()[-1]).items()}
 
 
 def frontier(points):
@@ -222,12 +226,12 @@ def main(argv=None):
   # One speed measurement (the child process of measured()).
   parser.add_argument("--measure", default="", help=argparse.SUPPRESS)
   parser.add_argument("--data_pattern", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--batch_size", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--batch_sizes", default="", help=argparse.SUPPRESS)
   parser.add_argument("--videos", type=int, default=0, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.measure:
-    print(json.dumps(measure(args.measure, args.data_pattern, args.batch_size,
-                             args.videos)))
+    print(json.dumps(measure(args.measure, args.data_pattern,
+                             [int(b) for b in args.batch_sizes.split(",")], args.videos)))
     return 0
 
   ks = [int(k) for k in args.ks.split(",")]
@@ -297,14 +301,14 @@ def main(argv=None):
   # Speed: one measurement per distinct model (a student alone and distilled are the
   # same inference graph).
   speeds = {}
-  models = [(("teacher",), teacher_dir)]
+  models = {("teacher",): teacher_dir}
   if mix_entry:
-    models.append((("mix",), mix_entry[1]))
-  models += [((row["student"], row["k"]), run_dir) for row, run_dir in entries
-             if row["trained"] == "alone"]
-  for key, run_dir in models:
-    speeds[key] = {batch: measured(run_dir, train_pattern, batch, args.speed_videos)
-                   for batch in (SMALL_BATCH, args.large_batch)}
+    models[("mix",)] = mix_entry[1]
+  for row, run_dir in entries:
+    models.setdefault((row["student"], row["k"]), run_dir)
+  for key, run_dir in models.items():
+    speeds[key] = measured(runner, run_dir, train_pattern,
+                           (SMALL_BATCH, args.large_batch), args.speed_videos)
     print("speed %-22s %s" % (key, ", ".join(
         "batch %d: %.0f videos/s, %.3f CPU ms/video" % (
             b, s["videos_per_second"], s["cpu_seconds_per_video"] * 1e3)
