@@ -128,7 +128,8 @@ def predict_from_saved_model(export_dir, output):
   graph = tf.Graph()
   with graph.as_default():
     files = readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
-    records = tf.data.Dataset.from_tensor_slices(files).flat_map(readers.record_dataset)
+    records = tf.data.Dataset.from_tensor_slices(files).flat_map(
+        readers.traced(readers.record_dataset))
     records = records.batch(FLAGS.batch_size).prefetch(2)
     serialized = tf1.data.make_one_shot_iterator(records).get_next()
     with tf1.Session(graph=graph, config=utils.session_config(FLAGS.bf16)) as sess:

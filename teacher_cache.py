@@ -185,7 +185,8 @@ class TeacherCache(object):
                  else readers.record_dataset(path))
       dataset = records.batch(batch_size)
       for stage in reader.parse_stages():
-        dataset = dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(readers.traced(stage),
+                              num_parallel_calls=tf.data.AUTOTUNE)
       iterator = tf1.data.make_initializable_iterator(dataset.prefetch(2))
       batch = iterator.get_next()
       inputs, num_frames = kd_model.model_inputs(cfg, kd_model.TEACHER, batch)

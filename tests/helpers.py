@@ -28,79 +28,34 @@ def make_dataset(directory, train_videos=24, validate_videos=12, num_classes=20,
           os.path.join(str(directory), "frame", "validate*.tfrecord"))
 
 
-# Environment variables TensorFlow reads when it is imported: a run that sets one of
-# them gets an interpreter of its own.
-_IMPORT_TIME_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "ONEDNN_MAX_CPU_ISA",
-                    "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "LD_PRELOAD", "GLIBC_TUNABLES")
+_server = []  # the tools.forked_cli.Server of this test process, once started
 
 
-class _Zygote(object):
-  """tests/cli_zygote.py, started once per test process: it forks each command line
-  from a process that has already imported TensorFlow and the project."""
-
-  def __init__(self, env):
-    import threading
-    self.env = env
-    self.lock = threading.Lock()  # one command at a time (threads of a test queue)
-    self.process = subprocess.Popen(
-        [sys.executable, "-m", "tests.cli_zygote"], cwd=ROOT, env=env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, bufsize=1)
-
-  def alive(self):
-    return self.process.poll() is None
-
-  def run(self, script, args, cwd, env, timeout):
-    """Runs `script args` in a forked child -> (exit code, stdout, stderr)."""
-    import select
-    import signal
-    import tempfile
-    with self.lock, tempfile.TemporaryDirectory() as directory:
-      out, err = os.path.join(directory, "out"), os.path.join(directory, "err")
-      self.process.stdin.write(json.dumps({
-          "script": os.path.join(ROOT, script), "args": list(args),
-          "cwd": cwd or os.getcwd(), "env": env, "stdout": out, "stderr": err}) + "\n")
-      self.process.stdin.flush()
-      pid = json.loads(self.process.stdout.readline())["pid"]
-      ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-      if not ready:
-        os.kill(pid, signal.SIGKILL)
-        self.process.stdout.readline()
-        raise subprocess.TimeoutExpired([script] + list(args), timeout)
-      code = json.loads(self.process.stdout.readline())["code"]
-      with open(out) as f_out, open(err) as f_err:
-        return code, f_out.read(), f_err.read()
-
-
-_zygote = []
-
-
-def _forked(script, args, cwd, full_env, timeout):
-  """(code, stdout, stderr) of the command run through the zygote, or None when it
-  cannot be (an import-time environment variable differs from the zygote's)."""
+def _forked(script, args, cwd, env, timeout):
+  """The CompletedProcess of the command run by the forking server (started at the
+  first call), or None when it cannot serve this environment."""
+  from tools import forked_cli
   base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-  if any(full_env.get(k) != base.get(k) for k in _IMPORT_TIME_ENV):
+  if not _server or not _server[0].alive():
+    _server[:] = [forked_cli.Server(base)]
+  if not _server[0].serves(env):
     return None
-  if not _zygote or not _zygote[0].alive():
-    _zygote[:] = [_Zygote(base)]
-  return _zygote[0].run(script, args, cwd, full_env, timeout)
+  return _server[0].run(script, args, cwd, env, timeout)
 
 
 def run_cli(script, args, cwd=None, env=None, check=True, timeout=300):
   """Runs `python <script> args...` from the repo; returns the CompletedProcess.
 
   The command runs in a child forked from a process that imported TensorFlow and the
-  project once (tests/cli_zygote.py): a fresh interpreter after its imports, without
+  project once (tools/forked_cli.py): a fresh interpreter after its imports, without
   their seconds. YT8M_TEST_SUBPROCESS=1 runs every command in an interpreter of its own.
   """
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
   full_env.update(env or {})
-  forked = None
+  process = None
   if os.environ.get("YT8M_TEST_SUBPROCESS") != "1":
-    forked = _forked(script, args, cwd, full_env, timeout)
-  if forked is not None:
-    process = subprocess.CompletedProcess([sys.executable, script] + list(args), *forked)
-  else:
+    process = _forked(script, args, cwd, full_env, timeout)
+  if process is None:
     process = subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args),
                              cwd=cwd, env=full_env, capture_output=True, text=True,
                              timeout=timeout)

@@ -13,10 +13,10 @@ TINY = "--nextvlad_cluster_size=4 --nextvlad_hidden_size=16 --groups=2 --expansi
 
 def test_demo_at_tiny_scale_writes_every_artefact(tmp_path, monkeypatch):
   from tools import demo, frame_selection_table, student_table
-  # The tools run here; the commands they run go through helpers.run_cli (forked from
-  # a process that imported TensorFlow once), as they would in interpreters of their own.
-  monkeypatch.setattr(demo.Runner, "execute", staticmethod(
-      lambda script, args: helpers.run_cli(script, args, check=False, timeout=600)))
+  # The tools run here; the commands they run go through this test process's forking
+  # server (helpers.run_cli), as they would through their own.
+  monkeypatch.setattr(demo.Runner, "execute", lambda self, script, args: helpers.run_cli(
+      script, args, check=False, timeout=600))
   out = tmp_path / "demo"
   assert demo.main(["--out_dir=" + str(out), "--scale=0.01",
                     "--model_flags=" + TINY]) == 0

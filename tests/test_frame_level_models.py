@@ -65,8 +65,10 @@ def _placeholders(max_frames):
 
 # The base configs with both classifiers, and a k=6 student H-RNN (the other cases
 # run in both modes in the padding test).
-BUILD_CASES = [(name, {}, T, c) for name in NAMES for c in ("LogisticModel", "MoeModel")
-               if (name, c) != ("MixNeXtVladModel", "MoeModel")]  # it mixes logits
+# Every model with the LogisticModel classifier; MoeModel (no logits) behind the
+# shared head of two of them (nextvlad.classify).
+BUILD_CASES = ([(name, {}, T, "LogisticModel") for name in NAMES] +
+               [(name, {}, T, "MoeModel") for name in ("DbofModel", "NeXtVLADModel")])
 BUILD_CASES.append(("HRNNModel", dict(block_size=15), 6, "LogisticModel"))
 BUILD_IDS = ["%s-T%d-%s" % (n, t, c) for n, _, t, c in BUILD_CASES]
 BUILD_IDS[-1] = "HRNNModel-block_size=15-T6-LogisticModel"
