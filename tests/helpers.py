@@ -31,16 +31,37 @@ def make_dataset(directory, train_videos=24, validate_videos=12, num_classes=20,
 _server = []  # the tools.forked_cli.Server of this test process, once started
 
 
-def _forked(script, args, cwd, env, timeout):
-  """The CompletedProcess of the command run by the forking server (started at the
-  first call), or None when it cannot serve this environment."""
-  from tools import forked_cli
-  base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-  if not _server or not _server[0].alive():
-    _server[:] = [forked_cli.Server(base)]
-  if not _server[0].serves(env):
+def _forking_server(env):
+  """This test process's forking server (started at the first call), or None when it
+  cannot serve `env` or YT8M_TEST_SUBPROCESS=1 asks for interpreters of their own."""
+  if os.environ.get("YT8M_TEST_SUBPROCESS") == "1":
     return None
-  return _server[0].run(script, args, cwd, env, timeout)
+  from tools import forked_cli
+  if not _server or not _server[0].alive():
+    _server[:] = [forked_cli.Server(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                                         PYTHONPATH=ROOT))]
+  return _server[0] if _server[0].serves(env) else None
+
+
+def cli_env(env=None):
+  """The environment a CLI runs with: this one, quiet TensorFlow, the repo importable,
+  plus `env`."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+  full_env.update(env or {})
+  return full_env
+
+
+def start_cli(script, args, log_path, env=None, cwd=None):
+  """Starts `python <script> args...` with stdout and stderr to the file log_path;
+  returns its process (Popen's pid, poll, wait, kill, send_signal), forked as run_cli's.
+  `script` is relative to the repository (or absolute)."""
+  full_env = cli_env(env)
+  server = _forking_server(full_env)
+  if server is not None:
+    return server.start(script, args, log_path, log_path, cwd, full_env)
+  with open(log_path, "w") as log:
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, script)] + list(args),
+                            cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def run_cli(script, args, cwd=None, env=None, check=True, timeout=300):
@@ -50,12 +71,11 @@ def run_cli(script, args, cwd=None, env=None, check=True, timeout=300):
   project once (tools/forked_cli.py): a fresh interpreter after its imports, without
   their seconds. YT8M_TEST_SUBPROCESS=1 runs every command in an interpreter of its own.
   """
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-  full_env.update(env or {})
-  process = None
-  if os.environ.get("YT8M_TEST_SUBPROCESS") != "1":
-    process = _forked(script, args, cwd, full_env, timeout)
-  if process is None:
+  full_env = cli_env(env)
+  server = _forking_server(full_env)
+  if server is not None:
+    process = server.run(script, args, cwd, full_env, timeout)
+  else:
     process = subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args),
                              cwd=cwd, env=full_env, capture_output=True, text=True,
                              timeout=timeout)

@@ -1,7 +1,6 @@
 """Run directories written by an earlier version (tests/data/old_runs, see its README)
 still evaluate, predict, export, resume and teach, with the metrics and predictions of
 tests/data/old_runs_golden (see its README and tests/old_runs_golden.py)."""
-import json
 import os
 
 import pytest

@@ -14,8 +14,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import tarfile
 import time
 import types
@@ -141,18 +139,19 @@ class Driver(object):
     cases_file = os.path.join(directory, "cases_%s.json" % script[:-3])
     with open(cases_file, "w") as f:
       json.dump(cases, f)
-    self.log = open(os.path.join(directory, "driver_%s.log" % script[:-3]), "w+")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=helpers.ROOT)
-    self.process = subprocess.Popen([sys.executable, "-c", DRIVER, script, cases_file],
-                                    cwd=directory, env=env, stdout=self.log,
-                                    stderr=subprocess.STDOUT)
+    self.log_path = os.path.join(directory, "driver_%s.log" % script[:-3])
+    driver = os.path.join(directory, "driver.py")
+    with open(driver, "w") as f:
+      f.write(DRIVER)
+    self.process = helpers.start_cli(driver, [script, cases_file], self.log_path,
+                                     cwd=directory)
     self._results = None
 
   def results(self, timeout=600):
     if self._results is None:
       self.process.wait(timeout=timeout)
-      self.log.seek(0)
-      output = self.log.read()
+      with open(self.log_path) as log:
+        output = log.read()
       lines = [l for l in output.splitlines() if l.startswith("DRIVER RESULTS ")]
       assert self.process.returncode == 0 and lines, output[-5000:]
       self._results = json.loads(lines[-1][len("DRIVER RESULTS "):])
@@ -165,7 +164,6 @@ class Driver(object):
     if self.process.poll() is None:
       self.process.kill()
       self.process.wait()
-    self.log.close()
 
 
 def error_line(result):
@@ -501,13 +499,7 @@ def _start_drivers_early(request):
 # Process helpers for the crash tests.
 
 def _start(script, args, log_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=helpers.ROOT)
-  log = open(log_path, "w")
-  try:
-    return subprocess.Popen([sys.executable, os.path.join(helpers.ROOT, script)] + args,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-  finally:
-    log.close()
+  return helpers.start_cli(script, args, log_path)
 
 
 def _wait_until(condition, process, what, log_path=None, timeout=180):

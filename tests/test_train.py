@@ -243,10 +243,9 @@ def test_distributed_ps_and_two_workers_train_and_the_chief_checkpoints(data, tm
       task_env = dict(env, TF_CONFIG=json.dumps(
           {"cluster": cluster, "task": {"type": task_type, "index": index}}))
       # Logs go to files: a full pipe nobody reads would block the process.
-      log = open(str(tmp_path / ("%s%d.log" % (task_type, index))), "w")
-      processes.append(subprocess.Popen(
-          [sys.executable, os.path.join(helpers.ROOT, "train.py")] + args,
-          env=task_env, stdout=log, stderr=subprocess.STDOUT))
+      processes.append(helpers.start_cli(
+          "train.py", args, str(tmp_path / ("%s%d.log" % (task_type, index))),
+          env=task_env))
     for index, worker in enumerate(processes[1:]):
       worker.wait(timeout=240)
       assert worker.returncode == 0, open(str(tmp_path / ("worker%d.log" % index))).read()
@@ -279,10 +278,7 @@ def test_a_second_train_py_on_the_same_run_directory_is_refused(data, tmp_path):
           "--batch_size=4", "--export_model_steps=5", "--num_epochs=1000"] + \
       helpers.TINY_MODEL
   log = str(tmp_path / "first.log")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=helpers.ROOT)
-  with open(log, "w") as out:
-    first = subprocess.Popen([sys.executable, os.path.join(helpers.ROOT, "train.py")] +
-                             args, stdout=out, stderr=subprocess.STDOUT, env=env)
+  first = helpers.start_cli("train.py", args, log)
   try:
     deadline = time.time() + 120
     while "Starting at step" not in open(log).read():
