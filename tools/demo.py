@@ -153,7 +153,7 @@ def train_runs(runner, data_dir, runs_dir, seed, scale, fresh, model_flags=()):
 
   The KD run distils offline from a teacher cache next to runs_dir (built by its first
   step, reused while the teacher stays the same).
-  model_flags: train.py flags appended to MODEL_FLAGS (they override them).
+  model_flags: train.py flags after MODEL_FLAGS and TRAIN_FLAGS (they override them).
   """
   base = os.path.join(runs_dir, "demo_s%d" % seed)
   cache = teacher_cache_dir(os.path.dirname(runs_dir), seed)
@@ -171,7 +171,7 @@ def train_runs(runner, data_dir, runs_dir, seed, scale, fresh, model_flags=()):
       shutil.rmtree(cache, ignore_errors=True)
     if kind == "KD":
       kind_flags = kind_flags + ["--teacher_cache=" + cache]
-    runner.run("train.py", MODEL_FLAGS + list(model_flags) + TRAIN_FLAGS + kind_flags + [
+    runner.run("train.py", MODEL_FLAGS + TRAIN_FLAGS + list(model_flags) + kind_flags + [
         "--train_data_pattern=" + train_pattern, "--eval_data_pattern=" + validate_pattern,
         "--train_dir=" + base, "--seed=%d" % seed, "--max_steps=%d" % steps,
         "--export_model_steps=%d" % max(1, min(VALIDATE_EVERY, steps)),
@@ -220,7 +220,7 @@ def train_and_evaluate(runner, demo_dir, base, suffix, flags, seed, steps, model
   run_dir = base + suffix
   validate = os.path.join(demo_dir, "data", "frame", "validate*.tfrecord")
   if not os.path.exists(os.path.join(run_dir, "eval.jsonl")):
-    runner.run("train.py", MODEL_FLAGS + list(model_flags) + TRAIN_FLAGS + list(flags) + [
+    runner.run("train.py", MODEL_FLAGS + TRAIN_FLAGS + list(model_flags) + list(flags) + [
         "--train_data_pattern=" + os.path.join(demo_dir, "data", "frame",
                                                "train*.tfrecord"),
         "--train_dir=" + base, "--seed=%d" % seed, "--max_steps=%d" % steps,
@@ -318,8 +318,8 @@ def main(argv=None):
   parser.add_argument("--fresh", action="store_true",
                       help="retrain runs that an earlier demo finished")
   parser.add_argument("--model_flags", default="",
-                      help="train.py flags that override the demo's model, e.g. a "
-                      "smaller one for a quick look (the smoke test's)")
+                      help="train.py flags that override the demo's model and training "
+                      "flags, e.g. a smaller model for a quick look (the smoke test's)")
   parser.add_argument("--no_fork", action="store_true",
                       help="run every command in an interpreter of its own (default: "
                       "forked from one that imported TensorFlow once)")

@@ -44,8 +44,8 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=float, default=1.0, help="scales training steps")
   parser.add_argument("--model_flags", default="",
-                      help="train.py flags that override the demo's model (as given to "
-                      "tools/demo.py)")
+                      help="train.py flags that override the demo's model and training "
+                      "flags (as given to tools/demo.py)")
   args = parser.parse_args(argv)
   ks = [int(k) for k in args.ks.split(",")]
   strategies = args.rows.split(",")

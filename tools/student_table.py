@@ -221,8 +221,8 @@ def main(argv=None):
   parser.add_argument("--speed_videos", type=int, default=4096,
                       help="videos timed per model and batch size")
   parser.add_argument("--model_flags", default="",
-                      help="train.py flags that override the demo's model (as given to "
-                      "tools/demo.py)")
+                      help="train.py flags that override the demo's model and training "
+                      "flags (as given to tools/demo.py)")
   # One speed measurement (the child process of measured()).
   parser.add_argument("--measure", default="", help=argparse.SUPPRESS)
   parser.add_argument("--data_pattern", default="", help=argparse.SUPPRESS)
