@@ -283,3 +283,19 @@ def test_cli_rejects_bad_values_with_one_line(tmp_path, capsys, args, needle):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "error:" in err and needle in err
   assert not os.path.exists(os.path.join(out, "frame", "train0000.tfrecord"))
+
+
+def test_shards_written_by_several_processes_are_the_same(tmp_path):
+  from tools import make_synthetic_yt8m as synth
+  summaries = {}
+  for workers in (1, 2):
+    summaries[workers] = synth.write_dataset(
+        str(tmp_path / str(workers)), train_videos=6, validate_videos=5, shards=3,
+        num_classes=20, num_verticals=4, seed=3, max_frames=20, workers=workers)
+  for split in ("train", "validate"):
+    one, two = summaries[1]["splits"][split], summaries[2]["splits"][split]
+    assert {k: v for k, v in one.items() if not k.endswith("_files")} == \
+        {k: v for k, v in two.items() if not k.endswith("_files")}
+    for a, b in zip(one["frame_files"] + one["video_files"],
+                    two["frame_files"] + two["video_files"]):
+      assert open(a, "rb").read() == open(b, "rb").read(), a

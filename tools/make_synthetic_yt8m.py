@@ -578,7 +578,7 @@ def _remove_stale_shards(directory, split, keep):
 
 def write_dataset(output_dir, splits=("train", "validate"), train_videos=64,
                   validate_videos=32, test_videos=32, shards=2, video_level=True, seed=0,
-                  log=None, **knobs):
+                  log=None, workers=1, **knobs):
   """Generates and writes frame-level (and video-level) shards for `splits`.
 
   Args:
@@ -590,6 +590,7 @@ def write_dataset(output_dir, splits=("train", "validate"), train_videos=64,
     video_level: also write the video-level layout.
     seed: non-negative int.
     log: optional callable(str) for progress lines.
+    workers: processes writing shards at once (the shards are the same for any count).
     **knobs: generator settings, see DEFAULTS.
   Returns:
     dict with "output_dir", "frame_dir", "video_dir" (None without video level), "config",
@@ -618,10 +619,45 @@ def write_dataset(output_dir, splits=("train", "validate"), train_videos=64,
     raise ValueError("--shards must be an integer in [1, 9999], got %r" % (shards,))
   model = SyntheticYT8M(seed=seed, **knobs)
   with single_threaded_blas():
-    return _write_splits(model, output_dir, splits, counts, shards, video_level, log)
+    return _write_splits(model, output_dir, splits, counts, shards, video_level, log,
+                         workers)
 
 
-def _write_splits(model, output_dir, splits, counts, shards, video_level, log):
+def _write_shard(model, split, lo, hi, frame_path, video_path):
+  """Writes videos lo .. hi-1 of `split` to one frame-level shard (and one video-level
+  shard when video_path is set); returns their (frames, labels, short videos)."""
+  frames_total = labels_total = short = 0
+  with contextlib.ExitStack() as stack:
+    frame_file = stack.enter_context(_RecordFile(frame_path))
+    video_file = stack.enter_context(_RecordFile(video_path)) if video_path else None
+    for video in model.videos(split, hi - lo, start=lo):
+      frames = len(video["rgb"])
+      frames_total += frames
+      labels_total += len(video["labels"])
+      short += int(frames <= SHORT_VIDEO_MAX_FRAMES)
+      feats = {"rgb": video["rgb"], "audio": video["audio"]}
+      frame_file.write(frame_record(dict(feats, id=video["id"], labels=video["labels"])))
+      if video_file is not None:
+        means = video_level_features(feats)
+        video_file.write(video_record(dict(means, id=video["id"],
+                                           labels=video["labels"])))
+  return frames_total, labels_total, short
+
+
+def _write_shards(model, jobs, workers):
+  """_write_shard for every job (split, lo, hi, frame_path, video_path), in `workers`
+  forked processes when there are several (each shard is the same whatever the
+  process: a video depends on its split, index and the seed alone)."""
+  if workers <= 1 or len(jobs) <= 1:
+    return [_write_shard(model, *job) for job in jobs]
+  import multiprocessing
+  import tensorflow  # noqa: F401  (imported once, before the fork: no op has run)
+  with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+    return pool.starmap(_write_shard, [(model,) + tuple(job) for job in jobs])
+
+
+def _write_splits(model, output_dir, splits, counts, shards, video_level, log,
+                  workers=1):
   start = time.time()
   frame_dir = os.path.join(output_dir, "frame")
   video_dir = os.path.join(output_dir, "video")
@@ -629,28 +665,25 @@ def _write_splits(model, output_dir, splits, counts, shards, video_level, log):
   summary = {"output_dir": output_dir, "frame_dir": frame_dir,
              "video_dir": video_dir if video_level else None, "config": dict(model.cfg),
              "seed": model.seed, "splits": {}}
+  jobs = []
+  for split in splits:
+    n = int(counts[split])
+    for s in range(shards):
+      jobs.append((split, s * n // shards, (s + 1) * n // shards,
+                   os.path.join(frame_dir, shard_name(split, s)),
+                   os.path.join(video_dir, shard_name(split, s)) if video_level else None))
+  written = dict(zip(range(len(jobs)), _write_shards(model, jobs, workers)))
   for split in splits:
     n = int(counts[split])
     stats = {"videos": n, "short_videos": 0, "frames": 0, "labels": 0, "shards": shards,
              "frame_files": [], "video_files": []}
-    for s in range(shards):
-      lo, hi = s * n // shards, (s + 1) * n // shards
-      frame_path = os.path.join(frame_dir, shard_name(split, s))
-      video_path = os.path.join(video_dir, shard_name(split, s))
-      with contextlib.ExitStack() as stack:
-        frame_file = stack.enter_context(_RecordFile(frame_path))
-        video_file = stack.enter_context(_RecordFile(video_path)) if video_level else None
-        for video in model.videos(split, hi - lo, start=lo):
-          frames = len(video["rgb"])
-          stats["frames"] += frames
-          stats["labels"] += len(video["labels"])
-          stats["short_videos"] += int(frames <= SHORT_VIDEO_MAX_FRAMES)
-          feats = {"rgb": video["rgb"], "audio": video["audio"]}
-          frame_file.write(frame_record(dict(feats, id=video["id"], labels=video["labels"])))
-          if video_file is not None:
-            means = video_level_features(feats)
-            video_file.write(video_record(dict(means, id=video["id"],
-                                               labels=video["labels"])))
+    for index, (job_split, _, _, frame_path, video_path) in enumerate(jobs):
+      if job_split != split:
+        continue
+      frames, labels, short = written[index]
+      stats["frames"] += frames
+      stats["labels"] += labels
+      stats["short_videos"] += short
       stats["frame_files"].append(frame_path)
       if video_level:
         stats["video_files"].append(video_path)
@@ -713,6 +746,9 @@ def build_parser():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_video_level", action="store_true",
                  help="write only the frame-level shards")
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                 help="processes writing shards at once (the same shards for any "
+                 "count; default: one per CPU)")
   g = p.add_argument_group("generative model")
   helps = dict(
       num_classes="vocabulary size",
@@ -750,7 +786,7 @@ def main(argv=None):
                             validate_videos=args.validate_videos,
                             test_videos=args.test_videos, shards=args.shards,
                             video_level=not args.no_video_level, seed=args.seed,
-                            log=print, **knobs)
+                            log=print, workers=max(1, args.workers), **knobs)
   except ValueError as e:
     parser.error(str(e))
   total = sum(s["videos"] for s in summary["splits"].values())
