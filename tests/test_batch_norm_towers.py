@@ -72,6 +72,28 @@ def _two_towers(x1, x2, decay):
   return variables, towers
 
 
+def _run_towers(batches, decay, stale=None):
+  """Builds two towers on `batches` ([B, CHANNELS] each), runs tower 1's updates, then
+  tower 2's; with `stale` ({"mean", "variance": values}) every update's read of its
+  moving average is fed that value. Returns the moving averages (initial, after tower
+  1, after tower 2), each {"mean", "variance": values}."""
+  with tf.Graph().as_default():
+    x1 = tf1.placeholder(tf.float32, [None, CHANNELS])
+    x2 = tf1.placeholder(tf.float32, [None, CHANNELS])
+    variables, towers = _two_towers(x1, x2, decay)
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      states = [sess.run(variables)]
+      for tower, (x, batch) in enumerate(zip((x1, x2), batches)):
+        feed = {x: batch}
+        for name, _, reads in towers[tower]:
+          if stale is not None:
+            feed.update({read: stale[name] for read in reads})
+        sess.run([op for _, op, _ in towers[tower]], feed)
+        states.append(sess.run(variables))
+  return states
+
+
 def test_towers_updating_from_one_stale_read_keep_a_convex_combination():
   """Both towers read the moving averages at their initial values (mean 0, variance
   1), then write one after the other: the moving variance must end a weighted mean of
@@ -84,26 +106,13 @@ def test_towers_updating_from_one_stale_read_keep_a_convex_combination():
              random.normal(-3.0, 0.1, (16, CHANNELS)).astype(np.float32)]
   stale = {"mean": np.zeros(CHANNELS, np.float32),
            "variance": np.ones(CHANNELS, np.float32)}
-  with tf.Graph().as_default():
-    x1 = tf1.placeholder(tf.float32, [None, CHANNELS])
-    x2 = tf1.placeholder(tf.float32, [None, CHANNELS])
-    variables, towers = _two_towers(x1, x2, decay)
-    with tf1.Session() as sess:
-      sess.run(tf1.global_variables_initializer())
-      initial = sess.run(variables)
-      for name in stale:
-        np.testing.assert_array_equal(initial[name], stale[name])
-      for tower, (x, batch) in enumerate(zip((x1, x2), batches)):
-        feed = {x: batch}
-        for name, _, reads in towers[tower]:
-          feed.update({read: stale[name] for read in reads})
-        sess.run([op for _, op, _ in towers[tower]], feed)
-        if tower == 0:  # the first debiased update (rate 1) copies the batch moments
-          after_first = sess.run(variables)
-      final = sess.run(variables)
+  initial, after_first, final = _run_towers(batches, decay, stale)
+  for name in stale:
+    np.testing.assert_array_equal(initial[name], stale[name])
   means = [b.mean(0) for b in batches]
   variances = [b.var(0) for b in batches]
-  # (The rates are float32: 1 - pow(0.999, 1) is 5e-5 off 1 - 0.999, hence atol.)
+  # The first debiased update (rate 1) copies the batch moments. (The rates are
+  # float32: 1 - pow(0.999, 1) is 5e-5 off 1 - 0.999, hence atol.)
   np.testing.assert_allclose(after_first["variance"], variances[0], atol=1e-4)
   np.testing.assert_allclose(after_first["mean"], means[0], rtol=1e-4)
   assert np.all(final["variance"] >= 0), final["variance"]
@@ -125,15 +134,7 @@ def test_towers_update_in_turn_like_two_consecutive_batches():
   decay = 0.9
   random = np.random.RandomState(1)
   batches = [random.normal(i, 1 + i, (8, CHANNELS)).astype(np.float32) for i in (1, 2)]
-  with tf.Graph().as_default():
-    x1 = tf1.placeholder(tf.float32, [None, CHANNELS])
-    x2 = tf1.placeholder(tf.float32, [None, CHANNELS])
-    variables, towers = _two_towers(x1, x2, decay)
-    with tf1.Session() as sess:
-      sess.run(tf1.global_variables_initializer())
-      for tower, (x, batch) in enumerate(zip((x1, x2), batches)):
-        sess.run([op for _, op, _ in towers[tower]], {x: batch})
-      final = sess.run(variables)
+  final = _run_towers(batches, decay)[-1]
   weights = np.array([decay, 1.0]) / (1.0 + decay)
   np.testing.assert_allclose(final["variance"], sum(
       w * b.var(0) for w, b in zip(weights, batches)), rtol=1e-4)

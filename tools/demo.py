@@ -228,6 +228,17 @@ def train_and_evaluate(runner, demo_dir, base, suffix, flags, seed, steps, model
   return evaluate(runner, run_dir, validate)
 
 
+def table_setup(tool, demo_dir, seed, table_dir_name):
+  """What a table of runs on the demo's data needs: (its teacher run directory, a
+  Runner logging into demo_dir, the directory of the table's runs, the demo's steps
+  per run kind). Exits naming `tool` when demo_dir has no teacher of that seed."""
+  teacher_dir = os.path.join(demo_dir, "runs", "demo_s%d_teacher" % seed)
+  if not os.path.isdir(teacher_dir):
+    raise SystemExit("%s: no teacher run at %s; run tools/demo.py --out_dir=%s first"
+                     % (tool, teacher_dir, demo_dir))
+  return teacher_dir, Runner(demo_dir), os.path.join(demo_dir, table_dir_name), STEPS
+
+
 def inference_rate(runner, run_dir, validate_pattern, output_file):
   """inference.py over the validation videos; returns its videos/s."""
   out = runner.run("inference.py", ["--train_dir=" + run_dir, "--input_data_pattern=" +

@@ -53,13 +53,9 @@ def main(argv=None):
   if unknown:
     parser.error("--rows: unknown strategy %s" % unknown[0])
   rows = [(label, strategy) for label, strategy in ROWS if strategy in strategies]
-  teacher_dir = os.path.join(args.demo_dir, "runs", "demo_s%d_teacher" % args.seed)
-  if not os.path.isdir(teacher_dir):
-    raise SystemExit("frame_selection_table: no teacher run at %s; run tools/demo.py "
-                     "--out_dir=%s first" % (teacher_dir, args.demo_dir))
-  runner = demo.Runner(args.demo_dir)
-  table_dir = os.path.join(args.demo_dir, "table_runs")
-  steps = {kind: max(int(n * args.scale), 2) for kind, n in demo.STEPS.items()}
+  teacher_dir, runner, table_dir, steps = demo.table_setup(
+      "frame_selection_table", args.demo_dir, args.seed, "table_runs")
+  steps = {kind: max(int(n * args.scale), 2) for kind, n in steps.items()}
   gaps = {}
   for label, strategy in rows:
     for k in ks:

@@ -242,13 +242,9 @@ def main(argv=None):
   students = [s for s in STUDENTS if s[0] in chosen]
   model_flags = shlex.split(args.model_flags)
   base_flags = demo.MODEL_FLAGS + model_flags
-  teacher_dir = os.path.join(args.demo_dir, "runs", "demo_s%d_teacher" % args.seed)
-  if not os.path.isdir(teacher_dir):
-    raise SystemExit("student_table: no teacher run at %s; run tools/demo.py "
-                     "--out_dir=%s first" % (teacher_dir, args.demo_dir))
-  runner = demo.Runner(args.demo_dir)
-  table_dir = os.path.join(args.demo_dir, "student_runs")
-  steps = {kind: max(int(n * args.scale), 2) for kind, n in demo.STEPS.items()}
+  teacher_dir, runner, table_dir, steps = demo.table_setup(
+      "student_table", args.demo_dir, args.seed, "student_runs")
+  steps = {kind: max(int(n * args.scale), 2) for kind, n in steps.items()}
   train_pattern = os.path.join(args.demo_dir, "data", "frame", "train*.tfrecord")
 
   def run(base, suffix, flags, steps):
