@@ -251,11 +251,19 @@ class Distillation(ModelTraining):
   def _projected(self, representation, width, reuse):
     """The student's representation [B, Hs] as L_rep compares it: itself when the
     teacher's is as wide, else through a learned linear map to [B, width] under
-    student/tower/rep_projection (as FitNets regress a teacher's hint)."""
+    student/tower/rep_projection (as FitNets regress a teacher's hint).
+
+    The map starts at zero: L_rep then first trains the map to regress the teacher's
+    representation, and reaches the student only as the map learns. From random
+    weights it pushed the student's representation towards whatever a random map
+    needed, and a quarter-width student distilled worse than trained alone (GAP 0.576
+    against 0.603 on the demo's data; 0.632 from zero).
+    """
     if int(representation.shape[-1]) == width:
       return representation
     with tf1.variable_scope(STUDENT), tf1.variable_scope("tower", reuse=reuse):
-      return model_utils.fully_connected(representation, width, PROJECTION_SCOPE)
+      return model_utils.fully_connected(representation, width, PROJECTION_SCOPE,
+                                         stddev=0.0)
 
   def tower(self, batch, reuse, seed=None):
     """One KD tower; terms as ModelTraining's plus `pred_loss` and `rep_loss` (when

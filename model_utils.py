@@ -80,15 +80,18 @@ def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
                     l2_penalty=0.0, stddev=None, penalize_biases=False):
   """Dense layer over the last axis: [..., D] -> [..., num_outputs].
 
-  Weights start from a truncated normal with stddev 1/sqrt(D) unless given; biases
-  from 0. l2_penalty regularizes the weights, and the biases too if penalize_biases.
+  Weights start from a truncated normal with stddev 1/sqrt(D) unless given (0: from
+  zeros); biases from 0. l2_penalty regularizes the weights, and the biases too if
+  penalize_biases.
   """
   input_size = int(inputs.shape[-1])
+  if stddev is None:
+    stddev = 1.0 / input_size ** 0.5
   with tf1.variable_scope(scope):
     weights = tf1.get_variable(
         "weights", [input_size, num_outputs],
-        initializer=truncated_normal(
-            stddev if stddev is not None else 1.0 / input_size ** 0.5, "weights"),
+        initializer=(truncated_normal(stddev, "weights") if stddev
+                     else tf1.zeros_initializer()),
         regularizer=l2_regularizer(l2_penalty))
     if inputs.shape.ndims == 2:
       outputs = tf.matmul(inputs, weights)
