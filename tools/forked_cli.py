@@ -13,7 +13,9 @@ exit code is the script's. No TensorFlow op has run in the server when it forks.
 Protocol (one JSON object per line): a request {"id", "script", "args", "cwd", "env",
 "stdout", "stderr"} on stdin (stderr equal to stdout: both to one file) gets
 {"id", "pid"} at once, and {"id", "code"} when that child ends (a signal N gives -N, as
-subprocess reports it); children run concurrently.
+subprocess reports it); children run concurrently. When stdin closes (the client
+closed the server or died), children still running get SIGTERM: none outlives its
+client.
 """
 import json
 import os
@@ -147,6 +149,7 @@ class Server(object):
         return subprocess.CompletedProcess(child.args, code, f_out.read(), f_err.read())
 
   def close(self):
+    """Ends the server; commands still running get SIGTERM."""
     if self.alive():
       self.process.stdin.close()
       self.process.wait()
@@ -227,6 +230,11 @@ def serve():
         data = os.read(0, 1 << 16)
         stdin_open = bool(data)
         pending += data
+        if not stdin_open:
+          # The client closed or died: nobody can wait for these any more, so they
+          # must not run on as orphans (a killed demo would train on unseen).
+          for pid in children:
+            os.kill(pid, signal.SIGTERM)
     while b"\n" in pending:
       line, pending = pending.split(b"\n", 1)
       request = json.loads(line)
