@@ -12,6 +12,7 @@ the frames at all: record_layout finds its k frames in the serialized records.
 """
 
 import contextlib
+import os
 import sys
 
 import tensorflow as tf
@@ -19,6 +20,12 @@ import tensorflow as tf
 import frame_selection
 import record_layout
 import utils
+
+# With this environment variable set to 1 when a graph is built, a k-frame reader fails
+# a batch it would parse whole instead of finding its frames in place. Results are the
+# same either way, so only this shows which path records take: the tests set it to prove
+# that real YouTube-8M records take the in-place one (tests/test_real_frames.py).
+REQUIRE_IN_PLACE_ENV = "YT8M_REQUIRE_IN_PLACE"
 
 tf1 = tf.compat.v1
 
@@ -232,8 +239,16 @@ class YT8MFrameFeatureReader(object):
                                                     batch_dims=1), ""))
       return [num_frames, new_num_frames] + picked
 
-    num_frames, new_num_frames, *picked = tf.cond(tf.reduce_all(located),
-                                                  frames_in_place, frames_parsed)
+    in_place = tf.reduce_all(located, name="frames_in_place")
+    if os.environ.get(REQUIRE_IN_PLACE_ENV) == "1":
+      def frames_parsed(parse=frames_parsed):
+        check = tf.debugging.Assert(in_place, [
+            "%s=1: a batch has records that are not in the layout record_layout finds "
+            "frames in" % REQUIRE_IN_PLACE_ENV])
+        with tf.control_dependencies([check]):
+          return [tf.identity(t) for t in parse()]
+    num_frames, new_num_frames, *picked = tf.cond(in_place, frames_in_place,
+                                                  frames_parsed)
     with tf.control_dependencies(self._context_checks(context, num_frames)):
       matrices = [tf.io.decode_raw(frames, tf.uint8, fixed_length=size)
                   for frames, size in zip(picked, self.feature_sizes)]
