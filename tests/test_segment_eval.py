@@ -116,3 +116,57 @@ def test_mistakes_are_one_line(files, tmp_path, case, message):
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], done.stderr
   assert lines[0].startswith("segment_eval_inference.py: error: ")
+
+
+def test_generated_rated_shards_have_the_layout_and_learnable_ratings(tmp_path):
+  """make_synthetic_yt8m --segments_per_video writes the 2019 context fields, and a
+  scorer that knows each class's look ranks its positive segments well above chance:
+  the ratings follow the frames."""
+  import numpy as np
+
+  import utils
+  from tools import make_synthetic_yt8m as generator
+  knobs = dict(num_classes=20, num_verticals=4)
+  summary = generator.write_dataset(str(tmp_path), splits=("validate",),
+                                    validate_videos=60, shards=1, video_level=False,
+                                    seed=3, segments_per_video=4, **knobs)
+  shard, = summary["splits"]["validate"]["frame_files"]
+  model = generator.SyntheticYT8M(seed=3, **knobs)
+  looks = model.prototypes @ model.w_rgb  # [classes, 1024]: each class's rgb direction
+  rated, guesses = {}, {}
+  for serialized in tf.compat.v1.io.tf_record_iterator(shard):
+    example = tf.train.SequenceExample.FromString(serialized)
+    context = example.context.feature
+    video_id = context["id"].bytes_list.value[0].decode()
+    labels = list(context["segment_labels"].int64_list.value)
+    starts = list(context["segment_start_times"].int64_list.value)
+    scores = list(context["segment_scores"].float_list.value)
+    frames = [f.bytes_list.value[0] for f in example.feature_lists.feature_list["rgb"].feature]
+    rgb = utils.Dequantize(np.frombuffer(b"".join(frames), np.uint8).reshape(-1, 1024))
+    assert len(labels) == len(starts) == len(scores) == min(4, len(frames) // 5)
+    assert set(labels) <= set(context["labels"].int64_list.value)
+    assert starts == sorted(set(starts)) and set(scores) <= {0.0, 1.0}
+    for label, start, score in zip(labels, starts, scores):
+      assert start % 5 == 0 and start + 5 <= len(frames)
+      segment = "%s:%d" % (video_id, start)
+      rated[(segment, label)] = score
+      guesses[(segment, label)] = float((rgb[start:start + 5].mean(0) - model.b_rgb)
+                                        @ looks[label])
+  assert 0.2 < np.mean(list(rated.values())) < 0.9 and len(rated) > 150
+  rng = np.random.RandomState(0)
+  ranked = {c: sorted((s for s, l in guesses if l == c), key=lambda s: -guesses[(s, c)])
+            for c in {l for _, l in rated}}
+  shuffled = {c: list(rng.permutation(segments)) for c, segments in ranked.items()}
+  ours, _, _ = segment_eval.segment_map(ranked, rated)
+  chance, _, _ = segment_eval.segment_map(shuffled, rated)
+  assert ours > chance + 0.1, (ours, chance)
+  # Without the three fields, each record is the one written without ratings.
+  plain, = generator.write_dataset(str(tmp_path / "plain"), splits=("validate",),
+                                   validate_videos=60, shards=1, video_level=False,
+                                   seed=3, **knobs)["splits"]["validate"]["frame_files"]
+  for rated_record, plain_record in zip(tf.compat.v1.io.tf_record_iterator(shard),
+                                        tf.compat.v1.io.tf_record_iterator(plain)):
+    example = tf.train.SequenceExample.FromString(rated_record)
+    for name in ("segment_labels", "segment_start_times", "segment_scores"):
+      del example.context.feature[name]
+    assert example.SerializeToString(deterministic=True) == plain_record

@@ -4,7 +4,10 @@ imitates its structure.
 
 Layout (what the readers see; identical to YouTube-8M 2018):
   <output_dir>/frame/train0000.tfrecord ...  tf.train.SequenceExample per video:
-      context  `id` (bytes), `labels` (int64 list, sorted class indices)
+      context  `id` (bytes), `labels` (int64 list, sorted class indices); with
+               --segments_per_video also the 2019 release's ratings
+               `segment_labels`, `segment_start_times` (int64) and `segment_scores`
+               (float, 1.0 or 0.0): segment = 5 frames from its start time
       features `rgb` (one bytes feature per frame, 1024 uint8), `audio` (128 uint8)
   <output_dir>/video/train0000.tfrecord ...  tf.train.Example per video:
       `id`, `labels`, `mean_rgb` (1024 floats), `mean_audio` (128 floats) = the mean over the
@@ -101,6 +104,7 @@ CROSS_VERTICAL_PROB = 0.1
 PRESENCE_BETA = (0.8, 0.8)
 SCENE_LENGTH_SIGMA = 0.8
 SHORT_VIDEO_MAX_FRAMES = 5
+SEGMENT_FRAMES = 5  # a 2019 rated segment: 5 frames (seconds) from its start time
 DEFAULT_MIN_FRAMES = 120
 RGB_SIZE = 1024
 AUDIO_SIZE = 128
@@ -236,6 +240,8 @@ class SyntheticYT8M(object):
   Everything is drawn from `seed`; `video(split, index)` draws one video from its own
   random stream (seed, split, index), so videos do not depend on how many are generated.
   """
+
+  segments_per_video = 0  # rated segments per video that write_dataset writes
 
   def __init__(self, seed=0, **knobs):
     cfg = dict(DEFAULTS)
@@ -418,6 +424,27 @@ class SyntheticYT8M(object):
     for i in range(start, start + count):
       yield self.video(split, i)
 
+  def rated_segments(self, split, index, video, count):
+    """2019-style ratings of up to `count` segments of a video dict from `video`.
+
+    Each rated segment is SEGMENT_FRAMES frames from a start time that is a multiple of
+    SEGMENT_FRAMES (distinct, the segment inside the video), rated for one of the
+    video's labels: 1.0 where a frame of the segment shows that label, else 0.0. Drawn
+    from a stream of their own, so the video itself does not change.
+
+    Returns:
+      (segment_labels, segment_start_times, segment_scores): lists sorted by start.
+    """
+    rng = np.random.default_rng([self.seed, 11, SPLIT_CODES[split], index])
+    starts = np.arange(len(video["rgb"]) // SEGMENT_FRAMES) * SEGMENT_FRAMES
+    if not len(starts) or not count:
+      return [], [], []
+    chosen = np.sort(rng.choice(starts, size=min(count, len(starts)), replace=False))
+    which = rng.integers(len(video["labels"]), size=len(chosen))
+    scores = [float(video["shown"][start:start + SEGMENT_FRAMES, j].any())
+              for start, j in zip(chosen, which)]
+    return ([int(video["labels"][j]) for j in which], [int(t) for t in chosen], scores)
+
 
 # ---------------------------------------------------------------------------------------
 # Low-level writers (also used by tests to hand-craft exact records).
@@ -428,7 +455,8 @@ def _frame_features(video):
     feats = video["features"]
   else:
     feats = {k: v for k, v in video.items()
-             if k not in ("id", "labels", "vertical", "shown")}
+             if k not in ("id", "labels", "vertical", "shown", "segment_labels",
+                          "segment_start_times", "segment_scores")}
   out = {}
   for name, arr in feats.items():
     arr = np.asarray(arr)
@@ -456,6 +484,10 @@ def frame_record(video):
   ctx = ex.context.feature
   ctx["id"].bytes_list.value.append(_encode_id(video["id"]))
   ctx["labels"].int64_list.value.extend(int(x) for x in video["labels"])
+  if "segment_labels" in video:  # the 2019 release's ratings
+    ctx["segment_labels"].int64_list.value.extend(video["segment_labels"])
+    ctx["segment_start_times"].int64_list.value.extend(video["segment_start_times"])
+    ctx["segment_scores"].float_list.value.extend(video["segment_scores"])
   for name, arr in _frame_features(video).items():
     feature_list = ex.feature_lists.feature_list[name]
     for row in arr:
@@ -578,7 +610,7 @@ def _remove_stale_shards(directory, split, keep):
 
 def write_dataset(output_dir, splits=("train", "validate"), train_videos=64,
                   validate_videos=32, test_videos=32, shards=2, video_level=True, seed=0,
-                  log=None, workers=1, **knobs):
+                  log=None, workers=1, segments_per_video=0, **knobs):
   """Generates and writes frame-level (and video-level) shards for `splits`.
 
   Args:
@@ -591,6 +623,8 @@ def write_dataset(output_dir, splits=("train", "validate"), train_videos=64,
     seed: non-negative int.
     log: optional callable(str) for progress lines.
     workers: processes writing shards at once (the shards are the same for any count).
+    segments_per_video: rated 5-frame segments per video in the frame-level records'
+      context, as the 2019 release has them (SyntheticYT8M.rated_segments); 0: none.
     **knobs: generator settings, see DEFAULTS.
   Returns:
     dict with "output_dir", "frame_dir", "video_dir" (None without video level), "config",
@@ -617,7 +651,11 @@ def write_dataset(output_dir, splits=("train", "validate"), train_videos=64,
                        % (s, MAX_VIDEOS_PER_SPLIT, counts[s]))
   if not isinstance(shards, (int, np.integer)) or shards < 1 or shards > 9999:
     raise ValueError("--shards must be an integer in [1, 9999], got %r" % (shards,))
+  if not isinstance(segments_per_video, (int, np.integer)) or segments_per_video < 0:
+    raise ValueError("--segments_per_video must be an integer >= 0, got %r"
+                     % (segments_per_video,))
   model = SyntheticYT8M(seed=seed, **knobs)
+  model.segments_per_video = int(segments_per_video)
   with single_threaded_blas():
     return _write_splits(model, output_dir, splits, counts, shards, video_level, log,
                          workers)
@@ -630,13 +668,18 @@ def _write_shard(model, split, lo, hi, frame_path, video_path):
   with contextlib.ExitStack() as stack:
     frame_file = stack.enter_context(_RecordFile(frame_path))
     video_file = stack.enter_context(_RecordFile(video_path)) if video_path else None
-    for video in model.videos(split, hi - lo, start=lo):
+    for index, video in enumerate(model.videos(split, hi - lo, start=lo), lo):
       frames = len(video["rgb"])
       frames_total += frames
       labels_total += len(video["labels"])
       short += int(frames <= SHORT_VIDEO_MAX_FRAMES)
       feats = {"rgb": video["rgb"], "audio": video["audio"]}
-      frame_file.write(frame_record(dict(feats, id=video["id"], labels=video["labels"])))
+      record = dict(feats, id=video["id"], labels=video["labels"])
+      if model.segments_per_video:
+        record.update(zip(("segment_labels", "segment_start_times", "segment_scores"),
+                          model.rated_segments(split, index, video,
+                                               model.segments_per_video)))
+      frame_file.write(frame_record(record))
       if video_file is not None:
         means = video_level_features(feats)
         video_file.write(video_record(dict(means, id=video["id"],
@@ -664,7 +707,8 @@ def _write_splits(model, output_dir, splits, counts, shards, video_level, log,
   os.makedirs(frame_dir, exist_ok=True)
   summary = {"output_dir": output_dir, "frame_dir": frame_dir,
              "video_dir": video_dir if video_level else None, "config": dict(model.cfg),
-             "seed": model.seed, "splits": {}}
+             "seed": model.seed, "segments_per_video": model.segments_per_video,
+             "splits": {}}
   jobs = []
   for split in splits:
     n = int(counts[split])
@@ -749,6 +793,10 @@ def build_parser():
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                  help="processes writing shards at once (the same shards for any "
                  "count; default: one per CPU)")
+  p.add_argument("--segments_per_video", type=int, default=0,
+                 help="rated 5-frame segments per video (context segment_labels, "
+                 "segment_start_times, segment_scores, as in the 2019 release; "
+                 "default 0: none)")
   g = p.add_argument_group("generative model")
   helps = dict(
       num_classes="vocabulary size",
@@ -786,7 +834,8 @@ def main(argv=None):
                             validate_videos=args.validate_videos,
                             test_videos=args.test_videos, shards=args.shards,
                             video_level=not args.no_video_level, seed=args.seed,
-                            log=print, workers=max(1, args.workers), **knobs)
+                            log=print, workers=max(1, args.workers),
+                            segments_per_video=args.segments_per_video, **knobs)
   except ValueError as e:
     parser.error(str(e))
   total = sum(s["videos"] for s in summary["splits"].values())
