@@ -89,6 +89,9 @@ def test_the_command_line(files):
               "or 1"),
     ("counts", "video aaaa has 3 segment_labels, 3 segment_start_times and 2 "
                "segment_scores"),
+    ("class", "video aaaa rates class 3862, outside the 3862 classes (--num_classes)"),
+    ("start", "video aaaa rates the segment at 25, but its 25 frames hold 5-frame "
+              "segments from 0 to 20"),
     ("csv", "line 2: expected '<class>,<segment id> <segment id> ...'"),
     ("twice", "line 3: class 3 appears twice"),
     ("missing", "--submission_file="),
@@ -100,6 +103,9 @@ def test_mistakes_are_one_line(files, tmp_path, case, message):
     ratings = {"aaaa": RATINGS["aaaa"]}
     shard = rated_shard(str(tmp_path / "bad.tfrecord"), ratings,
                         [0.5, 0.0, 1.0] if case == "score" else [1.0, 0.0])
+  elif case in ("class", "start"):
+    ratings = {"aaaa": [(3862, 0, 1.0)] if case == "class" else [(3, 25, 1.0)]}
+    shard = rated_shard(str(tmp_path / "bad.tfrecord"), ratings)
   elif case == "csv":
     with open(csv_path, "w") as f:
       f.write("Class,Segments\nthree,aaaa:0\n")

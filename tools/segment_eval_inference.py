@@ -34,10 +34,12 @@ import utils  # noqa: E402
 tf1 = tf.compat.v1
 
 
-def rated_segments(data_pattern):
+def rated_segments(data_pattern, num_classes=3862, segment_size=5):
   """{(segment id "<video id>:<start>", class): score} of every rated segment in the
   shards matching the comma-separated globs `data_pattern`. Raises UsageError naming
-  the file and video of a bad rating."""
+  the file and video of a bad rating: unequal numbers of labels, start times and
+  scores, a score other than 0 or 1, a class outside [0, num_classes), or a segment
+  of `segment_size` frames that does not lie inside the video's frames."""
   paths = [p for pattern in data_pattern.split(",") if pattern.strip()
            for p in sorted(tf.io.gfile.glob(pattern.strip()))]
   if not paths:
@@ -51,6 +53,8 @@ def rated_segments(data_pattern):
       labels = list(context["segment_labels"].int64_list.value)
       starts = list(context["segment_start_times"].int64_list.value)
       scores = list(context["segment_scores"].float_list.value)
+      lists = example.feature_lists.feature_list
+      frames = min((len(lists[name].feature) for name in lists), default=0)
       if not len(labels) == len(starts) == len(scores):
         raise utils.UsageError(
             "%s: video %s has %d segment_labels, %d segment_start_times and %d "
@@ -61,6 +65,14 @@ def rated_segments(data_pattern):
           raise utils.UsageError("%s: video %s rates class %d at %d with score %g; "
                                  "segment_scores must be 0 or 1"
                                  % (path, video_id, label, start, score))
+        if not 0 <= label < num_classes:
+          raise utils.UsageError("%s: video %s rates class %d, outside the %d classes "
+                                 "(--num_classes)" % (path, video_id, label, num_classes))
+        if not 0 <= start <= frames - segment_size:
+          raise utils.UsageError(
+              "%s: video %s rates the segment at %d, but its %d frames hold %d-frame "
+              "segments from 0 to %d" % (path, video_id, start, frames, segment_size,
+                                         frames - segment_size))
         rated[("%s:%d" % (video_id, start), label)] = score
   return rated
 
@@ -123,6 +135,10 @@ def main(argv=None):
   parser.add_argument("--eval_data_pattern", required=True,
                       help="rated shards (comma-separated globs)")
   parser.add_argument("--submission_file", required=True, help="a Class,Segments CSV")
+  parser.add_argument("--num_classes", type=int, default=3862,
+                      help="the class space the ratings must lie in")
+  parser.add_argument("--segment_size", type=int, default=5,
+                      help="frames per rated segment")
   parser.add_argument("--top_n", type=int, default=0,
                       help="segments per class scored (0: all; Kaggle 2019: 100000)")
   args = parser.parse_args(argv)
@@ -130,7 +146,7 @@ def main(argv=None):
   try:
     if args.top_n < 0:
       raise utils.UsageError("--top_n must be >= 0, got %d" % args.top_n)
-    rated = rated_segments(args.eval_data_pattern)
+    rated = rated_segments(args.eval_data_pattern, args.num_classes, args.segment_size)
     rankings = submission_rankings(args.submission_file, rated, args.top_n)
   except utils.UsageError as e:
     print("segment_eval_inference.py: error: %s" % e, file=sys.stderr)
