@@ -142,15 +142,11 @@ def test_generated_rated_shards_have_the_layout_and_learnable_ratings(tmp_path):
   rated, guesses = {}, {}
   for serialized in tf.compat.v1.io.tf_record_iterator(shard):
     example = tf.train.SequenceExample.FromString(serialized)
-    context = example.context.feature
-    video_id = context["id"].bytes_list.value[0].decode()
-    labels = list(context["segment_labels"].int64_list.value)
-    starts = list(context["segment_start_times"].int64_list.value)
-    scores = list(context["segment_scores"].float_list.value)
+    video_id, labels, starts, scores = segment_eval.video_ratings(example)
     frames = [f.bytes_list.value[0] for f in example.feature_lists.feature_list["rgb"].feature]
     rgb = utils.Dequantize(np.frombuffer(b"".join(frames), np.uint8).reshape(-1, 1024))
     assert len(labels) == len(starts) == len(scores) == min(4, len(frames) // 5)
-    assert set(labels) <= set(context["labels"].int64_list.value)
+    assert set(labels) <= set(example.context.feature["labels"].int64_list.value)
     assert starts == sorted(set(starts)) and set(scores) <= {0.0, 1.0}
     for label, start, score in zip(labels, starts, scores):
       assert start % 5 == 0 and start + 5 <= len(frames)

@@ -34,6 +34,16 @@ import utils  # noqa: E402
 tf1 = tf.compat.v1
 
 
+def video_ratings(example):
+  """(video id, segment_labels, segment_start_times, segment_scores) of a parsed
+  tf.train.SequenceExample: str and three lists."""
+  context = example.context.feature
+  return (context["id"].bytes_list.value[0].decode(),
+          list(context["segment_labels"].int64_list.value),
+          list(context["segment_start_times"].int64_list.value),
+          list(context["segment_scores"].float_list.value))
+
+
 def rated_segments(data_pattern, num_classes=3862, segment_size=5):
   """{(segment id "<video id>:<start>", class): score} of every rated segment in the
   shards matching the comma-separated globs `data_pattern`. Raises UsageError naming
@@ -48,11 +58,7 @@ def rated_segments(data_pattern, num_classes=3862, segment_size=5):
   for path in paths:
     for serialized in tf1.io.tf_record_iterator(path):
       example = tf.train.SequenceExample.FromString(serialized)
-      context = example.context.feature
-      video_id = context["id"].bytes_list.value[0].decode()
-      labels = list(context["segment_labels"].int64_list.value)
-      starts = list(context["segment_start_times"].int64_list.value)
-      scores = list(context["segment_scores"].float_list.value)
+      video_id, labels, starts, scores = video_ratings(example)
       lists = example.feature_lists.feature_list
       frames = min((len(lists[name].feature) for name in lists), default=0)
       if not len(labels) == len(starts) == len(scores):
