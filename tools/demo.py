@@ -179,21 +179,13 @@ def train_runs(runner, data_dir, runs_dir, seed, scale, fresh, model_flags=()):
   return run_dirs
 
 
-def latest_checkpoint_name(run_dir):
-  """`model.ckpt-N` of the run's highest step N, or None."""
-  steps = [int(m.group(1)) for m in (re.match(r"model\.ckpt-(\d+)\.index$", name)
-                                     for name in os.listdir(run_dir)) if m]
-  return "model.ckpt-%d" % max(steps) if steps else None
-
-
-def _trained_role(run_dir):
-  """The role eval.py evaluates by default: the model the run trained."""
-  with open(os.path.join(run_dir, "model_flags.json")) as f:
-    recorded = json.load(f)
-  if (recorded.get("model_type") == "teacher" and
-      recorded.get("k_frame", 300) >= recorded.get("max_frames", 300)):
-    return "teacher"
-  return "student"
+def run_config(run_dir):
+  """(the run's GraphConfig as eval.py reads it, the run_dir module)."""
+  tf1 = import_tensorflow_quietly().compat.v1
+  import run_dir as run_dirs
+  if not tf1.flags.FLAGS.is_parsed():
+    tf1.flags.FLAGS(["demo"])  # defaults for what an older run did not record
+  return run_dirs.load(run_dir), run_dirs
 
 
 def evaluate(runner, run_dir, validate_pattern):
@@ -201,10 +193,13 @@ def evaluate(runner, run_dir, validate_pattern):
   (the one already there when that checkpoint was evaluated on these data)."""
   path = os.path.join(run_dir, "eval.jsonl")
   records = read_jsonl(path)
-  if (records and records[-1].get("checkpoint") == latest_checkpoint_name(run_dir) and
-      records[-1].get("data") == validate_pattern and not records[-1].get("bf16") and
-      records[-1].get("role") == _trained_role(run_dir)):
-    return records[-1]
+  if records:
+    cfg, run_dirs = run_config(run_dir)
+    checkpoint = run_dirs.find_checkpoint(run_dir)
+    if (checkpoint and records[-1].get("checkpoint") == os.path.basename(checkpoint) and
+        records[-1].get("data") == validate_pattern and not records[-1].get("bf16") and
+        records[-1].get("role") == cfg.role()):
+      return records[-1]
   runner.run("eval.py", ["--train_dir=" + run_dir, "--eval_data_pattern=" +
                          validate_pattern, "--run_once", "--batch_size=100"])
   return read_jsonl(path)[-1]
@@ -228,15 +223,17 @@ def train_and_evaluate(runner, demo_dir, base, suffix, flags, seed, steps, model
   return evaluate(runner, run_dir, validate)
 
 
-def table_setup(tool, demo_dir, seed, table_dir_name):
+def table_setup(tool, demo_dir, seed, table_dir_name, scale=1.0):
   """What a table of runs on the demo's data needs: (its teacher run directory, a
   Runner logging into demo_dir, the directory of the table's runs, the demo's steps
-  per run kind). Exits naming `tool` when demo_dir has no teacher of that seed."""
+  per run kind times `scale`, at least 2). Exits naming `tool` when demo_dir has no
+  teacher of that seed."""
   teacher_dir = os.path.join(demo_dir, "runs", "demo_s%d_teacher" % seed)
   if not os.path.isdir(teacher_dir):
     raise SystemExit("%s: no teacher run at %s; run tools/demo.py --out_dir=%s first"
                      % (tool, teacher_dir, demo_dir))
-  return teacher_dir, Runner(demo_dir), os.path.join(demo_dir, table_dir_name), STEPS
+  steps = {kind: max(int(n * scale), 2) for kind, n in STEPS.items()}
+  return teacher_dir, Runner(demo_dir), os.path.join(demo_dir, table_dir_name), steps
 
 
 def inference_rate(runner, run_dir, validate_pattern, output_file):
@@ -252,11 +249,8 @@ def flops_per_video(run_dir):
   """Inference FLOPs per video of the run's model, counted from its graph."""
   tf = import_tensorflow_quietly()
   import inference_graph
-  import run_dir as run_dirs
   tf1 = tf.compat.v1
-  if not tf1.flags.FLAGS.is_parsed():
-    tf1.flags.FLAGS(["demo"])
-  cfg = run_dirs.load(run_dir).replace(frame_packing="never")  # static shapes
+  cfg = run_config(run_dir)[0].replace(frame_packing="never")  # static shapes
   batch_size = 8
   graph = tf.Graph()
   with graph.as_default():

@@ -54,8 +54,7 @@ def main(argv=None):
     parser.error("--rows: unknown strategy %s" % unknown[0])
   rows = [(label, strategy) for label, strategy in ROWS if strategy in strategies]
   teacher_dir, runner, table_dir, steps = demo.table_setup(
-      "frame_selection_table", args.demo_dir, args.seed, "table_runs")
-  steps = {kind: max(int(n * args.scale), 2) for kind, n in steps.items()}
+      "frame_selection_table", args.demo_dir, args.seed, "table_runs", args.scale)
   gaps = {}
   for label, strategy in rows:
     for k in ks:

@@ -86,11 +86,8 @@ def _measure_one(run_dir, data_pattern, batch_size, videos):
   import inference_graph
   import kd_model
   import readers
-  import run_dir as run_dirs
   import utils
-  if not tf1.flags.FLAGS.is_parsed():
-    tf1.flags.FLAGS(["student_table"])
-  cfg = run_dirs.load(run_dir)
+  cfg, run_dirs = demo.run_config(run_dir)
   role = cfg.role()
   graph = tf.Graph()
   with graph.as_default():
@@ -243,8 +240,7 @@ def main(argv=None):
   model_flags = shlex.split(args.model_flags)
   base_flags = demo.MODEL_FLAGS + model_flags
   teacher_dir, runner, table_dir, steps = demo.table_setup(
-      "student_table", args.demo_dir, args.seed, "student_runs")
-  steps = {kind: max(int(n * args.scale), 2) for kind, n in steps.items()}
+      "student_table", args.demo_dir, args.seed, "student_runs", args.scale)
   train_pattern = os.path.join(args.demo_dir, "data", "frame", "train*.tfrecord")
 
   def run(base, suffix, flags, steps):
