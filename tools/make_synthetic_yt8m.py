@@ -241,8 +241,6 @@ class SyntheticYT8M(object):
   random stream (seed, split, index), so videos do not depend on how many are generated.
   """
 
-  segments_per_video = 0  # rated segments per video that write_dataset writes
-
   def __init__(self, seed=0, **knobs):
     cfg = dict(DEFAULTS)
     cfg.update(knobs)
@@ -655,15 +653,15 @@ def write_dataset(output_dir, splits=("train", "validate"), train_videos=64,
     raise ValueError("--segments_per_video must be an integer >= 0, got %r"
                      % (segments_per_video,))
   model = SyntheticYT8M(seed=seed, **knobs)
-  model.segments_per_video = int(segments_per_video)
   with single_threaded_blas():
     return _write_splits(model, output_dir, splits, counts, shards, video_level, log,
-                         workers)
+                         workers, int(segments_per_video))
 
 
-def _write_shard(model, split, lo, hi, frame_path, video_path):
+def _write_shard(model, segments_per_video, split, lo, hi, frame_path, video_path):
   """Writes videos lo .. hi-1 of `split` to one frame-level shard (and one video-level
-  shard when video_path is set); returns their (frames, labels, short videos)."""
+  shard when video_path is set), with `segments_per_video` rated segments each; returns
+  their (frames, labels, short videos)."""
   frames_total = labels_total = short = 0
   with contextlib.ExitStack() as stack:
     frame_file = stack.enter_context(_RecordFile(frame_path))
@@ -675,10 +673,9 @@ def _write_shard(model, split, lo, hi, frame_path, video_path):
       short += int(frames <= SHORT_VIDEO_MAX_FRAMES)
       feats = {"rgb": video["rgb"], "audio": video["audio"]}
       record = dict(feats, id=video["id"], labels=video["labels"])
-      if model.segments_per_video:
+      if segments_per_video:
         record.update(zip(("segment_labels", "segment_start_times", "segment_scores"),
-                          model.rated_segments(split, index, video,
-                                               model.segments_per_video)))
+                          model.rated_segments(split, index, video, segments_per_video)))
       frame_file.write(frame_record(record))
       if video_file is not None:
         means = video_level_features(feats)
@@ -688,7 +685,8 @@ def _write_shard(model, split, lo, hi, frame_path, video_path):
 
 
 def _write_shards(model, jobs, workers):
-  """_write_shard for every job (split, lo, hi, frame_path, video_path), in `workers`
+  """_write_shard for every job (segments_per_video, split, lo, hi, frame_path,
+  video_path), in `workers`
   forked processes when there are several (each shard is the same whatever the
   process: a video depends on its split, index and the seed alone)."""
   if workers <= 1 or len(jobs) <= 1:
@@ -700,28 +698,28 @@ def _write_shards(model, jobs, workers):
 
 
 def _write_splits(model, output_dir, splits, counts, shards, video_level, log,
-                  workers=1):
+                  workers=1, segments_per_video=0):
   start = time.time()
   frame_dir = os.path.join(output_dir, "frame")
   video_dir = os.path.join(output_dir, "video")
   os.makedirs(frame_dir, exist_ok=True)
   summary = {"output_dir": output_dir, "frame_dir": frame_dir,
              "video_dir": video_dir if video_level else None, "config": dict(model.cfg),
-             "seed": model.seed, "segments_per_video": model.segments_per_video,
+             "seed": model.seed, "segments_per_video": segments_per_video,
              "splits": {}}
   jobs = []
   for split in splits:
     n = int(counts[split])
     for s in range(shards):
-      jobs.append((split, s * n // shards, (s + 1) * n // shards,
+      jobs.append((segments_per_video, split, s * n // shards, (s + 1) * n // shards,
                    os.path.join(frame_dir, shard_name(split, s)),
                    os.path.join(video_dir, shard_name(split, s)) if video_level else None))
-  written = dict(zip(range(len(jobs)), _write_shards(model, jobs, workers)))
+  written = _write_shards(model, jobs, workers)
   for split in splits:
     n = int(counts[split])
     stats = {"videos": n, "short_videos": 0, "frames": 0, "labels": 0, "shards": shards,
              "frame_files": [], "video_files": []}
-    for index, (job_split, _, _, frame_path, video_path) in enumerate(jobs):
+    for index, (_, job_split, _, _, frame_path, video_path) in enumerate(jobs):
       if job_split != split:
         continue
       frames, labels, short = written[index]
