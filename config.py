@@ -39,6 +39,14 @@ flags.DEFINE_integer("num_classes", 3862, "Number of classes (YouTube-8M 2018: 3
                      lower_bound=1)
 flags.DEFINE_integer("max_frames", 300, "Frames kept per video (YouTube-8M: 300).",
                      lower_bound=1)
+flags.DEFINE_bool("segment_labels", False, "Read the 2019 release's segment ratings "
+                  "(context segment_labels, segment_start_times, segment_scores): each "
+                  "rated segment of --segment_size frames is one example, and only its "
+                  "rated classes count in the loss and the metrics. inference.py then "
+                  "ranks every segment of a video per rated class (the Class,Segments "
+                  "CSV). eval.py and inference.py default to the mode the run recorded.")
+flags.DEFINE_integer("segment_size", 5, "Frames per segment with --segment_labels "
+                     "(the 2019 release: 5).", lower_bound=1)
 flags.DEFINE_string("pca_eigenvals", preprocessing.DEFAULT_EIGENVALS,
                     "The YouTube-8M PCA eigenvalues (.npy, >= 1024 values). Frame-level rgb "
                     "features are scaled by sqrt(eigenvalue) + 1e-4 before the model, as in "
@@ -276,6 +284,8 @@ class GraphConfig(ModelConfig):
   frame_features: bool
   num_classes: int
   max_frames: int
+  segment_labels: bool
+  segment_size: int
   preprocessing: preprocessing.Preprocessing
   label_loss: str
   model_type: str
@@ -307,6 +317,17 @@ class GraphConfig(ModelConfig):
     if self.model_type != "teacher" and not self.frame_features:
       raise utils.UsageError("--model_type=%s needs frame features (--frame_features)"
                              % self.model_type)
+    if self.segment_labels:
+      if not self.frame_features:
+        raise utils.UsageError("--segment_labels needs frame features "
+                               "(--frame_features): segments are frames of a video")
+      if self.segment_size > self.max_frames:
+        raise utils.UsageError("--segment_size=%d exceeds --max_frames=%d"
+                               % (self.segment_size, self.max_frames))
+      if self.model_type != "teacher" and self.k_frame > self.segment_size:
+        raise utils.UsageError(
+            "--k_frame=%d: with --segment_labels the student sees k of a segment's "
+            "--segment_size=%d frames" % (self.k_frame, self.segment_size))
     for role in self.roles():
       model = self.model_config(role)
       model.model_class(self.frame_features)
@@ -331,13 +352,18 @@ class GraphConfig(ModelConfig):
       return ModelConfig(**self.teacher_model)
     return self.model_only()
 
+  def example_frames(self):
+    """Frames of one example: a segment's (--segment_size) with --segment_labels, else a
+    video's (--max_frames)."""
+    return self.segment_size if self.segment_labels else self.max_frames
+
   def frames_seen(self, role):
     """How many frames `role` sees: k_frame for the student, all for the teacher."""
-    return self.k_frame if role == STUDENT else self.max_frames
+    return self.k_frame if role == STUDENT else self.example_frames()
 
   def single_model_role(self):
     """The scope a teacher/student-type run trains: teacher only when it sees all frames."""
-    if self.model_type == "teacher" and self.k_frame >= self.max_frames:
+    if self.model_type == "teacher" and self.k_frame >= self.example_frames():
       return TEACHER
     return STUDENT
 
@@ -508,6 +534,16 @@ def from_json(recorded, source, flag_values=FLAGS):
     else:
       values[name] = _checked(flag_values, name, recorded[name], source)
   return _from_values(values)
+
+
+def with_command_segments(cfg, flag_values=FLAGS):
+  """A recorded run's GraphConfig in the segment mode of this command (eval.py,
+  inference.py): --segment_labels and --segment_size when given on its command line,
+  else those the run recorded. A video-level model can so rank segments (the 2019
+  starter's baseline), and a segment model score whole videos."""
+  given = {name: _checked(flag_values, name, flag_values[name].value)
+           for name in ("segment_labels", "segment_size") if flag_values[name].present}
+  return cfg.replace(**given) if given else cfg
 
 
 def cache_identity(record):

@@ -50,7 +50,9 @@ def evaluate_checkpoint(model, cfg, checkpoint, num_records):
 
   num_records: how many records the data holds, for the progress lines.
   """
-  progress = inference_graph.Progress(FLAGS.progress_every_secs, num_records)
+  progress = (inference_graph.Progress(FLAGS.progress_every_secs, what="segments")
+              if cfg.segment_labels else
+              inference_graph.Progress(FLAGS.progress_every_secs, num_records))
   with model.session(checkpoint, FLAGS.bf16) as sess:
     metrics = inference_graph.evaluate(sess, model.fetches, cfg.num_classes, FLAGS.top_k,
                                        skipped=model.skipped, progress=progress,
@@ -61,7 +63,7 @@ def evaluate_checkpoint(model, cfg, checkpoint, num_records):
   return run_dir.checkpoint_step(checkpoint), metrics
 
 
-def report(step, metrics, checkpoint, role):
+def report(step, metrics, checkpoint, role, segment_labels):
   """The metrics record: console line, TensorBoard (<train_dir>/eval[_<role>], tags
   eval/<metric>) and <train_dir>/eval.jsonl."""
   summary_dir = "eval_" + FLAGS.role if FLAGS.role else "eval"
@@ -69,6 +71,7 @@ def report(step, metrics, checkpoint, role):
   inference_graph.report_metrics(
       "eval", step, metrics, writer, os.path.join(FLAGS.train_dir, EVAL_FILE),
       checkpoint=os.path.basename(checkpoint), role=role, bf16=FLAGS.bf16,
+      segment_labels=segment_labels,
       data=FLAGS.eval_data_pattern, time=time.time())
 
 
@@ -98,11 +101,13 @@ def main(unused_argv):
   utils.check_file_systems({"--train_dir": FLAGS.train_dir,
                             "--eval_data_pattern": FLAGS.eval_data_pattern,
                             "--checkpoint": FLAGS.checkpoint})
-  cfg = run_dir.load(FLAGS.train_dir)
+  cfg = config.with_command_segments(run_dir.load(FLAGS.train_dir))
   role = cfg.role(FLAGS.role)
   readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
-  print("Evaluating the %s of %s (model_type %s, %s, k_frame %d)" % (
-      role, FLAGS.train_dir, cfg.model_type, cfg.model, cfg.k_frame), flush=True)
+  print("Evaluating the %s of %s (model_type %s, %s, k_frame %d)%s" % (
+      role, FLAGS.train_dir, cfg.model_type, cfg.model, cfg.k_frame,
+      " on rated %d-frame segments (only rated classes count)" % cfg.segment_size
+      if cfg.segment_labels else ""), flush=True)
   model = inference_graph.InferenceGraph(
       cfg, role, FLAGS.eval_data_pattern, "--eval_data_pattern", FLAGS.batch_size,
       FLAGS.num_readers, FLAGS.top_k, with_labels=True,
@@ -115,7 +120,7 @@ def main(unused_argv):
                                    "--eval_data_pattern"):
       result = evaluate_newest_complete(model, cfg, checkpoint, num_records)
     if result:
-      report(*result, role=role)
+      report(*result, role=role, segment_labels=cfg.segment_labels)
   return 0
 
 

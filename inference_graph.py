@@ -41,7 +41,7 @@ def input_batches(cfg, role, data_pattern, batch_size, num_readers, flag_name,
   return reader, iterator.initializer, iterator.get_next()
 
 
-def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False):
+def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=None):
   """The role's model in inference mode on a reader batch -> its top classes.
 
   Args:
@@ -49,6 +49,8 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False):
     batch: reader dict (video_ids, video_matrix, num_frames, labels).
     top_k: classes per video.
     with_labels: also compute what the metrics need from batch["labels"].
+    classes: None, or the class ids (a list) the top k is taken among (the rated
+      classes of `inference.py --segment_labels`).
   Returns:
     dict of tensors: video_ids [B] string; top_scores [B, K] float32 and top_indices
     [B, K] int32, each video's best classes by descending score (equal scores by
@@ -56,8 +58,14 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False):
     most labels of a video in the batch), C), so PERR sees each video's n best
     classes, plus top_is_positive [B, K], num_positives [B], class_positive_counts [C]
     (the arguments of EvaluationMetrics.accumulate_top_k) and loss (the label loss).
+    A segment batch adds segment_start_times [B].
   """
   predictions = kd_model.inference_outputs(cfg, batch, role, reuse=reuse)["predictions"]
+  label_weights = batch.get("label_weights") if with_labels else None
+  if label_weights is not None:
+    # --segment_labels: a segment is scored on its rated classes only (the starter's
+    # eval multiplies the predictions by the label weights the same way).
+    predictions *= label_weights
   num_classes = tf.shape(predictions)[1]
   k = tf.minimum(top_k, num_classes)
   if with_labels:
@@ -65,14 +73,22 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False):
     num_positives = tf.reduce_sum(labels, axis=1)
     k = tf.minimum(tf.maximum(top_k, tf.cast(tf.reduce_max(num_positives), tf.int32)),
                    num_classes)
+  if classes is not None:
+    predictions = tf.gather(predictions, classes, axis=1)
+    k = tf.minimum(top_k, len(classes))
   top_scores, top_indices = tf.math.top_k(predictions, k=k, sorted=True)
+  if classes is not None:
+    top_indices = tf.gather(tf.constant(classes, tf.int32), top_indices)
   outputs = {"video_ids": batch["video_ids"], "top_scores": top_scores,
              "top_indices": top_indices}
+  if "segment_start_times" in batch:
+    outputs["segment_start_times"] = batch["segment_start_times"]
   if with_labels:
     outputs.update(
         top_is_positive=tf.gather(labels, top_indices, batch_dims=1),
         num_positives=num_positives, class_positive_counts=tf.reduce_sum(labels, axis=0),
-        loss=losses.get_label_loss(cfg.label_loss).calculate_loss(predictions, labels))
+        loss=losses.get_label_loss(cfg.label_loss).calculate_loss(
+            predictions, labels, label_weights=label_weights))
   return outputs
 
 
@@ -95,14 +111,15 @@ class InferenceGraph(object):
   """
 
   def __init__(self, cfg, role, data_pattern, flag_name, batch_size, num_readers,
-               top_k, with_labels, skip_corrupt_records=False):
+               top_k, with_labels, skip_corrupt_records=False, classes=None):
     self.graph = tf.Graph()
     with self.graph.as_default():
       self.skipped = readers.SkippedRecords() if skip_corrupt_records else None
       self.reader, self._initializer, batch = input_batches(
           cfg, role, data_pattern, batch_size, num_readers, flag_name,
           require_labels=with_labels, skipped=self.skipped)
-      self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels)
+      self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels,
+                                   classes=classes)
       self._variables = tf1.global_variables()
       self._saver = tf1.train.Saver(self._variables)
       self._local_init = tf1.local_variables_initializer()

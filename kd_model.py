@@ -52,9 +52,10 @@ def model_inputs(cfg, role, batch, seed=None, is_training=True):
   frames, num_frames = batch["video_matrix"], batch["num_frames"]
   if not cfg.frame_features:
     return frames, num_frames
+  length = cfg.example_frames()
   picked_by_reader = frames.shape[1] == frame_selection.selected_length(
-      cfg.k_frame, cfg.frame_sampling, cfg.max_frames) != cfg.max_frames
-  if role == STUDENT and cfg.k_frame < cfg.max_frames and not picked_by_reader:
+      cfg.k_frame, cfg.frame_sampling, length) != length
+  if role == STUDENT and cfg.k_frame < length and not picked_by_reader:
     frames, num_frames = frame_selection.select_frames(
         frames, num_frames, cfg.k_frame, cfg.frame_sampling, seed=seed,
         video_ids=None if is_training else batch["video_ids"])
@@ -98,11 +99,13 @@ def regularization_loss(role):
   return tf.add_n(terms) if terms else tf.constant(0.0)
 
 
-def model_losses(outputs, labels, label_loss, role):
+def model_losses(outputs, labels, label_loss, role, label_weights=None):
   """A model's label and regularization losses under the starter's contract.
 
   label: outputs["loss"] when the model gives one, else label_loss on its
-    predictions; plus label_loss on every outputs["aux_predictions"].
+    predictions; plus label_loss on every outputs["aux_predictions"]. label_weights
+    [B, C] (--segment_labels: 1 on each example's rated classes) weigh each class's
+    label term.
   regularization: the L2 terms of the variables under `role/`, plus
     outputs["regularization_loss"] when the model gives one.
   Returns:
@@ -111,9 +114,10 @@ def model_losses(outputs, labels, label_loss, role):
   if "loss" in outputs:
     label = outputs["loss"]
   else:
-    label = label_loss.calculate_loss(outputs["predictions"], labels)
+    label = label_loss.calculate_loss(outputs["predictions"], labels,
+                                      label_weights=label_weights)
   for aux in outputs.get("aux_predictions", ()):
-    label += label_loss.calculate_loss(aux, labels)
+    label += label_loss.calculate_loss(aux, labels, label_weights=label_weights)
   regularization = regularization_loss(role)
   if "regularization_loss" in outputs:
     regularization += outputs["regularization_loss"]
@@ -185,7 +189,8 @@ class ModelTraining(object):
     role = cfg.single_model_role()
     inputs, num_frames = model_inputs(cfg, role, batch, seed)
     outputs = create_role_model(cfg, role, inputs, num_frames, True, reuse)
-    label, regularization = model_losses(outputs, batch["labels"], self.label_loss, role)
+    label, regularization = model_losses(outputs, batch["labels"], self.label_loss, role,
+                                         batch.get("label_weights"))
     return {"label_loss": label, "regularization": regularization,
             "total": label + cfg.regularization_penalty * regularization,
             "predictions": outputs["predictions"]}
@@ -236,7 +241,8 @@ class Distillation(ModelTraining):
                                                   start_step)
     if self.cache:
       batch["teacher_predictions"], batch["teacher_representation"] = self.cache.decode(
-          batch.pop("companion"), batch["video_ids"])
+          batch.pop("companion"), batch["video_ids"], batch.get("segment_rank"),
+          batch.get("segment_start_times"))
     return batch
 
   def _teacher_outputs(self, batch, reuse, seed):
@@ -275,7 +281,7 @@ class Distillation(ModelTraining):
     student = create_role_model(cfg, STUDENT, inputs, num_frames, True, reuse)
     terms = {}
     terms["label_loss"], terms["regularization"] = model_losses(
-        student, labels, self.label_loss, STUDENT)
+        student, labels, self.label_loss, STUDENT, batch.get("label_weights"))
     total = cfg.kd_ce_weight * terms["label_loss"]
     if cfg.kd_pred_weight:
       terms["pred_loss"] = losses.prediction_loss(
@@ -292,7 +298,7 @@ class Distillation(ModelTraining):
     total += cfg.regularization_penalty * terms["regularization"]
     if self.mode == "parallel":
       terms["teacher_label_loss"], teacher_regularization = model_losses(
-          teacher, labels, self.label_loss, TEACHER)
+          teacher, labels, self.label_loss, TEACHER, batch.get("label_weights"))
       total += (terms["teacher_label_loss"] +
                 cfg.regularization_penalty * teacher_regularization)
     terms["total"] = total

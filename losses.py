@@ -12,10 +12,19 @@ PREDICTION_LOSSES = ("mse", "kl")
 
 
 class BaseLoss(object):
-  """calculate_loss(predictions [B, C], labels [B, C]) -> scalar loss tensor."""
+  """calculate_loss(predictions [B, C], labels [B, C], label_weights=None) -> scalar.
 
-  def calculate_loss(self, unused_predictions, unused_labels, **unused_params):
+  label_weights [B, C] (--segment_labels): each class's term is multiplied by its
+  weight, 1 for a rated class and 0 for the others, as the starter's losses do.
+  """
+
+  def calculate_loss(self, unused_predictions, unused_labels, label_weights=None,
+                     **unused_params):
     raise NotImplementedError()
+
+
+def _weighted(per_class, label_weights):
+  return per_class if label_weights is None else per_class * label_weights
 
 
 class CrossEntropyLoss(BaseLoss):
@@ -27,7 +36,7 @@ class CrossEntropyLoss(BaseLoss):
 
   epsilon = 1e-8
 
-  def calculate_loss(self, predictions, labels, **unused_params):
+  def calculate_loss(self, predictions, labels, label_weights=None, **unused_params):
     epsilon = self.epsilon
     labels = tf.cast(labels, tf.float32)
     # max(1 - p, 0) is 1 - p in float32. Under --bf16 (8 mantissa bits) a mixture of
@@ -35,7 +44,7 @@ class CrossEntropyLoss(BaseLoss):
     # can round to 0: log would give NaN or -inf.
     cross_entropy = (labels * tf.math.log(predictions + epsilon) +
                      (1 - labels) * tf.math.log(tf.maximum(1 - predictions, 0.0) + epsilon))
-    return tf.reduce_mean(tf.reduce_sum(-cross_entropy, axis=1))
+    return tf.reduce_mean(tf.reduce_sum(_weighted(-cross_entropy, label_weights), axis=1))
 
 
 class StarterCrossEntropyLoss(CrossEntropyLoss):
@@ -47,18 +56,24 @@ class StarterCrossEntropyLoss(CrossEntropyLoss):
 class HingeLoss(BaseLoss):
   """Hinge loss max(0, 1 - y*p) with y in {-1, 1}: summed over classes, batch mean."""
 
-  def calculate_loss(self, predictions, labels, b=1.0, **unused_params):
+  def calculate_loss(self, predictions, labels, label_weights=None, b=1.0,
+                     **unused_params):
     sign_labels = 2.0 * tf.cast(labels, tf.float32) - 1.0
     hinge = tf.maximum(0.0, b - sign_labels * predictions)
-    return tf.reduce_mean(tf.reduce_sum(hinge, axis=1))
+    return tf.reduce_mean(tf.reduce_sum(_weighted(hinge, label_weights), axis=1))
 
 
 class SoftmaxLoss(BaseLoss):
   """Cross entropy of softmax(predictions) against the label set as a distribution."""
 
-  def calculate_loss(self, predictions, labels, **unused_params):
+  def calculate_loss(self, predictions, labels, label_weights=None, **unused_params):
+    """label_weights: the classes outside the rated ones are left out of the label
+    distribution and of the softmax's normalisation (their logits pushed to -inf)."""
     epsilon = 1e-8
     labels = tf.cast(labels, tf.float32)
+    if label_weights is not None:
+      labels *= label_weights
+      predictions += (label_weights - 1.0) * 1e9
     label_sum = tf.maximum(tf.reduce_sum(labels, axis=1, keepdims=True), epsilon)
     log_softmax = tf.nn.log_softmax(predictions, axis=1)
     return tf.reduce_mean(-tf.reduce_sum(labels / label_sum * log_softmax, axis=1))

@@ -300,15 +300,17 @@ class YT8MFrameFeatureReader(object):
         num_frames, k, strategy, self.max_frames, video_ids=video_ids)
     return indices, new_num_frames, indices < num_frames[:, None]
 
-  def _batch(self, context, video_matrix, num_frames):
-    """The batch dict from the parsed context and the uint8 frames."""
+  def _batch(self, context, video_matrix, num_frames, labels=None):
+    """The batch dict from the parsed context and the uint8 frames (labels: dense
+    [B, C], default the context's `labels`)."""
     if self.dequantize:
       video_matrix = dequantize_frames(video_matrix, num_frames)
     return {
         "video_ids": context["id"],
         "video_matrix": video_matrix,
         "num_frames": num_frames,
-        "labels": _labels_to_dense(context["labels"], self.num_classes),
+        "labels": (_labels_to_dense(context["labels"], self.num_classes)
+                   if labels is None else labels),
     }
 
   def _decode_all(self, frame_bytes):
@@ -325,15 +327,170 @@ class YT8MFrameFeatureReader(object):
     return video_matrix
 
 
+SEGMENT_FIELDS = ("segment_labels", "segment_start_times", "segment_scores")
+
+
+class YT8MSegmentReader(YT8MFrameFeatureReader):
+  """Reads frame-level records as segments of `segment_size` frames (--segment_labels).
+
+  rated=True (train, eval): one example per distinct rated start time of a video, from
+    the 2019 release's context `segment_labels`, `segment_start_times` (int64) and
+    `segment_scores` (1.0 positive, 0.0 negative), as the starter reads them. labels
+    [S, C] hold the scores of the segment's rated classes (0 elsewhere) and
+    label_weights [S, C] are 1 on its rated classes, 0 elsewhere. A video without
+    ratings gives no example; video-level `labels` are not read.
+  rated=False (inference): every segment of a video, from frame 0 in steps of
+    segment_size, the last one shorter when the frames run out (the starter's
+    get_segments); labels are zeros.
+  The batch dict is the frame reader's, one row per segment: video_ids [S] (the
+  video's id), video_matrix [S, segment_size, F], num_frames [S], labels [S, C] (and
+  label_weights), plus segment_start_times [S] int32, segment_rank [S] int32 (its
+  position among its video's segments) and record_index [S] int32 (its record's row
+  in the batch of records; make_dataset uses it to join a record's companion and
+  drops it). S differs from batch to batch: make_dataset regroups the segments into
+  batches of batch_size.
+  """
+
+  emits_segments = True
+
+  def __init__(self, segment_size=5, rated=True, **frame_reader_args):
+    """segment_size: frames per segment; rated: see the class docstring; the other
+    arguments are YT8MFrameFeatureReader's (selected_frames is not supported: the
+    student's frames are picked from each segment by the model input)."""
+    frame_reader_args.update(require_labels=False, selected_frames=None)
+    super(YT8MSegmentReader, self).__init__(**frame_reader_args)
+    self.segment_size = segment_size
+    self.rated = rated
+
+  def _context_features(self):
+    features = {"id": tf.io.FixedLenFeature([], tf.string)}
+    if self.rated:
+      features.update(segment_labels=tf.io.VarLenFeature(tf.int64),
+                      segment_start_times=tf.io.VarLenFeature(tf.int64),
+                      segment_scores=tf.io.VarLenFeature(tf.float32))
+    return features
+
+  def parse_stages(self):
+    return [self.parse_records, self.decode_segments]
+
+  def parse_batch(self, serialized):
+    """[B] serialized SequenceExamples -> the batch dict of their segments."""
+    return self.decode_segments(*self.parse_records(serialized))
+
+  def record_is_valid(self, serialized):
+    """Scalar bool: the record's frames parse and, if rated, its ratings are valid."""
+    frames_ok = super(YT8MSegmentReader, self).record_is_valid(serialized)
+    if not self.rated:
+      return frames_ok
+    context, _, lengths = tf.io.parse_sequence_example(
+        serialized[None], context_features=self._context_features(),
+        sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string)
+                           for name in self.feature_names})
+    _, _, _, _, problems = self._ratings(context, self._num_frames(lengths))
+    return tf.logical_and(frames_ok, tf.logical_not(tf.reduce_any(problems)))
+
+  def decode_segments(self, context, frames, lengths):
+    """parse_records' output -> the batch dict of the records' segments."""
+    frame_bytes, num_frames, checks = self._checked_frames(frames, lengths)
+    checks += self._context_checks(context, num_frames)
+    if self.rated:
+      rows, starts, labels, weights, problems = self._ratings(context, num_frames)
+      for problem, message in zip(tf.unstack(problems), RATING_PROBLEMS):
+        checks.append(tf.debugging.Assert(tf.logical_not(problem), [message]))
+    else:
+      rows, starts = self._all_segments(num_frames)
+      labels = tf.zeros([tf.shape(rows)[0], self.num_classes])
+    with tf.control_dependencies(checks):
+      video_matrix = self._decode_all(frame_bytes)
+    size = self.segment_size
+    positions = tf.minimum(starts[:, None] + tf.range(size)[None, :], self.max_frames - 1)
+    segment_rows = tf.broadcast_to(rows[:, None], tf.shape(positions))
+    segments = tf.gather_nd(video_matrix, tf.stack([segment_rows, positions], axis=2))
+    segments.set_shape([None, size, sum(self.feature_sizes)])
+    segment_frames = tf.minimum(tf.gather(num_frames, rows) - starts, size)
+    batch = self._batch({"id": tf.gather(context["id"], rows)}, segments, segment_frames,
+                        labels)
+    if self.rated:
+      batch["label_weights"] = weights
+    batch.update(segment_start_times=starts,
+                 segment_rank=tf.range(tf.shape(rows)[0]) - tf.searchsorted(rows, rows),
+                 record_index=rows)
+    return batch
+
+  def _all_segments(self, num_frames):
+    """Every segment of every video: (record rows [S], start frames [S]), int32."""
+    per_video = -(-self.max_frames // self.segment_size)
+    grid = tf.range(per_video) * self.segment_size
+    where = tf.where(grid[None, :] < num_frames[:, None])
+    return (tf.cast(where[:, 0], tf.int32),
+            tf.gather(grid, tf.cast(where[:, 1], tf.int32)))
+
+  def _ratings(self, context, num_frames):
+    """The rated segments of a batch of records.
+
+    Returns:
+      (record rows [S] int32, start frames [S] int32, labels [S, C] float32 scores,
+      label_weights [S, C], problems [len(RATING_PROBLEMS)] bool: which of the
+      RATING_PROBLEMS a record of the batch has).
+    """
+    batch_size = tf.shape(num_frames)[0]
+    starts, labels = context["segment_start_times"], context["segment_labels"]
+    scores = context["segment_scores"]
+    counts = [tf.math.bincount(tf.cast(field.indices[:, 0], tf.int32),
+                               minlength=batch_size, maxlength=batch_size)
+              for field in (starts, labels, scores)]
+    unequal = tf.reduce_any(tf.logical_or(tf.not_equal(counts[0], counts[1]),
+                                          tf.not_equal(counts[0], counts[2])))
+    rating_rows = tf.cast(starts.indices[:, 0], tf.int32)
+    start_values = starts.values
+    frames = tf.cast(tf.gather(num_frames, rating_rows), tf.int64)
+    beyond = tf.reduce_any(tf.logical_or(start_values < 0,
+                                         start_values + self.segment_size > frames))
+    bad_score = tf.reduce_any(tf.logical_and(tf.not_equal(scores.values, 0.0),
+                                             tf.not_equal(scores.values, 1.0)))
+    bad_label = tf.reduce_any(tf.logical_or(labels.values < 0,
+                                            labels.values >= self.num_classes))
+    problems = tf.stack([unequal, beyond, bad_score, bad_label])
+    # Ratings of one record in order; a (record, start) pair names a segment. Values
+    # are made safe to index with: a bad batch fails on `problems`.
+    safe_starts = tf.clip_by_value(start_values, 0, self.max_frames - 1)
+    keys = tf.cast(rating_rows, tf.int64) * (self.max_frames + 1) + safe_starts
+    unique_keys, segment_of = tf.unique(keys, out_idx=tf.int32)
+    rows = tf.cast(unique_keys // (self.max_frames + 1), tf.int32)
+    segment_starts = tf.cast(unique_keys % (self.max_frames + 1), tf.int32)
+    shape = tf.stack([tf.shape(unique_keys)[0], self.num_classes])
+    usable = tf.logical_not(tf.reduce_any(problems))
+    n = tf.where(usable, tf.shape(labels.values)[0], 0)  # all ratings, or none
+    indices = tf.stack([segment_of[:n], tf.cast(labels.values[:n], tf.int32)], axis=1)
+    dense_labels = tf.tensor_scatter_nd_max(tf.zeros(shape), indices, scores.values[:n])
+    weights = tf.minimum(tf.scatter_nd(indices, tf.ones([n]), shape), 1.0)
+    return rows, segment_starts, dense_labels, weights, problems
+
+
+RATING_PROBLEMS = (
+    "a video's segment_labels, segment_start_times and segment_scores differ in number",
+    "a rated segment (segment_start_times + --segment_size) lies outside its video's "
+    "frames",
+    "a segment_scores value is not 0 or 1",
+    "a segment_labels id is outside 0..num_classes-1 (--num_classes)")
+
+
 def get_reader(config, require_labels=True, dequantize=True, student_only=False):
   """The reader a GraphConfig describes (frame or video level, features, classes,
-  max_frames).
+  max_frames; with segment_labels, a YT8MSegmentReader: rated segments when labels are
+  required, every segment of a video otherwise).
 
   require_labels: every record must have at least one label (train/eval); False for
     the unlabeled test partition. dequantize: see YT8MFrameFeatureReader.
   student_only: only the k-frame student reads the batches (no teacher), so decode
     only its frames (see YT8MFrameFeatureReader's selected_frames).
   """
+  if config.frame_features and config.segment_labels:
+    return YT8MSegmentReader(segment_size=config.segment_size, rated=require_labels,
+                             num_classes=config.num_classes,
+                             feature_sizes=list(config.feature_sizes),
+                             feature_names=list(config.feature_names),
+                             max_frames=config.max_frames, dequantize=dequantize)
   if config.frame_features:
     selected = None
     if student_only and config.k_frame < config.max_frames:
@@ -496,8 +653,10 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
                                deterministic=deterministic)
   if shuffle:
     dataset = dataset.shuffle(max(5 * batch_size, 256), seed=seed)
-  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-  if skip_batches:
+  segments = getattr(reader, "emits_segments", False)
+  # Segments are regrouped into batches of batch_size after parsing (below).
+  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder and not segments)
+  if skip_batches and not segments:
     dataset = dataset.skip(skip_batches)
   for stage in reader.parse_stages():
     if companions is None:
@@ -509,9 +668,26 @@ def make_dataset(reader, data_pattern, batch_size=1024, num_readers=1, num_epoch
               stage(*values) if isinstance(values, tuple) else stage(values), companion)),
           num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   if companions is not None:
-    dataset = dataset.map(traced(lambda batch, companion: dict(batch,
-                                                                 companion=companion)))
+    dataset = dataset.map(traced(_join_companion))
+  if getattr(reader, "emits_segments", False):
+    dataset = dataset.map(traced(_without_record_index)).unbatch()
+    if shuffle:
+      dataset = dataset.shuffle(max(4 * batch_size, 256), seed=seed)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if skip_batches:
+      dataset = dataset.skip(skip_batches)
   return dataset.prefetch(2)
+
+
+def _join_companion(batch, companion):
+  """The batch dict with each row's companion record (a segment's: its record's)."""
+  if "record_index" in batch:
+    companion = tf.gather(companion, batch["record_index"])
+  return dict(batch, companion=companion)
+
+
+def _without_record_index(batch):
+  return {key: value for key, value in batch.items() if key != "record_index"}
 
 
 class SkippedRecords(object):
@@ -677,6 +853,32 @@ def _frame_record_problem(reader, serialized):
       if len(values) != 1 or len(values[0]) != size:
         return "frame %d of '%s' has %d bytes, expected %d (--feature_sizes)" % (
             i, name, len(values[0]) if values else 0, size)
+  if getattr(reader, "rated", False):
+    frames = min(min(len(lists[name].feature) for name in reader.feature_names),
+                 reader.max_frames)
+    return _rating_problem(reader, example.context.feature, frames)
+  return None
+
+
+def _rating_problem(reader, context, frames):
+  """What is wrong with a record's segment ratings (--segment_labels), or None."""
+  labels, starts, scores = (
+      list(context[name].int64_list.value or context[name].float_list.value)
+      if name in context else [] for name in SEGMENT_FIELDS)
+  if not len(labels) == len(starts) == len(scores):
+    return ("%d segment_labels, %d segment_start_times and %d segment_scores; they must "
+            "be as many" % (len(labels), len(starts), len(scores)))
+  for label, start, score in zip(labels, starts, scores):
+    if score not in (0.0, 1.0):
+      return ("segment_scores %g for class %d at %d; they must be 0 or 1"
+              % (score, label, start))
+    if not 0 <= label < reader.num_classes:
+      return ("segment_labels id %d outside 0..%d (--num_classes=%d)"
+              % (label, reader.num_classes - 1, reader.num_classes))
+    if not 0 <= start <= frames - reader.segment_size:
+      return ("the segment rated at %d lies outside the video's %d frames (rated "
+              "%d-frame segments start at 0..%d; --segment_size, --max_frames)"
+              % (start, frames, reader.segment_size, frames - reader.segment_size))
   return None
 
 

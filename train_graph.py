@@ -86,6 +86,7 @@ class TrainGraph(object):
         batch = self.task.input_batch(self.train_cfg, self.examples_per_step,
                                       self.skipped, self.start_step)
     self.labels = batch["labels"]
+    self.label_weights = batch.get("label_weights")
     return batch
 
   def _optimizer(self, devices):
@@ -137,6 +138,8 @@ class TrainGraph(object):
       if name != "predictions":
         self.loss_terms[name] = tf.add_n([t[name] for t in towers]) / self.num_towers
     self.predictions = tf.concat([t["predictions"] for t in towers], axis=0)
+    if self.label_weights is not None:  # --segment_labels: only rated classes count
+      self.predictions *= self.label_weights
 
   def _train_op(self, optimizer, grads, grad_norm, loss_scaling):
     """train_op: a finite-loss check, then the update and the batch-norm updates."""
