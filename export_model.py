@@ -6,6 +6,9 @@ video-level model) and returns, per record:
   video_id       [B] string
   class_indexes  [B, 20] int32, the top classes by descending score
   predictions    [B, 20] float32, their scores
+A run trained with --segment_labels serves every --segment_size-frame segment of the
+records instead (one row per segment, B = the segments of the records), and adds
+  segment_start_time  [B] int32, the segment's first frame
 It loads with tf.compat.v1.saved_model.load (graph mode) and tf.saved_model.load (TF2).
 
   python export_model.py --train_dir=<run dir> --output_dir=<saved model dir>
@@ -50,9 +53,13 @@ def build_serving_outputs(cfg, serialized, role, top_k=SERVING_TOP_K):
                               student_only=role == kd_model.STUDENT)
   outputs = inference_graph.top_k_outputs(cfg, reader.parse_batch(serialized), role,
                                           top_k, with_labels=False)
-  return {"video_id": tf.identity(outputs["video_ids"], name="video_id"),
-          "class_indexes": tf.identity(outputs["top_indices"], name="class_indexes"),
-          "predictions": tf.identity(outputs["top_scores"], name="predictions")}
+  served = {"video_id": tf.identity(outputs["video_ids"], name="video_id"),
+            "class_indexes": tf.identity(outputs["top_indices"], name="class_indexes"),
+            "predictions": tf.identity(outputs["top_scores"], name="predictions")}
+  if "segment_start_times" in outputs:
+    served["segment_start_time"] = tf.identity(outputs["segment_start_times"],
+                                               name="segment_start_time")
+  return served
 
 
 def export(model_dir, cfg, checkpoint, output_dir, role):

@@ -11,7 +11,10 @@ Layout of a cache directory:
   teacher-00000.tfrecord ...  one shard per training file (in sorted file order), its
                      records in the same order as the file's (valid) records; each is a
                      tf.train.Example with `id` (the video id), `predictions` [C] and
-                     `representation` [H] as raw float16 or float32 bytes
+                     `representation` [H] as raw float16 or float32 bytes. With
+                     --segment_labels, one value per rated segment of the video, in
+                     the reader's order: `predictions` and `representation` are lists
+                     of such bytes, with `segment_start_times` (int64) beside them
 A shard appears under its final name only when complete (written to a hidden temporary
 file, then renamed), so a killed build resumes with the shards still missing; what a
 killed build leaves behind is a hidden `.teacher-NNNNN.tfrecord.<random>.tmp`, safe to
@@ -66,6 +69,8 @@ def fingerprint(cfg, teacher, files, dtype):
       feature_sizes=",".join(str(s) for s in cfg.feature_sizes),
       frame_features=cfg.frame_features, num_classes=cfg.num_classes,
       max_frames=cfg.max_frames, preprocessing=cfg.preprocessing.kind)
+  if cfg.segment_labels:  # (absent otherwise: video caches keep their digests)
+    described.update(segment_labels=True, segment_size=cfg.segment_size)
   return {
       "format": FORMAT,
       "teacher_checkpoint": utils.absolute(teacher.checkpoint),
@@ -184,7 +189,11 @@ class TeacherCache(object):
       records = (skipped.valid_records(reader, path, size) if skipped
                  else readers.record_dataset(path))
       dataset = records.batch(batch_size)
-      for stage in reader.parse_stages():
+      if cfg.segment_labels:
+        dataset = dataset.map(readers.traced(lambda serialized: dict(
+            reader.parse_batch(serialized), record_ids=_record_ids(serialized))),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+      for stage in [] if cfg.segment_labels else reader.parse_stages():
         dataset = dataset.map(readers.traced(stage),
                               num_parallel_calls=tf.data.AUTOTUNE)
       iterator = tf1.data.make_initializable_iterator(dataset.prefetch(2))
@@ -193,6 +202,9 @@ class TeacherCache(object):
       outputs = kd_model.create_role_model(cfg, kd_model.TEACHER, inputs, num_frames,
                                            is_training=False, reuse=False)
       fetches = [batch["video_ids"], outputs["predictions"], outputs["representation"]]
+      if cfg.segment_labels:
+        fetches += [batch["record_ids"], batch["record_index"],
+                    batch["segment_start_times"]]
       var_list = teacher.var_list(kd_model.teacher_variables())
       run_dir.check_checkpoint_matches(var_list, teacher.checkpoint,
                                        "the teacher checkpoint")
@@ -220,12 +232,19 @@ class TeacherCache(object):
             tf.io.TFRecordWriter(temporary) as writer:
           while True:
             try:
-              ids, predictions, representations = sess.run(fetches)
+              ids, predictions, representations, *segments = sess.run(fetches)
             except tf.errors.OutOfRangeError:
               break
-            for row, video_id in enumerate(ids):
-              writer.write(_entry(video_id, predictions[row].astype(dtype),
-                                  representations[row].astype(dtype)))
+            if segments:
+              ids, record_index, starts = segments
+              for row, video_id in enumerate(ids):
+                mine = record_index == row
+                writer.write(_entry(video_id, predictions[mine].astype(dtype),
+                                    representations[mine].astype(dtype), starts[mine]))
+            else:
+              for row, video_id in enumerate(ids):
+                writer.write(_entry(video_id, predictions[row].astype(dtype),
+                                    representations[row].astype(dtype)))
             videos += len(ids)
             if time.time() - last >= progress_every_secs:
               last = time.time()
@@ -236,12 +255,17 @@ class TeacherCache(object):
     print("Teacher cache: %d videos in %d shards, %.1f videos/s"
           % (videos, len(missing), videos / max(time.time() - start, 1e-9)), flush=True)
 
-  def decode(self, entries, video_ids):
+  def decode(self, entries, video_ids, segment_rank=None, segment_start_times=None):
     """Cache records joined to a batch -> (predictions [B, C], representation [B, H])
     float32, after checking that each entry belongs to its record's video.
 
     entries: [B] serialized cache records ("" where a record had none).
+    segment_rank, segment_start_times: [B] int32, for a batch of segments (a segment
+      cache): which of its video's entry values is each row's, and the start the entry
+      must record there.
     """
+    if self.fingerprint["teacher"].get("segment_labels"):
+      return self._decode_segments(entries, video_ids, segment_rank, segment_start_times)
     dtype = tf.as_dtype(self.fingerprint["dtype"])
     num_classes = self.fingerprint["teacher"]["num_classes"]
     parsed = tf.io.parse_example(entries, {
@@ -259,10 +283,54 @@ class TeacherCache(object):
                     tf.float32))
 
 
-def _entry(video_id, predictions, representation):
+  def _decode_segments(self, entries, video_ids, segment_rank, segment_start_times):
+    """decode() for a segment cache: each row's value of its video's entry."""
+    dtype = tf.as_dtype(self.fingerprint["dtype"])
+    num_classes = self.fingerprint["teacher"]["num_classes"]
+    parsed = tf.io.parse_example(entries, {
+        "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "predictions": tf.io.VarLenFeature(tf.string),
+        "representation": tf.io.VarLenFeature(tf.string),
+        "segment_start_times": tf.io.VarLenFeature(tf.int64)})
+    def value_at_rank(field, missing):
+      """Each row's value of `field` at its rank; `missing` past the entry's end."""
+      dense = tf.sparse.to_dense(parsed[field], default_value=missing)
+      dense = tf.concat([dense, tf.fill([tf.shape(dense)[0], 1], missing)], axis=1)
+      rank = tf.minimum(segment_rank, tf.shape(dense)[1] - 1)[:, None]
+      return tf.gather(dense, rank, batch_dims=1)[:, 0]
+    values = {name: value_at_rank(name, "") for name in ("predictions", "representation")}
+    recorded_start = value_at_rank("segment_start_times", tf.constant(-1, tf.int64))
+    joined = tf.debugging.Assert(
+        tf.reduce_all(tf.logical_and(
+            tf.equal(parsed["id"], video_ids),
+            tf.equal(recorded_start, tf.cast(segment_start_times, tf.int64)))),
+        [NO_ENTRY_MARKER, video_ids, parsed["id"]], summarize=4)
+    with tf.control_dependencies([joined]):
+      predictions = tf.io.decode_raw(values["predictions"], dtype)
+      representation = tf.io.decode_raw(values["representation"], dtype)
+    return (tf.cast(tf.reshape(predictions, [-1, num_classes]), tf.float32),
+            tf.cast(tf.reshape(representation, [-1, self.representation_width]),
+                    tf.float32))
+
+
+def _record_ids(serialized):
+  """[B] serialized SequenceExamples -> their context `id`s [B] string."""
+  context, _, _ = tf.io.parse_sequence_example(
+      serialized, context_features={"id": tf.io.FixedLenFeature([], tf.string)})
+  return context["id"]
+
+
+def _entry(video_id, predictions, representation, segment_start_times=None):
+  """A cache record: one video's teacher outputs ([C] and [H]), or with
+  segment_start_times [S] its S segments' ([S, C] and [S, H])."""
+  rows = lambda array: [array.tobytes()] if segment_start_times is None else [
+      row.tobytes() for row in array]
   feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id])),
              "predictions": tf.train.Feature(bytes_list=tf.train.BytesList(
-                 value=[predictions.tobytes()])),
+                 value=rows(predictions))),
              "representation": tf.train.Feature(bytes_list=tf.train.BytesList(
-                 value=[representation.tobytes()]))}
+                 value=rows(representation)))}
+  if segment_start_times is not None:
+    feature["segment_start_times"] = tf.train.Feature(int64_list=tf.train.Int64List(
+        value=[int(start) for start in segment_start_times]))
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
