@@ -3,6 +3,13 @@
   VideoId,LabelConfidencePairs
   XwFj,123 0.986 4 0.42 ...
 
+With --segment_labels (or a run trained with it), the 2019 challenge's CSV instead:
+every --segment_size-frame segment of every video is scored, and each rated class
+(--segment_label_ids_file) lists its best --segment_max_pred segments, best first:
+
+  Class,Segments
+  3,XwFj:35 Ab12:0 ...
+
 The model comes from one of: --train_dir (its latest checkpoint), --input_model_tgz (a
 tarball written by --output_model_tgz, unpacked into --untar_model_dir) or
 --saved_model (a directory written by export_model.py). The CSV is written to a
@@ -27,6 +34,7 @@ import config  # noqa: E402,F401  (the graph flags: --role, --bf16, ...)
 import inference_graph  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
+import segment_ranking  # noqa: E402
 import utils  # noqa: E402
 import vocabulary  # noqa: E402
 
@@ -57,6 +65,14 @@ flags.DEFINE_integer("top_k", 20, "How many predictions to output per video.",
                      lower_bound=1)
 flags.DEFINE_integer("progress_every_secs", 30, "Seconds between progress lines (videos "
                      "done, videos/s, share of the total and ETA).", lower_bound=1)
+
+flags.DEFINE_integer("segment_max_pred", 100000, "With --segment_labels: segments "
+                     "listed per class in the Class,Segments CSV (Kaggle 2019 scored the "
+                     "first 100,000; the starter's default is 25,000).", lower_bound=1)
+flags.DEFINE_string("segment_label_ids_file", "segment_label_ids.csv", "With "
+                    "--segment_labels: the rated classes, one id per line after a header "
+                    "(the 2019 release's 1,000). A relative path is looked up in the "
+                    "current directory, then in this repository (which ships the file).")
 
 PACKED_DIR = "model"
 
@@ -106,7 +122,7 @@ def csv_rows(video_ids, class_indexes, scores):
 def predict_from_checkpoint(model_dir, output, checkpoint=None):
   """Runs the run's model over --input_data_pattern; writes rows to `output` (a
   PredictionWriter). checkpoint: the one to use, default model_dir's latest."""
-  cfg = run_dir.load(model_dir, flag_name=model_flag_name())
+  cfg = config.with_command_segments(run_dir.load(model_dir, flag_name=model_flag_name()))
   role = cfg.role(FLAGS.role)
   checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
   model = inference_graph.InferenceGraph(
@@ -119,6 +135,54 @@ def predict_from_checkpoint(model_dir, output, checkpoint=None):
     with readers.data_errors_named(model.reader, FLAGS.input_data_pattern,
                                    "--input_data_pattern"):
       return write_rows(sess, fetches, output)
+
+
+def rank_segments_from_checkpoint(model_dir, output_file, checkpoint=None):
+  """--segment_labels: runs the run's model over every segment of every video of
+  --input_data_pattern and writes the Class,Segments CSV to output_file (atomically).
+
+  Each segment competes for its --top_k best rated classes; each class lists its
+  --segment_max_pred best segments (segment_ranking). Memory is bounded by the
+  ranking's, whatever the number of videos. Returns the number of segments.
+  """
+  cfg = config.with_command_segments(run_dir.load(model_dir, flag_name=model_flag_name()))
+  role = cfg.role(FLAGS.role)
+  try:
+    classes = segment_ranking.read_rated_classes(utils.shipped_path(
+        FLAGS.segment_label_ids_file))
+  except utils.UsageError as e:
+    raise utils.UsageError("--segment_label_ids_file: %s" % e)
+  if classes[-1] >= cfg.num_classes:
+    raise utils.UsageError("--segment_label_ids_file=%s names class %d, but the model "
+                           "predicts %d classes (--num_classes)"
+                           % (FLAGS.segment_label_ids_file, classes[-1], cfg.num_classes))
+  checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
+  model = inference_graph.InferenceGraph(
+      cfg, role, FLAGS.input_data_pattern, "--input_data_pattern", FLAGS.batch_size,
+      FLAGS.num_readers, FLAGS.top_k, with_labels=False, classes=classes)
+  print("Ranking the %d-frame segments of every video per rated class (%d classes, at "
+        "most %d segments each) with the %s of %s (%s)"
+        % (cfg.segment_size, len(classes), FLAGS.segment_max_pred, role, model_dir,
+           os.path.basename(checkpoint)), flush=True)
+  ranking = segment_ranking.SegmentRanking(classes, FLAGS.segment_max_pred, FLAGS.top_k)
+  fetches = [model.fetches[key] for key in ("video_ids", "segment_start_times",
+                                            "top_indices", "top_scores")]
+  progress = inference_graph.Progress(FLAGS.progress_every_secs, what="segments")
+  with model.session(checkpoint, FLAGS.bf16) as sess:
+    with readers.data_errors_named(model.reader, FLAGS.input_data_pattern,
+                                   "--input_data_pattern"):
+      while True:
+        try:
+          video_ids, starts, indexes, scores = sess.run(fetches)
+        except tf.errors.OutOfRangeError:
+          break
+        ranking.add_top(segment_ranking.segment_ids(video_ids, starts), indexes, scores)
+        progress.add(len(video_ids))
+  print("%d segments, %.1f segments/s; writing %s" % (progress.done, progress.rate(),
+                                                     output_file), flush=True)
+  with utils.atomic_output(output_file) as output:
+    ranking.write(output)
+  return progress.done
 
 
 def predict_from_saved_model(export_dir, output):
@@ -275,6 +339,14 @@ def _real_path(path):
   return scheme + "://" + posixpath.normpath(rest)
 
 
+def ranks_segments(model_dir):
+  """Whether this command writes the Class,Segments CSV: --segment_labels when given,
+  else the mode the run recorded."""
+  if FLAGS["segment_labels"].present:
+    return FLAGS.segment_labels
+  return bool(model_dir) and run_dir.load(model_dir, model_flag_name()).segment_labels
+
+
 def validate_flags():
   """Checks the flags before any graph is built; raises UsageError naming one."""
   sources = [name for name in ("train_dir", "input_model_tgz", "saved_model")
@@ -297,6 +369,13 @@ def validate_flags():
       "--untar_model_dir": FLAGS.untar_model_dir, "--saved_model": FLAGS.saved_model,
       "--output_model_tgz": FLAGS.output_model_tgz, "--output_file": FLAGS.output_file,
       "--vocabulary": FLAGS.vocabulary, "--input_data_pattern": FLAGS.input_data_pattern})
+  if FLAGS.segment_labels and FLAGS.saved_model:
+    raise utils.UsageError("--segment_labels ranks segments per rated class: use "
+                           "--train_dir or --input_model_tgz (a SavedModel serves each "
+                           "segment's top classes over all classes)")
+  if FLAGS.segment_labels and FLAGS.vocabulary:
+    raise utils.UsageError("--vocabulary names a video's classes; the Class,Segments "
+                           "CSV of --segment_labels lists segments per class")
   tgz = FLAGS.input_model_tgz
   if tgz and (not tf.io.gfile.exists(tgz) or tf.io.gfile.isdir(tgz)):
     raise utils.UsageError("--input_model_tgz=%s does not exist" % FLAGS.input_model_tgz)
@@ -316,6 +395,11 @@ def main(unused_argv):
   if not FLAGS.output_file:
     return 0
   readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
+  if ranks_segments(model_dir):
+    count = rank_segments_from_checkpoint(model_dir, FLAGS.output_file, checkpoint)
+    print("Wrote the Class,Segments CSV of %d segments to %s" % (count,
+                                                                 FLAGS.output_file))
+    return 0
   with contextlib.ExitStack() as files:
     output = files.enter_context(utils.atomic_output(FLAGS.output_file))
     names_output = (files.enter_context(utils.atomic_output(names_path(FLAGS.output_file)))

@@ -1,0 +1,173 @@
+"""The recipe at segment level (--segment_labels) on generated rated shards: a teacher
+over each segment's 5 frames, a 1-frame student alone, a 2-frame student distilled
+through a teacher cache; eval.py's segment metrics, inference.py's Class,Segments CSV
+and the cache's entries, each against the models' own predictions computed here."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import eval_util
+import kd_model
+import readers
+import run_dir
+from tests import helpers
+from tools import segment_eval_inference
+
+tf1 = tf.compat.v1
+NUM_CLASSES = 20
+COMMON = ["--segment_labels", "--max_frames=40", "--batch_size=8", "--seed=3",
+          "--export_model_steps=1000", "--max_steps=8"] + helpers.TINY_MODEL
+RATED = [1, 2, 3, 5, 8, 13]  # the "rated classes" of this test's segment_label_ids
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("segments")
+  train, validate = helpers.make_dataset(root / "data", train_videos=24,
+                                         validate_videos=10, num_classes=NUM_CLASSES,
+                                         max_frames=40, min_frames=12,
+                                         segments_per_video=3)
+  base = str(root / "run")
+  cache = str(root / "cache")
+  for args in (["--model_type=teacher", "--k_frame=40"],
+               ["--model_type=student", "--k_frame=1"],
+               ["--model_type=KD", "--k_frame=2", "--teacher_cache=" + cache]):
+    helpers.run_cli("train.py", ["--train_data_pattern=" + train,
+                                 "--train_dir=" + base] + COMMON + args)
+  return {"root": root, "train": train, "validate": validate, "cache": cache,
+          "teacher": base + "_teacher", "student": base + "_student_k_1",
+          "kd": base + "_KD_k_2"}
+
+
+def direct_predictions(directory, pattern, rated, role=None, batch_size=8):
+  """{(video id, start): (predictions [C], labels [C], label weights [C])} of the
+  run's model on the rated segments (rated=True) or every segment, computed here."""
+  cfg = run_dir.load(directory)
+  role = role or cfg.role()
+  with tf.Graph().as_default():
+    reader = readers.get_reader(cfg, require_labels=rated, dequantize=False)
+    batch = readers.get_input_data_tensors(reader, pattern, batch_size, 1, num_epochs=1,
+                                           shuffle=False)
+    outputs = kd_model.inference_outputs(cfg, batch, role)
+    fetches = [batch["video_ids"], batch["segment_start_times"], outputs["predictions"],
+               batch["labels"], batch.get("label_weights", batch["labels"])]
+    found = {}
+    with tf1.Session() as sess:
+      tf1.train.Saver().restore(sess, tf1.train.latest_checkpoint(directory))
+      while True:
+        try:
+          ids, starts, predictions, labels, weights = sess.run(fetches)
+        except tf.errors.OutOfRangeError:
+          break
+        for row, (video_id, start) in enumerate(zip(ids, starts)):
+          found[(video_id.decode(), int(start))] = (predictions[row], labels[row],
+                                                    weights[row])
+  return found
+
+
+def test_each_run_records_the_segment_mode(runs):
+  for name in ("teacher", "student", "kd"):
+    recorded = json.load(open(os.path.join(runs[name], "model_flags.json")))
+    assert (recorded["segment_labels"], recorded["segment_size"]) == (True, 5), name
+  assert json.load(open(os.path.join(runs["cache"], "fingerprint.json")))[
+      "fingerprint"]["teacher"]["segment_labels"] is True
+
+
+@pytest.mark.parametrize("name", ["teacher", "student", "kd"])
+def test_eval_scores_the_rated_classes_of_each_rated_segment(runs, name):
+  out = helpers.run_cli("eval.py", ["--train_dir=" + runs[name], "--run_once",
+                                    "--eval_data_pattern=" + runs["validate"],
+                                    "--batch_size=8"]).stdout
+  assert "on rated 5-frame segments (only rated classes count)" in out
+  record = json.loads(open(os.path.join(runs[name], "eval.jsonl")).readlines()[-1])
+  assert record["segment_labels"] is True
+  segments = direct_predictions(runs[name], runs["validate"], rated=True)
+  predictions, labels, weights = (np.array(v) for v in zip(*segments.values()))
+  assert record["num_examples"] == len(segments)
+  expected = eval_util.EvaluationMetrics(NUM_CLASSES, 20)
+  expected.accumulate(predictions * weights, labels, 0.0)
+  expected = expected.get()
+  assert record["gap"] == pytest.approx(expected["gap"], abs=1e-6)
+  assert record["hit_at_one"] == pytest.approx(expected["avg_hit_at_one"], abs=1e-6)
+  assert record["map_all_classes"] == pytest.approx(expected["map_all_classes"],
+                                                    abs=1e-6)
+
+
+def reference_ranking(scores_by_segment, rated, top_k, max_pred):
+  """{class: [segment ids]}: the starter's rule written plainly (each segment is a
+  candidate for its top_k rated classes; each class keeps its max_pred best)."""
+  candidates = {}
+  for (video_id, start), scores in scores_by_segment.items():
+    best = sorted(rated, key=lambda c: -scores[c])[:top_k]
+    for label in best:
+      candidates.setdefault(label, []).append((-scores[label], "%s:%d" % (video_id,
+                                                                         start)))
+  return {label: [segment for _, segment in sorted(entries)[:max_pred]]
+          for label, entries in candidates.items()}
+
+
+def test_inference_writes_the_class_segments_csv_of_every_segment(runs, tmp_path):
+  ids_file = tmp_path / "rated.csv"
+  ids_file.write_text("Index\n" + "".join("%d\n" % c for c in RATED))
+  output = tmp_path / "segments.csv"
+  out = helpers.run_cli("inference.py", [
+      "--train_dir=" + runs["kd"], "--input_data_pattern=" + runs["validate"],
+      "--output_file=%s" % output, "--segment_label_ids_file=%s" % ids_file,
+      "--top_k=2", "--segment_max_pred=7", "--batch_size=8"]).stdout
+  segments = direct_predictions(runs["kd"], runs["validate"], rated=False)
+  assert "Wrote the Class,Segments CSV of %d segments" % len(segments) in out
+  lines = output.read_text().splitlines()
+  assert lines[0] == "Class,Segments"
+  written = {int(line.split(",")[0]): line.split(",")[1].split() for line in lines[1:]}
+  expected = reference_ranking({k: v[0] for k, v in segments.items()}, RATED, 2, 7)
+  assert written == expected
+  assert sorted(written) == [c for c in RATED if c in expected]
+  # The 2019 metric of that CSV against the validation ratings.
+  scored = helpers.run_cli("tools/segment_eval_inference.py", [
+      "--eval_data_pattern=" + runs["validate"], "--submission_file=%s" % output,
+      "--num_classes=%d" % NUM_CLASSES]).stdout
+  assert "mAP@all: " in scored
+
+
+def test_segment_flags_of_inference_fail_in_one_line(runs, tmp_path):
+  ids_file = tmp_path / "rated.csv"
+  ids_file.write_text("Index\n3\n25\n")
+  process = helpers.run_cli("inference.py", [
+      "--train_dir=" + runs["kd"], "--input_data_pattern=" + runs["validate"],
+      "--output_file=%s" % (tmp_path / "x.csv"),
+      "--segment_label_ids_file=%s" % ids_file], check=False)
+  assert process.returncode != 0
+  assert helpers.user_error_line(process).endswith(
+      "--segment_label_ids_file=%s names class 25, but the model predicts 20 classes "
+      "(--num_classes)" % ids_file)
+  assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_teacher_cache_holds_the_teachers_outputs_per_rated_segment(runs):
+  teacher = direct_predictions(runs["teacher"], runs["train"], rated=True)
+  cached = {}
+  for index, path in enumerate(readers.list_data_files(runs["train"])):
+    shard = os.path.join(runs["cache"], "teacher-%05d.tfrecord" % index)
+    for serialized in tf1.io.tf_record_iterator(shard):
+      entry = tf.train.Example.FromString(serialized).features.feature
+      video_id = entry["id"].bytes_list.value[0].decode()
+      starts = entry["segment_start_times"].int64_list.value
+      for start, values in zip(starts, entry["predictions"].bytes_list.value):
+        cached[(video_id, int(start))] = np.frombuffer(values, np.float16)
+  assert set(cached) == set(teacher) and len(cached) > 40
+  for key, (predictions, _, _) in teacher.items():
+    np.testing.assert_allclose(cached[key], predictions, atol=2e-3, err_msg=str(key))
+
+
+def test_a_video_level_run_ranks_segments_when_asked(runs, tmp_path):
+  """--segment_labels on the command line overrides what the run recorded: here the
+  other way round, a segment run evaluated on whole videos."""
+  out = helpers.run_cli("eval.py", ["--train_dir=" + runs["teacher"], "--run_once",
+                                    "--eval_data_pattern=" + runs["validate"],
+                                    "--nosegment_labels"]).stdout
+  assert "on rated" not in out
+  record = json.loads(open(os.path.join(runs["teacher"], "eval.jsonl")).readlines()[-1])
+  assert record["segment_labels"] is False and record["num_examples"] == 10
