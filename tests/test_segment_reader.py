@@ -174,3 +174,21 @@ def test_label_weights_leave_unrated_classes_out_of_the_loss(name):
     terms = -(labels * np.log(predictions + 1e-8) +
               (1 - labels) * np.log(1 - predictions + 1e-8))
     assert weighted == pytest.approx((terms * weights).sum(axis=1).mean(), rel=1e-5)
+
+
+def test_skip_corrupt_records_drops_a_record_with_bad_ratings(tmp_path):
+  shard = rated_shard(str(tmp_path / "v.tfrecord"), {
+      "aaaa": [(1, 5, 1.0)], "bbbb": [(3, 0, 0.5)], "cccc": [(2, 0, 0.0), (2, 20, 1.0)]})
+  reader = readers.YT8MSegmentReader(segment_size=SIZE, rated=True,
+                                     num_classes=NUM_CLASSES, feature_names=["rgb"],
+                                     feature_sizes=[1024], max_frames=MAX_FRAMES)
+  with tf.Graph().as_default():
+    skipped = readers.SkippedRecords()
+    batch = readers.get_input_data_tensors(reader, shard, 8, num_epochs=1, shuffle=False,
+                                           skipped=skipped)
+    with tf1.Session() as sess:
+      sess.run([tf1.local_variables_initializer(), tf1.tables_initializer()])
+      got = sess.run(batch)
+      assert skipped.report(sess) == (1, 0)
+  assert [(v, s) for v, s in zip(got["video_ids"], got["segment_start_times"])] == [
+      (b"aaaa", 5), (b"cccc", 0), (b"cccc", 20)]

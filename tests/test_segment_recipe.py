@@ -171,3 +171,24 @@ def test_a_video_level_run_ranks_segments_when_asked(runs, tmp_path):
   assert "on rated" not in out
   record = json.loads(open(os.path.join(runs["teacher"], "eval.jsonl")).readlines()[-1])
   assert record["segment_labels"] is False and record["num_examples"] == 10
+
+
+def test_a_segment_runs_saved_model_serves_every_segment(runs, tmp_path):
+  export_dir = str(tmp_path / "saved_model")
+  helpers.run_cli("export_model.py", ["--train_dir=" + runs["kd"],
+                                      "--output_dir=" + export_dir])
+  records = [r for path in readers.list_data_files(runs["validate"])
+             for r in tf1.io.tf_record_iterator(path)]
+  with tf.Graph().as_default(), tf1.Session() as sess:
+    meta_graph = tf1.saved_model.load(sess, ["serve"], export_dir)
+    signature = meta_graph.signature_def["serving_default"]
+    fetch = {key: value.name for key, value in signature.outputs.items()}
+    served = sess.run(fetch, {signature.inputs["examples"].name: records})
+  segments = direct_predictions(runs["kd"], runs["validate"], rated=False)
+  keys = [(v.decode(), int(s)) for v, s in zip(served["video_id"],
+                                               served["segment_start_time"])]
+  assert keys == list(segments)  # every segment, in the records' order
+  for row, key in enumerate(keys):
+    best = np.argsort(-segments[key][0], kind="stable")[:3]
+    np.testing.assert_allclose(served["predictions"][row][:3], segments[key][0][best],
+                               atol=1e-5)
