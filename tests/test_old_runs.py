@@ -47,6 +47,8 @@ def test_old_runs_evaluate(old, run, role):
   gives the golden metrics."""
   record = golden.evaluate(old[run], old["validate"], role)
   assert record["step"] == 2 and record["num_examples"] == 8
+  # Written before --segment_labels existed: video level (8 videos, not segments).
+  assert record["segment_labels"] is False
   assert record["role"] == (role or ("student" if run == "kd" else "teacher"))
   assert 0 < record["gap"] <= 1
   if (run, role) == ("kd", ""):
