@@ -192,3 +192,29 @@ def test_skip_corrupt_records_drops_a_record_with_bad_ratings(tmp_path):
       assert skipped.report(sess) == (1, 0)
   assert [(v, s) for v, s in zip(got["video_ids"], got["segment_start_times"])] == [
       (b"aaaa", 5), (b"cccc", 0), (b"cccc", 20)]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(model_type="KD", k_frame=6),
+     "--k_frame=6: with --segment_labels the student sees k of a segment's "
+     "--segment_size=5 frames"),
+    (dict(frame_features=False, feature_names=("mean_rgb",), feature_sizes=(1024,)),
+     "--segment_labels needs frame features (--frame_features): segments are frames of "
+     "a video"),
+    (dict(segment_size=301), "--segment_size=301 exceeds --max_frames=300"),
+])
+def test_segment_flags_are_checked_in_one_line(changes, message):
+  import config
+  import utils
+  with pytest.raises(utils.UsageError) as error:
+    config.defaults().replace(segment_labels=True, **changes)
+  assert str(error.value) == message
+
+
+def test_the_teacher_sees_a_whole_segment_and_a_student_k_of_its_frames():
+  import config
+  cfg = config.defaults().replace(segment_labels=True)  # --k_frame=300, the default
+  assert cfg.single_model_role() == "teacher" and cfg.frames_seen("teacher") == 5
+  student = cfg.replace(model_type="KD", k_frame=2)
+  assert student.frames_seen("student") == 2 and student.frames_seen("teacher") == 5
+  assert config.defaults().frames_seen("teacher") == 300
