@@ -9,8 +9,11 @@ on the shards twice per model, each in a process of its own: the video-level CSV
 (VideoId,LabelConfidencePairs) and the Class,Segments CSV over the 1,000 rated classes
 of segment_label_ids.csv with --segment_max_pred=100000. For each it prints wall time,
 frames per second (every frame of the shards lies in one segment, so both modes see
-the same frames) and the process's peak RSS (VmHWM). Targets: segment inference peak
-RSS < 1 GB, and >= 0.9 of video-level inference's frames/s.
+the same frames) and the process's peak RSS (rusage). Targets: segment inference peak
+RSS < 1 GB, and >= 0.9 of video-level inference's frames/s. Also each mode's model
+alone (inference.py's graph on an in-graph random batch, in a process of its own), so
+that end to end / model only shows what reading, cutting segments, ranking and
+writing cost on top of the model.
 
 Models: `logistic` (FrameLevelLogisticModel: the pipeline itself, reading, cutting
 segments, ranking and writing, with a model of negligible cost per example) and
@@ -21,6 +24,7 @@ its frames cost ~5M MACs each. So per frame the segment model does ~4x the work,
 its ratio is bound well below 0.9 by arithmetic, not by the pipeline.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -52,7 +56,45 @@ def peak_of(command, log_path):
   return seconds, usage.ru_maxrss / 1024.0
 
 
+def model_only(run, mode, batch_size, seconds=20.0):
+  """Frames/s of the run's model alone in this process (inference.py's graph on an
+  in-graph random uint8 batch of batch_size 300-frame videos, or of batch_size 5-frame
+  segments ranked over the rated classes), run for about `seconds`."""
+  import numpy as np
+  import tensorflow as tf
+  import inference_graph
+  import run_dir
+  import segment_ranking
+  import utils
+  tf1 = tf.compat.v1
+  tf1.disable_eager_execution()
+  cfg = run_dir.load(run).replace(segment_labels=mode == "segment")
+  frames = cfg.example_frames()
+  classes = (segment_ranking.read_rated_classes(utils.shipped_path(
+      "segment_label_ids.csv")) if mode == "segment" else None)
+  with tf.Graph().as_default():
+    rng = np.random.RandomState(0)
+    matrix = tf1.Variable(rng.randint(0, 256, [batch_size, frames, 1152]).astype(
+        np.uint8), trainable=False)
+    batch = {"video_ids": tf.constant(["v%d" % i for i in range(batch_size)]),
+             "video_matrix": tf.identity(matrix),
+             "num_frames": tf.fill([batch_size], frames)}
+    outputs = inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20, False,
+                                            classes=classes)
+    fetch = [outputs["top_scores"], outputs["top_indices"]]
+    with tf1.Session(config=utils.session_config(False)) as sess:
+      sess.run(tf1.global_variables_initializer())
+      once = common.time_runs(sess, fetch, 1, warmup=2)
+      runs = max(3, int(seconds / max(once, 1e-3)))
+      per_batch = common.time_runs(sess, fetch, runs, warmup=0)
+  return batch_size * frames / per_batch
+
+
 def main():
+  if sys.argv[1:2] == ["--model_only"]:  # a child: run, mode, batch size
+    run, mode, batch_size = sys.argv[2:5]
+    print(json.dumps({"frames_per_second": model_only(run, mode, int(batch_size))}))
+    return
   print(common.cpu_line(), flush=True)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--segments", type=int, default=100000)
@@ -93,13 +135,16 @@ def main():
           [python, os.path.join(common.ROOT, "inference.py"), "--train_dir=" + run,
            "--input_data_pattern=" + pattern, "--batch_size=%d" % args.batch_size]
           + extra, os.path.join(work, "%s_%s.log" % (name, mode)))
+      alone = common.run_child(__file__, ["--model_only", run, mode,
+                                          str(args.batch_size)])["frames_per_second"]
       results[mode] = (seconds, peak)
       rows.append([name, mode, "%.1f" % seconds, "%.0f" % (frames / seconds),
-                   "%.0f" % peak])
+                   "%.0f" % alone, "%.2f" % (frames / seconds / alone), "%.0f" % peak])
     rows[-1].append("%.2f" % (results["video"][0] / results["segment"][0]))
     rows[-2].append("")
-  print(common.table(rows, ["model", "CSV", "seconds", "frames/s", "peak RSS MB",
-                            "segment / video frames/s"]))
+  print(common.table(rows, ["model", "CSV", "seconds", "frames/s end to end",
+                            "frames/s model only", "e2e / model", "peak RSS MB",
+                            "segment / video frames/s (e2e)"]))
 
 
 if __name__ == "__main__":
