@@ -30,7 +30,8 @@ def restore_flags():
 # workers in collection order, and a long file dealt last leaves one worker idle.
 LONGEST_FIRST = ("test_demo.py", "test_reliability.py", "test_train.py",
                  "test_teacher_cache.py", "test_movable_runs.py",
-                 "test_frame_level_models.py", "test_any_teacher.py")
+                 "test_frame_level_models.py", "test_any_teacher.py",
+                 "test_segment_recipe.py")
 
 
 def pytest_collection_modifyitems(items):
