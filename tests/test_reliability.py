@@ -96,6 +96,10 @@ def checkpoint_deleted_before_restore():
   return lambda: setattr(saver, "restore", original)
 
 results = {}
+# The log's descriptors, kept at fixed high numbers for the whole run: a per-case
+# os.dup/os.close could hand back a number that a thread of an earlier case's session
+# then closes, sending the results line to the wrong file.
+LOG_OUT, LOG_ERR = os.dup2(1, 900), os.dup2(2, 901)
 for case in cases:
   FLAGS.unparse_flags()
   graphs_built[0] = 0
@@ -105,7 +109,6 @@ for case in cases:
   start = time.time()
   with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
     sys.stdout.flush(); sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
     try:
       utils.run_main(module.main, [script] + case["args"])
@@ -117,8 +120,7 @@ for case in cases:
       code = "uncaught exception"
     finally:
       sys.stdout.flush(); sys.stderr.flush()
-      os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-      os.close(saved[0]); os.close(saved[1])
+      os.dup2(LOG_OUT, 1); os.dup2(LOG_ERR, 2)
       if undo:
         undo()
     out.seek(0); err.seek(0)

@@ -192,3 +192,12 @@ def test_a_segment_runs_saved_model_serves_every_segment(runs, tmp_path):
     best = np.argsort(-segments[key][0], kind="stable")[:3]
     np.testing.assert_allclose(served["predictions"][row][:3], segments[key][0][best],
                                atol=1e-5)
+
+
+def test_inference_writes_a_video_csv_when_told_nosegment_labels(runs, tmp_path):
+  output = tmp_path / "videos.csv"
+  helpers.run_cli("inference.py", ["--train_dir=" + runs["teacher"], "--nosegment_labels",
+                                   "--input_data_pattern=" + runs["validate"],
+                                   "--output_file=%s" % output])
+  lines = output.read_text().splitlines()
+  assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == 11
