@@ -55,15 +55,17 @@ class FrameLevelLogisticModel(model_utils.BaseModel):
   """Logistic regression on the mean of the real frames."""
 
   def create_model(self, model_input, vocab_size, num_frames, is_training,
-                   l2_penalty=video_level_models.L2_PENALTY, **unused_params):
-    """model_input [B, T, F], num_frames [B] -> {predictions, logits [B, vocab],
-    representation [B, F] the mean frame}."""
+                   l2_penalty=video_level_models.L2_PENALTY, class_ids=None,
+                   **unused_params):
+    """model_input [B, T, F], num_frames [B] -> {predictions, logits [B, vocab] (or
+    [B, R] for R class_ids, see video_level_models), representation [B, F] the mean
+    frame}."""
     mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
     representation = masked_mean(model_input, mask)
     with tf1.variable_scope("classifier"):
       # The starter's model: L2 on the weights only.
       outputs = video_level_models.StarterLogisticModel().create_model(
-          representation, vocab_size, l2_penalty=l2_penalty)
+          representation, vocab_size, l2_penalty=l2_penalty, class_ids=class_ids)
     outputs["representation"] = representation
     return outputs
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 import eval_util
 import kd_model
 import losses
+import model_utils
 import readers
 import run_dir
 import utils
@@ -50,7 +51,7 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=Non
     top_k: classes per video.
     with_labels: also compute what the metrics need from batch["labels"].
     classes: None, or the class ids (a list) the top k is taken among (the rated
-      classes of `inference.py --segment_labels`).
+      classes of `inference.py --segment_labels`); the model computes only those.
   Returns:
     dict of tensors: video_ids [B] string; top_scores [B, K] float32 and top_indices
     [B, K] int32, each video's best classes by descending score (equal scores by
@@ -60,7 +61,13 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=Non
     (the arguments of EvaluationMetrics.accumulate_top_k) and loss (the label loss).
     A segment batch adds segment_start_times [B].
   """
-  predictions = kd_model.inference_outputs(cfg, batch, role, reuse=reuse)["predictions"]
+  if classes is not None:
+    classes = [int(c) for c in classes]
+  predictions = kd_model.inference_outputs(cfg, batch, role, reuse=reuse,
+                                           class_ids=classes)["predictions"]
+  if classes is not None and predictions.shape[1] != len(classes):
+    # A model of one's own that computes every class: same values, taken afterwards.
+    predictions = tf.gather(predictions, classes, axis=1)
   label_weights = batch.get("label_weights") if with_labels else None
   if label_weights is not None:
     # --segment_labels: a segment is scored on its rated classes only (the starter's
@@ -74,7 +81,6 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=Non
     k = tf.minimum(tf.maximum(top_k, tf.cast(tf.reduce_max(num_positives), tf.int32)),
                    num_classes)
   if classes is not None:
-    predictions = tf.gather(predictions, classes, axis=1)
     k = tf.minimum(top_k, len(classes))
   top_scores, top_indices = tf.math.top_k(predictions, k=k, sorted=True)
   if classes is not None:
@@ -122,7 +128,9 @@ class InferenceGraph(object):
                                    classes=classes)
       self._variables = tf1.global_variables()
       self._saver = tf1.train.Saver(self._variables)
-      self._local_init = tf1.local_variables_initializer()
+      # After the restore: copies of the restored weights (model_utils).
+      self._local_init = tf.group(tf1.local_variables_initializer(),
+                                  model_utils.column_caches_initializer())
       self.graph.finalize()
 
   @contextlib.contextmanager

@@ -71,26 +71,31 @@ def _frozen_getter(getter, *args, **kwargs):
 
 
 def create_role_model(cfg, role, model_input, num_frames, is_training, reuse,
-                      frozen=False):
+                      frozen=False, class_ids=None):
   """Builds the role's model (cfg.model_config(role)) under `<role>/tower`.
 
   frozen: the variables are created non-trainable (the serial-KD teacher).
+  class_ids: None, or the classes the predictions are computed for (see
+    video_level_models); the variables are the same either way.
   Returns:
     the model's output dict (model_utils.BaseModel).
   """
   model = cfg.model_config(role)
+  kwargs = model.create_kwargs(cfg.feature_sizes, cfg.frame_packing)
+  if class_ids is not None:
+    kwargs["class_ids"] = list(class_ids)
   with tf1.variable_scope(role, custom_getter=_frozen_getter if frozen else None):
     with tf1.variable_scope("tower", reuse=reuse):
       return model.model_class(cfg.frame_features)().create_model(
           model_input=model_input, vocab_size=cfg.num_classes, num_frames=num_frames,
-          is_training=is_training,
-          **model.create_kwargs(cfg.feature_sizes, cfg.frame_packing))
+          is_training=is_training, **kwargs)
 
 
-def inference_outputs(cfg, batch, role, reuse=False):
+def inference_outputs(cfg, batch, role, reuse=False, class_ids=None):
   """One role's model in inference mode -> its output dict (see create_role_model)."""
   inputs, num_frames = model_inputs(cfg, role, batch, is_training=False)
-  return create_role_model(cfg, role, inputs, num_frames, is_training=False, reuse=reuse)
+  return create_role_model(cfg, role, inputs, num_frames, is_training=False, reuse=reuse,
+                           class_ids=class_ids)
 
 
 def regularization_loss(role):

@@ -18,6 +18,10 @@ PACK_ABOVE_FRAMES = 32
 FRAME_PACKINGS = ("auto", "always", "never")  # --frame_packing
 
 BATCH_NORM_DECAY = 0.999
+# Collection of the ops that fill the column copies fully_connected(columns=...) reads:
+# variables outside the global and local collections, filled (column_caches_initializer)
+# only after the weights they copy are restored.
+COLUMN_CACHES = "column_caches"
 BATCH_NORM_EPSILON = 1e-3
 
 
@@ -77,12 +81,16 @@ def variance_scaling_stddev(fan_in):
 
 
 def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
-                    l2_penalty=0.0, stddev=None, penalize_biases=False):
+                    l2_penalty=0.0, stddev=None, penalize_biases=False, columns=None):
   """Dense layer over the last axis: [..., D] -> [..., num_outputs].
 
   Weights start from a truncated normal with stddev 1/sqrt(D) unless given (0: from
   zeros); biases from 0. l2_penalty regularizes the weights, and the biases too if
-  penalize_biases.
+  penalize_biases. columns: None, or a list of output indices: the variables keep
+  their full [D, num_outputs] shape (and names), but only these outputs are computed,
+  in this order: [..., D] -> [..., len(columns)]. They are read from copies made once
+  by column_caches_initializer(), to be run after the weights are restored (a
+  gather per step cost about as much as the columns it saves).
   """
   input_size = int(inputs.shape[-1])
   if stddev is None:
@@ -93,6 +101,9 @@ def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
         initializer=(truncated_normal(stddev, "weights") if stddev
                      else tf1.zeros_initializer()),
         regularizer=l2_regularizer(l2_penalty))
+    if columns is not None:
+      columns = tf.constant(columns, tf.int32)
+      weights = _column_cache(tf.gather(weights, columns, axis=1), "weights_columns")
     if inputs.shape.ndims == 2:
       outputs = tf.matmul(inputs, weights)
     else:
@@ -101,10 +112,27 @@ def fully_connected(inputs, num_outputs, scope, use_bias=True, activation=None,
       biases = tf1.get_variable(
           "biases", [num_outputs], initializer=tf1.zeros_initializer(),
           regularizer=l2_regularizer(l2_penalty) if penalize_biases else None)
+      if columns is not None:
+        biases = _column_cache(tf.gather(biases, columns), "biases_columns")
       outputs = tf.nn.bias_add(outputs, biases)
     if activation is not None:
       outputs = activation(outputs)
   return outputs
+
+
+def _column_cache(columns, name):
+  """A variable of no collection that holds `columns` (a tensor read from other
+  variables) once the op it adds to COLUMN_CACHES has run; reading it before fails."""
+  cache = tf1.Variable(tf.zeros(columns.shape, columns.dtype), trainable=False,
+                       collections=[], name=name)
+  tf1.add_to_collection(COLUMN_CACHES, cache.assign(columns).op)
+  return cache
+
+
+def column_caches_initializer():
+  """The op that copies the columns every fully_connected(columns=...) of the default
+  graph reads; run it after restoring (or initializing) the weights, never before."""
+  return tf.group(*tf1.get_collection(COLUMN_CACHES), name="init_column_caches")
 
 
 def _masked_moments(inputs, mask):

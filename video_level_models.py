@@ -2,6 +2,11 @@
 
 They serve as models of their own (on video-level features) and as the classifier head
 of the frame-level models (`--video_level_classifier_model`).
+
+Every model here and in frame_level_models takes `class_ids`: None (every class), or a
+list of class ids whose columns alone the predictions (and logits) then hold, in that
+order, computed from the same full-size variables. `inference.py --segment_labels`
+needs only the 1,000 rated classes of 3,862, and computes only those.
 """
 
 import tensorflow as tf
@@ -27,12 +32,14 @@ class LogisticModel(model_utils.BaseModel):
     """Stddev of W's truncated-normal initializer for D = input_size inputs."""
     return model_utils.variance_scaling_stddev(input_size)
 
-  def create_model(self, model_input, vocab_size, l2_penalty=L2_PENALTY, **unused_params):
-    """model_input [B, D] -> {predictions, logits [B, vocab_size], representation}."""
+  def create_model(self, model_input, vocab_size, l2_penalty=L2_PENALTY, class_ids=None,
+                   **unused_params):
+    """model_input [B, D] -> {predictions, logits [B, vocab_size] (or [B, R] for R
+    class_ids), representation}."""
     logits = model_utils.fully_connected(
         model_input, vocab_size, "logistic", l2_penalty=l2_penalty,
         stddev=self.weights_stddev(int(model_input.shape[-1])),
-        penalize_biases=self.penalize_biases)
+        penalize_biases=self.penalize_biases, columns=class_ids)
     return {"predictions": tf.sigmoid(logits), "logits": logits,
             "representation": model_input}
 
@@ -55,16 +62,27 @@ class MoeModel(model_utils.BaseModel):
   """
 
   def create_model(self, model_input, vocab_size, num_mixtures=NUM_MIXTURES,
-                   l2_penalty=L2_PENALTY, **unused_params):
-    """model_input [B, D] -> {predictions [B, vocab_size], representation}."""
+                   l2_penalty=L2_PENALTY, class_ids=None, **unused_params):
+    """model_input [B, D] -> {predictions [B, vocab_size] (or [B, R] for R class_ids),
+    representation}."""
+    # Class c owns gate columns c*(M+1) .. c*(M+1)+M and expert columns c*M .. c*M+M-1.
+    gate_columns = expert_columns = None
+    if class_ids is not None:
+      gate_columns = [c * (num_mixtures + 1) + j for c in class_ids
+                      for j in range(num_mixtures + 1)]
+      expert_columns = [c * num_mixtures + j for c in class_ids
+                        for j in range(num_mixtures)]
     gate_activations = model_utils.fully_connected(
-        model_input, vocab_size * (num_mixtures + 1), "gates", l2_penalty=l2_penalty)
+        model_input, vocab_size * (num_mixtures + 1), "gates", l2_penalty=l2_penalty,
+        columns=gate_columns)
     expert_activations = model_utils.fully_connected(
-        model_input, vocab_size * num_mixtures, "experts", l2_penalty=l2_penalty)
+        model_input, vocab_size * num_mixtures, "experts", l2_penalty=l2_penalty,
+        columns=expert_columns)
     gates = tf.nn.softmax(tf.reshape(gate_activations, [-1, num_mixtures + 1]))
     experts = tf.sigmoid(tf.reshape(expert_activations, [-1, num_mixtures]))
     probabilities = tf.reduce_sum(gates[:, :num_mixtures] * experts, axis=1)
-    predictions = tf.reshape(probabilities, [-1, vocab_size])
+    predictions = tf.reshape(probabilities, [
+        -1, vocab_size if class_ids is None else len(class_ids)])
     return {"predictions": predictions, "representation": model_input}
 
 

@@ -63,6 +63,7 @@ def model_only(run, mode, batch_size, seconds=20.0):
   import numpy as np
   import tensorflow as tf
   import inference_graph
+  import model_utils
   import run_dir
   import segment_ranking
   import utils
@@ -84,6 +85,7 @@ def model_only(run, mode, batch_size, seconds=20.0):
     fetch = [outputs["top_scores"], outputs["top_indices"]]
     with tf1.Session(config=utils.session_config(False)) as sess:
       sess.run(tf1.global_variables_initializer())
+      sess.run(model_utils.column_caches_initializer())
       once = common.time_runs(sess, fetch, 1, warmup=2)
       runs = max(3, int(seconds / max(once, 1e-3)))
       per_batch = common.time_runs(sess, fetch, runs, warmup=0)

@@ -104,6 +104,38 @@ def test_builds_for_training_and_inference(name, overrides, max_frames, classifi
                                      outputs["predictions"], atol=1e-6)
 
 
+@pytest.mark.parametrize("name,classifier", [(n, "LogisticModel") for n in NAMES] + [
+    ("DbofModel", "MoeModel"), ("NeXtVLADModel", "MoeModel")])
+def test_class_ids_compute_those_columns_of_the_same_variables(name, classifier):
+  """inference.py --segment_labels computes the rated classes alone (class_ids): the
+  same numbers as those columns of every class's predictions, from the same
+  variables, read through copies that exist only once column_caches_initializer ran."""
+  class_ids = [7, 2, 9, 0]  # not sorted: the columns come in this order
+  with tf.Graph().as_default():
+    x, n = _placeholders(T)
+    full = _build(name, x, n, False, classifier)
+    names = sorted(v.op.name for v in tf1.global_variables())
+    some = _build(name, x, n, False, classifier, reuse=True, class_ids=class_ids)
+    assert sorted(v.op.name for v in tf1.global_variables()) == names
+    assert not tf1.local_variables()
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      num_frames = [T, 5, 1]
+      feed = {x: _batch(num_frames, T), n: num_frames}
+      with pytest.raises(tf.errors.FailedPreconditionError):
+        sess.run(some["predictions"], feed)  # copies not made yet: no stale weights
+      sess.run(model_utils.column_caches_initializer())
+      full, some = sess.run([full, some], feed)
+  assert some["predictions"].shape == (3, len(class_ids))
+  np.testing.assert_allclose(some["predictions"], full["predictions"][:, class_ids],
+                             rtol=1e-5, atol=1e-7)
+  assert ("logits" in some) == ("logits" in full)
+  if "logits" in full:
+    np.testing.assert_allclose(some["logits"], full["logits"][:, class_ids], rtol=1e-5,
+                               atol=1e-6)
+  np.testing.assert_array_equal(some["representation"], full["representation"])
+
+
 @pytest.mark.parametrize("name,overrides,max_frames", CASES, ids=CASE_IDS)
 def test_padded_frames_do_not_change_predictions(name, overrides, max_frames):
   num_frames = [max_frames, 5, 1]

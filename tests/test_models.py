@@ -223,6 +223,27 @@ def test_moe_predictions_match_numpy_formula():
   np.testing.assert_allclose(pred, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["LogisticModel", "StarterLogisticModel", "MoeModel"])
+def test_video_level_class_ids_compute_those_columns(name):
+  """class_ids picks each class's own gate and expert columns (MoeModel: M + 1 and M
+  per class) from the full-size variables."""
+  class_ids = [3, 0, 5]
+  with tf.Graph().as_default():
+    x = tf.constant(np.random.RandomState(0).normal(size=(4, 5)), tf.float32)
+    model = video_level_models.MODELS.create(name)
+    full = model.create_model(x, 6, num_mixtures=3)
+    num_variables = len(tf1.global_variables())
+    with tf1.variable_scope(tf1.get_variable_scope(), reuse=True):
+      some = model.create_model(x, 6, num_mixtures=3, class_ids=class_ids)
+    assert len(tf1.global_variables()) == num_variables
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      sess.run(model_utils.column_caches_initializer())
+      full, some = sess.run([full["predictions"], some["predictions"]])
+  assert some.shape == (4, 3)
+  np.testing.assert_allclose(some, full[:, class_ids], rtol=1e-6)
+
+
 def test_classifier_and_loss_lookup_errors_name_the_flag():
   with pytest.raises(utils.UsageError, match="--video_level_classifier_model=Nope is not a "
                                              "video-level classifier"):
