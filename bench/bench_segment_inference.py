@@ -1,15 +1,18 @@
 """inference.py --segment_labels against video-level inference of the same model (issue 22).
 
   python bench/bench_segment_inference.py [--segments=100000] [--models=logistic,nextvlad]
+      [--repeats=3]
 
 Writes generated test shards whose videos hold `--segments` 5-frame segments in all
 (300-frame videos: 60 segments each), makes a run directory per model (random
 weights, one training step: speed does not depend on them), and runs inference.py
-on the shards twice per model, each in a process of its own: the video-level CSV
+on the shards in two modes, each run in a process of its own: the video-level CSV
 (VideoId,LabelConfidencePairs) and the Class,Segments CSV over the 1,000 rated classes
-of segment_label_ids.csv with --segment_max_pred=100000. For each it prints wall time,
-frames per second (every frame of the shards lies in one segment, so both modes see
-the same frames) and the process's peak RSS (rusage). Targets: segment inference peak
+of segment_label_ids.csv with --segment_max_pred=100000. Each mode runs --repeats
+times, the modes interleaved; it prints the median wall time (and each run's), frames
+per second (every frame of the shards lies in one segment, so both modes see the same
+frames), the median CPU seconds (user + system: less sensitive than wall time to
+other load on a shared machine) and the highest peak RSS (rusage). Targets: segment inference peak
 RSS < 1 GB, and >= 0.9 of video-level inference's frames/s. Also each mode's model
 alone (inference.py's graph on an in-graph random batch, in a process of its own), so
 that end to end / model only shows what reading, cutting segments, ranking and
@@ -17,15 +20,18 @@ writing cost on top of the model.
 
 Models: `logistic` (FrameLevelLogisticModel: the pipeline itself, reading, cutting
 segments, ranking and writing, with a model of negligible cost per example) and
-`nextvlad` (the documented NeXtVLAD teacher config). A NeXtVLAD's classifier head
-(the hidden layer on the 128 x 288 VLAD, gating and the 3862 logits, ~83M MACs) runs
-once per example: once per 300 frames at video level, once per 5 frames here, where
-its frames cost ~5M MACs each. So per frame the segment model does ~4x the work, and
-its ratio is bound well below 0.9 by arithmetic, not by the pipeline.
+`nextvlad` (the documented NeXtVLAD teacher config). A NeXtVLAD's head (the hidden
+layer on the 36,864-wide VLAD, gating and the logits: ~84M MACs, ~79M over the 1,000
+rated classes alone) runs once per example: once per 300 frames at video level, once
+per 5 frames here, where its frames cost ~4.5M MACs each. So per frame the segment
+model does ~4x the work, and its ratio is bound near 0.24 by arithmetic, not by the
+pipeline. FrameLevelLogistic's head (1,152 x 1,000 MACs per segment) is small, but
+per frame still 15 times the video model's.
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,8 +48,8 @@ FRAMES_PER_VIDEO = 300
 
 
 def peak_of(command, log_path):
-  """Runs `command` with stdout/stderr to log_path; returns (seconds, peak RSS MB) of
-  the child, read from its rusage when it ends."""
+  """Runs `command` with stdout/stderr to log_path; returns (seconds, CPU seconds, peak
+  RSS MB) of the child, the last two read from its rusage when it ends."""
   start = time.time()
   with open(log_path, "w") as log:
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -53,7 +59,7 @@ def peak_of(command, log_path):
   if status != 0:
     raise SystemExit("failed: %s\n%s" % (" ".join(command),
                                          open(log_path).read()[-2000:]))
-  return seconds, usage.ru_maxrss / 1024.0
+  return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
 
 
 def model_only(run, mode, batch_size, seconds=20.0):
@@ -103,6 +109,8 @@ def main():
   parser.add_argument("--models", default="logistic,nextvlad")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--work_dir", default="")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="runs of each mode, interleaved; medians are reported")
   args = parser.parse_args()
   work = args.work_dir or tempfile.mkdtemp(prefix="bench_segments_")
   videos = -(-args.segments // (FRAMES_PER_VIDEO // 5))
@@ -129,24 +137,35 @@ def main():
                "--model_type=teacher", "--k_frame=300", "--max_steps=1",
                "--batch_size=2", "--export_model_steps=1000"] + MODELS[name],
               os.path.join(work, name + "_train.log"))
-    results = {}
-    for mode, extra in (("video", ["--output_file=" + os.path.join(work, name + ".csv")]),
-                        ("segment", ["--segment_labels", "--output_file=" +
-                                     os.path.join(work, name + "_segments.csv")])):
-      seconds, peak = peak_of(
-          [python, os.path.join(common.ROOT, "inference.py"), "--train_dir=" + run,
-           "--input_data_pattern=" + pattern, "--batch_size=%d" % args.batch_size]
-          + extra, os.path.join(work, "%s_%s.log" % (name, mode)))
+    modes = (("video", ["--output_file=" + os.path.join(work, name + ".csv")]),
+             ("segment", ["--segment_labels", "--output_file=" +
+                          os.path.join(work, name + "_segments.csv")]))
+    runs = {mode: [] for mode, _ in modes}
+    for _ in range(args.repeats):  # interleaved, so that a noisy spell hits both modes
+      for mode, extra in modes:
+        runs[mode].append(peak_of(
+            [python, os.path.join(common.ROOT, "inference.py"), "--train_dir=" + run,
+             "--input_data_pattern=" + pattern, "--batch_size=%d" % args.batch_size]
+            + extra, os.path.join(work, "%s_%s.log" % (name, mode))))
+    medians = {}
+    for mode, _ in modes:
+      seconds, cpu = (statistics.median(r[i] for r in runs[mode]) for i in (0, 1))
+      peak = max(r[2] for r in runs[mode])
+      medians[mode] = seconds, cpu
       alone = common.run_child(__file__, ["--model_only", run, mode,
                                           str(args.batch_size)])["frames_per_second"]
-      results[mode] = (seconds, peak)
-      rows.append([name, mode, "%.1f" % seconds, "%.0f" % (frames / seconds),
-                   "%.0f" % alone, "%.2f" % (frames / seconds / alone), "%.0f" % peak])
-    rows[-1].append("%.2f" % (results["video"][0] / results["segment"][0]))
-    rows[-2].append("")
-  print(common.table(rows, ["model", "CSV", "seconds", "frames/s end to end",
-                            "frames/s model only", "e2e / model", "peak RSS MB",
-                            "segment / video frames/s (e2e)"]))
+      rows.append([name, mode, "%.1f" % seconds,
+                   " ".join("%.1f" % r[0] for r in runs[mode]), "%.1f" % cpu,
+                   "%.0f" % (frames / seconds), "%.0f" % alone,
+                   "%.2f" % (frames / seconds / alone), "%.0f" % peak])
+    rows[-1] += ["%.2f" % (medians["video"][0] / medians["segment"][0]),
+                 "%.2f" % (medians["video"][1] / medians["segment"][1])]
+    rows[-2] += ["", ""]
+  print(common.table(rows, ["model", "CSV", "seconds (median)", "each run",
+                            "CPU seconds (median)", "frames/s end to end",
+                            "frames/s model only", "e2e / model", "peak RSS MB (max)",
+                            "segment / video frames/s (e2e)",
+                            "segment / video frames per CPU second"]))
 
 
 if __name__ == "__main__":
