@@ -44,8 +44,9 @@ def runs(tmp_path_factory):
 
 def direct_predictions(directory, pattern, rated, role=None, batch_size=8):
   """{(video id, start): (predictions [C], labels [C], label weights [C])} of the
-  run's model on the rated segments (rated=True) or every segment, computed here."""
-  cfg = run_dir.load(directory)
+  run's model (a video-level run's too) on the rated segments (rated=True) or every
+  segment, computed here."""
+  cfg = run_dir.load(directory).replace(segment_labels=True, segment_size=5)
   role = role or cfg.role()
   with tf.Graph().as_default():
     reader = readers.get_reader(cfg, require_labels=rated, dequantize=False)
@@ -146,20 +147,46 @@ def test_segment_flags_of_inference_fail_in_one_line(runs, tmp_path):
   assert not (tmp_path / "x.csv").exists()
 
 
-def test_the_teacher_cache_holds_the_teachers_outputs_per_rated_segment(runs):
-  teacher = direct_predictions(runs["teacher"], runs["train"], rated=True)
+def assert_cache_holds(cache, pattern, teacher_dir):
+  """The cache holds one entry per rated segment of pattern's videos, each the
+  prediction of teacher_dir's model on that segment (float16)."""
+  teacher = direct_predictions(teacher_dir, pattern, rated=True)
   cached = {}
-  for index, path in enumerate(readers.list_data_files(runs["train"])):
-    shard = os.path.join(runs["cache"], "teacher-%05d.tfrecord" % index)
+  for index, _ in enumerate(readers.list_data_files(pattern)):
+    shard = os.path.join(cache, "teacher-%05d.tfrecord" % index)
     for serialized in tf1.io.tf_record_iterator(shard):
       entry = tf.train.Example.FromString(serialized).features.feature
       video_id = entry["id"].bytes_list.value[0].decode()
-      starts = entry["segment_start_times"].int64_list.value
-      for start, values in zip(starts, entry["predictions"].bytes_list.value):
+      for start, values in zip(entry["segment_start_times"].int64_list.value,
+                               entry["predictions"].bytes_list.value):
         cached[(video_id, int(start))] = np.frombuffer(values, np.float16)
   assert set(cached) == set(teacher) and len(cached) > 40
   for key, (predictions, _, _) in teacher.items():
     np.testing.assert_allclose(cached[key], predictions, atol=2e-3, err_msg=str(key))
+
+
+def test_the_teacher_cache_holds_the_teachers_outputs_per_rated_segment(runs):
+  assert_cache_holds(runs["cache"], runs["train"], runs["teacher"])
+
+
+def test_a_video_level_teacher_teaches_a_segment_student_on_each_segment(runs,
+                                                                        tmp_path):
+  """The 2019 starter's baseline as a teacher: a model trained on whole videos, applied
+  to each rated segment's 5 frames, its outputs cached per segment."""
+  base = str(tmp_path / "run")
+  cache = str(tmp_path / "cache")
+  video_level = [a for a in COMMON if a != "--segment_labels"]
+  helpers.run_cli("train.py", ["--train_data_pattern=" + runs["train"], "--train_dir=" +
+                               base, "--model_type=teacher", "--k_frame=40"]
+                  + video_level)
+  helpers.run_cli("train.py", ["--train_data_pattern=" + runs["train"], "--train_dir=" +
+                               base, "--model_type=KD", "--k_frame=2",
+                               "--teacher_cache=" + cache] + COMMON)
+  assert json.load(open(base + "_teacher/model_flags.json"))["segment_labels"] is False
+  assert json.load(open(base + "_KD_k_2/model_flags.json"))["segment_labels"] is True
+  assert json.load(open(os.path.join(cache, "fingerprint.json")))[
+      "fingerprint"]["teacher"]["segment_labels"] is True
+  assert_cache_holds(cache, runs["train"], base + "_teacher")
 
 
 def test_a_video_level_run_ranks_segments_when_asked(runs, tmp_path):
