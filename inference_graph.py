@@ -52,6 +52,7 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=Non
     with_labels: also compute what the metrics need from batch["labels"].
     classes: None, or the class ids (a list) the top k is taken among (the rated
       classes of `inference.py --segment_labels`); the model computes only those.
+      Not with with_labels (the metrics count every class).
   Returns:
     dict of tensors: video_ids [B] string; top_scores [B, K] float32 and top_indices
     [B, K] int32, each video's best classes by descending score (equal scores by
@@ -62,6 +63,8 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=Non
     A segment batch adds segment_start_times [B].
   """
   if classes is not None:
+    if with_labels:
+      raise ValueError("top_k_outputs: classes= is for inference without labels")
     classes = [int(c) for c in classes]
   predictions = kd_model.inference_outputs(cfg, batch, role, reuse=reuse,
                                            class_ids=classes)["predictions"]

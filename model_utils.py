@@ -18,11 +18,11 @@ PACK_ABOVE_FRAMES = 32
 FRAME_PACKINGS = ("auto", "always", "never")  # --frame_packing
 
 BATCH_NORM_DECAY = 0.999
+BATCH_NORM_EPSILON = 1e-3
 # Collection of the ops that fill the column copies fully_connected(columns=...) reads:
 # variables outside the global and local collections, filled (column_caches_initializer)
 # only after the weights they copy are restored.
 COLUMN_CACHES = "column_caches"
-BATCH_NORM_EPSILON = 1e-3
 
 
 class BaseModel(object):
