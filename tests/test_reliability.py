@@ -96,9 +96,8 @@ def checkpoint_deleted_before_restore():
   return lambda: setattr(saver, "restore", original)
 
 results = {}
-# The log's descriptors, kept at fixed high numbers for the whole run: a per-case
-# os.dup/os.close could hand back a number that a thread of an earlier case's session
-# then closes, sending the results line to the wrong file.
+# The log's descriptors, kept at fixed high numbers for the whole run, where no case's
+# own files can land.
 LOG_OUT, LOG_ERR = os.dup2(1, 900), os.dup2(2, 901)
 for case in cases:
   FLAGS.unparse_flags()
@@ -142,7 +141,10 @@ class Driver(object):
     with open(cases_file, "w") as f:
       json.dump(cases, f)
     self.log_path = os.path.join(directory, "driver_%s.log" % script[:-3])
-    driver = os.path.join(directory, "driver.py")
+    # A file of its own: drivers start one after the other, and rewriting a shared
+    # driver.py while an earlier driver's child was still reading it ran an empty
+    # script (exit 0, nothing in the log).
+    driver = os.path.join(directory, "driver_%s.py" % script[:-3])
     with open(driver, "w") as f:
       f.write(DRIVER)
     self.process = helpers.start_cli(driver, [script, cases_file], self.log_path,
