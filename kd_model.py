@@ -75,7 +75,7 @@ def create_role_model(cfg, role, model_input, num_frames, is_training, reuse,
   """Builds the role's model (cfg.model_config(role)) under `<role>/tower`.
 
   frozen: the variables are created non-trainable (the serial-KD teacher).
-  class_ids: None, or the classes the predictions are computed for (see
+  class_ids: None, or a list of the classes the predictions are computed for (see
     video_level_models); the variables are the same either way.
   Returns:
     the model's output dict (model_utils.BaseModel).
@@ -83,7 +83,7 @@ def create_role_model(cfg, role, model_input, num_frames, is_training, reuse,
   model = cfg.model_config(role)
   kwargs = model.create_kwargs(cfg.feature_sizes, cfg.frame_packing)
   if class_ids is not None:
-    kwargs["class_ids"] = list(class_ids)
+    kwargs["class_ids"] = class_ids
   with tf1.variable_scope(role, custom_getter=_frozen_getter if frozen else None):
     with tf1.variable_scope("tower", reuse=reuse):
       return model.model_class(cfg.frame_features)().create_model(

@@ -12,8 +12,8 @@ of segment_label_ids.csv with --segment_max_pred=100000. Each mode runs --repeat
 times, the modes interleaved; it prints the median wall time (and each run's), frames
 per second (every frame of the shards lies in one segment, so both modes see the same
 frames), the median CPU seconds (user + system: less sensitive than wall time to
-other load on a shared machine) and the highest peak RSS (rusage). Targets: segment inference peak
-RSS < 1 GB, and >= 0.9 of video-level inference's frames/s. Also each mode's model
+other load on a shared machine) and the highest peak RSS (rusage). Targets: segment
+inference peak RSS < 1 GB, and >= 0.9 of video-level inference's frames/s. Also each mode's model
 alone (inference.py's graph on an in-graph random batch, in a process of its own), so
 that end to end / model only shows what reading, cutting segments, ranking and
 writing cost on top of the model.
