@@ -16,15 +16,17 @@ import tensorflow as tf
 import frame_level_models
 import frame_selection
 import losses
-from kd_model import STUDENT, TEACHER
 import model_utils
 import preprocessing
+import registry
 import utils
 import video_level_models
 
 flags = tf.compat.v1.flags
 FLAGS = flags.FLAGS
 
+# The two model scopes of a KD graph (kd_model builds them).
+TEACHER, STUDENT = "teacher", "student"
 MODEL_TYPES = ("teacher", "student", "KD")
 KD_MODES = ("serial", "parallel")
 
@@ -64,6 +66,8 @@ flags.DEFINE_enum("role", "", ["", TEACHER, STUDENT], "eval.py, inference.py, "
                   "trained (the student of a KD run), or teacher / student.")
 
 # --- models -----------------------------------------------------------------------------
+# --model and --video_level_classifier_model choose among the registered models; every
+# hyperparameter a model registers (registry.Hyperparameter) is a flag of its own.
 _ALL_MODELS = frame_level_models.MODELS.names() + tuple(
     n for n in video_level_models.MODELS.names() if n not in frame_level_models.MODELS)
 flags.DEFINE_enum("model", "NeXtVLADModel", _ALL_MODELS,
@@ -74,53 +78,28 @@ flags.DEFINE_enum("video_level_classifier_model", "LogisticModel",
                   video_level_models.CLASSIFIERS.names(),
                   "Classifier on top of a frame-level model (LogisticModel: the original "
                   "KD code's; StarterLogisticModel: no L2 on its biases).")
-flags.DEFINE_integer("moe_num_mixtures", video_level_models.NUM_MIXTURES,
-                     "The number of mixtures (excluding the dummy 'expert') used for "
-                     "MoeModel.", lower_bound=1)
-flags.DEFINE_float("l2_penalty", video_level_models.L2_PENALTY,
-                   "L2 penalty on the classifier weights.", lower_bound=0.0)
-flags.DEFINE_integer("nextvlad_cluster_size", 64,
-                     "Number of units in the NeXtVLAD cluster layer.", lower_bound=1)
-flags.DEFINE_integer("nextvlad_hidden_size", 1024,
-                     "Number of units in the NeXtVLAD hidden layer.", lower_bound=1)
-flags.DEFINE_integer("groups", 8, "number of groups in VLAD encoding", lower_bound=1)
-flags.DEFINE_float("drop_rate", 0.5, "dropout ratio after VLAD encoding",
-                   lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_integer("expansion", 2, "expansion ratio in Group NetVlad", lower_bound=1)
-flags.DEFINE_integer("gating_reduction", 8, "reduction factor in se context gating",
-                     lower_bound=1)
-flags.DEFINE_integer("mix_number", 3, "MixNeXtVladModel: NeXtVLAD branches mixed per "
-                     "video.", lower_bound=1)
-flags.DEFINE_float("cl_temperature", 2.0, "MixNeXtVladModel: temperature of the class "
-                   "distributions (softmax of logits / T) whose KL divergence from the "
-                   "mixture to each branch regularizes training.", lower_bound=1e-6)
-flags.DEFINE_float("cl_lambda", 1.0, "MixNeXtVladModel: weight of that KL divergence "
-                   "(the model's regularization_loss).", lower_bound=0.0)
-flags.DEFINE_integer("iterations", 30, "Frames DbofModel samples per video (0: all "
-                     "real frames).", lower_bound=0)
-flags.DEFINE_bool("dbof_add_batch_norm", True, "Adds batch normalization to the DBoF "
-                  "model.")
-flags.DEFINE_bool("sample_random_frames", True, "DbofModel samples --iterations random "
-                  "frames if True, uniformly spread frames if False.")
-flags.DEFINE_integer("dbof_cluster_size", 8192, "Number of units in the DBoF cluster "
-                     "layer.", lower_bound=1)
-flags.DEFINE_integer("dbof_hidden_size", 1024, "Number of units in the DBoF hidden "
-                     "layer.", lower_bound=1)
-flags.DEFINE_enum("dbof_pooling_method", "max", frame_level_models.POOLING_METHODS,
-                  "Pooling of the DBoF cluster layer over frames.")
-flags.DEFINE_integer("lstm_cells", 1024, "Number of LSTM cells.", lower_bound=1)
-flags.DEFINE_integer("lstm_layers", 2, "Number of LSTM layers.", lower_bound=1)
-flags.DEFINE_integer("netvlad_cluster_size", 64, "Number of NetVLAD clusters of the "
-                     "first modality (the others get half).", lower_bound=1)
-flags.DEFINE_integer("netvlad_hidden_size", 1024, "Number of units in the NetVLAD "
-                     "hidden layer.", lower_bound=1)
-flags.DEFINE_bool("netvlad_add_batch_norm", True, "Adds batch normalization to the "
-                  "NetVLAD model.")
-flags.DEFINE_bool("gating", True, "Context gating after the NetVLAD hidden layer.")
-flags.DEFINE_integer("hrnn_cells", 1024, "Number of LSTM cells of both HRNN levels.",
-                     lower_bound=1)
-flags.DEFINE_integer("hrnn_block_size", 15, "Consecutive frames per HRNN block.",
-                     lower_bound=1)
+HYPERPARAMETERS = registry.hyperparameters()
+
+
+def _define_flag(hyperparameter):
+  """The absl flag of a registered hyperparameter, typed by its default."""
+  name, default, text = hyperparameter.flag, hyperparameter.default, hyperparameter.help
+  bounds = dict(lower_bound=hyperparameter.lower_bound,
+                upper_bound=hyperparameter.upper_bound)
+  if isinstance(default, bool):
+    flags.DEFINE_bool(name, default, text)
+  elif isinstance(default, int):
+    flags.DEFINE_integer(name, default, text, **bounds)
+  elif isinstance(default, float):
+    flags.DEFINE_float(name, default, text, **bounds)
+  elif hyperparameter.choices:
+    flags.DEFINE_enum(name, default, hyperparameter.choices, text)
+  else:
+    flags.DEFINE_string(name, default, text)
+
+
+for _hyperparameter in HYPERPARAMETERS.values():
+  _define_flag(_hyperparameter)
 flags.DEFINE_enum("label_loss", "CrossEntropyLoss", losses.LABEL_LOSSES.names(),
                   "Which loss function to use for training the model "
                   "(CrossEntropyLoss: epsilon 1e-8 as the original KD code; "
@@ -163,88 +142,39 @@ flags.DEFINE_bool("bf16", False,
                   "rewrite on GPUs. Variables and checkpoints stay float32.")
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig(object):
-  """One model: its architecture (--model), classifier and hyperparameters.
-
-  Field names are the flag names. In KD each role has its own: the KD command's flags
-  describe the student, and the teacher's come from its own run directory
-  (GraphConfig.teacher_model). Layers and models never see flags, only
-  `create_kwargs()`.
-  """
-  model: str
-  video_level_classifier_model: str
-  l2_penalty: float
-  moe_num_mixtures: int
-  nextvlad_cluster_size: int
-  nextvlad_hidden_size: int
-  groups: int
-  drop_rate: float
-  expansion: int
-  gating_reduction: int
-  mix_number: int
-  cl_temperature: float
-  cl_lambda: float
-  iterations: int
-  dbof_add_batch_norm: bool
-  sample_random_frames: bool
-  dbof_cluster_size: int
-  dbof_hidden_size: int
-  dbof_pooling_method: str
-  lstm_cells: int
-  lstm_layers: int
-  netvlad_cluster_size: int
-  netvlad_hidden_size: int
-  netvlad_add_batch_norm: bool
-  gating: bool
-  hrnn_cells: int
-  hrnn_block_size: int
+class _ModelMethods(object):
+  """What a ModelConfig does (its fields are the registered models' flags)."""
 
   def model_class(self, frame_features):
     """The --model class, from the registry of the feature kind in use."""
-    registry = (frame_level_models.MODELS if frame_features
-                else video_level_models.MODELS)
-    if self.model not in registry and not frame_features:
+    models = (frame_level_models.MODELS if frame_features
+              else video_level_models.MODELS)
+    if self.model not in models and not frame_features:
       raise utils.UsageError("--model=%s is not a video-level model (choose from: %s); "
                              "for frame-level models set --frame_features"
-                             % (self.model, ", ".join(registry.names())))
-    return registry.get(self.model)
+                             % (self.model, ", ".join(models.names())))
+    return models.get(self.model)
+
+  def hyperparameters(self):
+    """The Hyperparameters create_model gets: the model's, then its classifier's."""
+    model = registry.model_class(self.model)
+    found = list(model.hyperparameters)
+    if model in frame_level_models.MODELS.classes():
+      found += video_level_models.CLASSIFIERS.get(
+          self.video_level_classifier_model).hyperparameters
+    return found
 
   def create_kwargs(self, feature_sizes, frame_packing):
     """The keyword arguments of model_class().create_model besides the inputs."""
-    kwargs = dict(feature_sizes=feature_sizes,
-                  classifier=self.video_level_classifier_model,
-                  l2_penalty=self.l2_penalty, num_mixtures=self.moe_num_mixtures)
-    if self.model in ("NeXtVLADModel", "MixNeXtVladModel"):
-      kwargs.update(cluster_size=self.nextvlad_cluster_size,
-                    hidden_size=self.nextvlad_hidden_size, groups=self.groups,
-                    expansion=self.expansion, gating_reduction=self.gating_reduction,
-                    drop_rate=self.drop_rate, frame_packing=frame_packing)
-      if self.model == "MixNeXtVladModel":
-        kwargs.update(mix_number=self.mix_number, cl_temperature=self.cl_temperature,
-                      cl_lambda=self.cl_lambda)
-    elif self.model == "DbofModel":
-      kwargs.update(iterations=self.iterations,
-                    sample_random_frames=self.sample_random_frames,
-                    add_batch_norm=self.dbof_add_batch_norm,
-                    cluster_size=self.dbof_cluster_size,
-                    hidden_size=self.dbof_hidden_size,
-                    pooling_method=self.dbof_pooling_method,
-                    frame_packing=frame_packing)
-    elif self.model == "LstmModel":
-      kwargs.update(cells=self.lstm_cells, layers=self.lstm_layers)
-    elif self.model == "NetVLADModel":
-      kwargs.update(cluster_size=self.netvlad_cluster_size,
-                    hidden_size=self.netvlad_hidden_size,
-                    add_batch_norm=self.netvlad_add_batch_norm, gating=self.gating,
-                    frame_packing=frame_packing)
-    elif self.model == "HRNNModel":
-      kwargs.update(cells=self.hrnn_cells, block_size=self.hrnn_block_size)
+    kwargs = dict(feature_sizes=feature_sizes, frame_packing=frame_packing,
+                  classifier=self.video_level_classifier_model)
+    for hyperparameter in self.hyperparameters():
+      kwargs[hyperparameter.keyword()] = getattr(self, hyperparameter.flag)
     return kwargs
 
   def model_only(self):
     """This config as a plain ModelConfig (a GraphConfig is one plus its run)."""
-    return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
+    return ModelConfig(**self.model_json())
 
   def model_json(self):
     """{flag name: value} of the model fields (what model_flags.json records of a
@@ -259,6 +189,16 @@ class ModelConfig(object):
         if k not in ("feature_sizes", "frame_packing")))
 
 
+# One model: its architecture (--model), classifier and the hyperparameters of every
+# registered model (field names are the flag names, all recorded in model_flags.json).
+# In KD each role has its own: the KD command's flags describe the student, and the
+# teacher's come from its own run directory (GraphConfig.teacher_model). Layers and
+# models never see flags, only `create_kwargs()`.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [("model", str), ("video_level_classifier_model", str)] +
+    [(h.flag, type(h.default)) for h in HYPERPARAMETERS.values()],
+    bases=(_ModelMethods,), frozen=True)
 MODEL_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
 
 

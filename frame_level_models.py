@@ -51,6 +51,7 @@ def _stacked_lstm(frames, num_frames, num_units, num_layers, scope):
   return final_h
 
 
+@registry.frame_level_model(video_level_models.L2)
 class FrameLevelLogisticModel(model_utils.BaseModel):
   """Logistic regression on the mean of the real frames."""
 
@@ -70,6 +71,20 @@ class FrameLevelLogisticModel(model_utils.BaseModel):
     return outputs
 
 
+@registry.frame_level_model(
+    registry.Hyperparameter("iterations", "Frames DbofModel samples per video (0: all "
+                            "real frames).", lower_bound=0),
+    registry.Hyperparameter("dbof_add_batch_norm", "Adds batch normalization to the "
+                            "DBoF model.", arg="add_batch_norm"),
+    registry.Hyperparameter("sample_random_frames", "DbofModel samples --iterations "
+                            "random frames if True, uniformly spread frames if False."),
+    registry.Hyperparameter("dbof_cluster_size", "Number of units in the DBoF cluster "
+                            "layer.", arg="cluster_size", lower_bound=1),
+    registry.Hyperparameter("dbof_hidden_size", "Number of units in the DBoF hidden "
+                            "layer.", arg="hidden_size", lower_bound=1),
+    registry.Hyperparameter("dbof_pooling_method", "Pooling of the DBoF cluster layer "
+                            "over frames.", arg="pooling_method",
+                            choices=POOLING_METHODS))
 class DbofModel(model_utils.BaseModel):
   """Deep bag of frames: per-frame cluster layer, pooled over frames, hidden layer.
 
@@ -165,6 +180,11 @@ class DbofModel(model_utils.BaseModel):
     return (masked_max if pooling_method == "max" else masked_mean)(padded, mask)
 
 
+@registry.frame_level_model(
+    registry.Hyperparameter("lstm_cells", "Number of LSTM cells.", arg="cells",
+                            lower_bound=1),
+    registry.Hyperparameter("lstm_layers", "Number of LSTM layers.", arg="layers",
+                            lower_bound=1))
 class LstmModel(model_utils.BaseModel):
   """A stack of LSTMs over the real frames; the top layer's final state is classified."""
 
@@ -228,6 +248,15 @@ def netvlad(frames, mask, cluster_size, add_batch_norm, is_training, packed=Fals
   return tf.nn.l2_normalize(vlad, axis=1)
 
 
+@registry.frame_level_model(
+    registry.Hyperparameter("netvlad_cluster_size", "Number of NetVLAD clusters of the "
+                            "first modality (the others get half).", arg="cluster_size",
+                            lower_bound=1),
+    registry.Hyperparameter("netvlad_hidden_size", "Number of units in the NetVLAD "
+                            "hidden layer.", arg="hidden_size", lower_bound=1),
+    registry.Hyperparameter("netvlad_add_batch_norm", "Adds batch normalization to the "
+                            "NetVLAD model.", arg="add_batch_norm"),
+    registry.Hyperparameter("gating", "Context gating after the NetVLAD hidden layer."))
 class NetVLADModel(model_utils.BaseModel):
   """NetVLAD per modality -> hidden FC + BN + relu6 -> context gating -> classifier."""
 
@@ -271,6 +300,11 @@ class NetVLADModel(model_utils.BaseModel):
                     classifier_params)
 
 
+@registry.frame_level_model(
+    registry.Hyperparameter("hrnn_cells", "Number of LSTM cells of both HRNN levels.",
+                            arg="cells", lower_bound=1),
+    registry.Hyperparameter("hrnn_block_size", "Consecutive frames per HRNN block.",
+                            arg="block_size", lower_bound=1))
 class HRNNModel(model_utils.BaseModel):
   """Hierarchical RNN: a 2-layer LSTM inside blocks of frames, an LSTM over blocks.
 
@@ -323,7 +357,5 @@ class HRNNModel(model_utils.BaseModel):
     return blocks, block_frames
 
 
-MODELS = registry.Registry("frame-level model", "--model")
-for _model in (FrameLevelLogisticModel, DbofModel, LstmModel, NetVLADModel, HRNNModel,
-               NeXtVLADModel, MixNeXtVladModel):
-  MODELS.register(_model)
+# Every frame-level model: those above and nextvlad.py's, in registration order.
+MODELS = registry.FRAME_LEVEL_MODELS

@@ -24,13 +24,13 @@ import dataclasses
 
 import tensorflow as tf
 
+from config import STUDENT, TEACHER  # noqa: F401  (kd_model.TEACHER, as callers spell it)
 import frame_selection
 import losses
 import model_utils
 import readers
 
 tf1 = tf.compat.v1
-TEACHER, STUDENT = "teacher", "student"
 PROJECTION_SCOPE = "rep_projection"
 
 

@@ -14,6 +14,7 @@ per-video weights, trained with an on-the-fly distillation of the mixture into e
 import tensorflow as tf
 
 import model_utils
+import registry
 import utils
 import video_level_models
 
@@ -100,6 +101,19 @@ class NeXtVLAD(object):
     return model_utils.batch_norm(vlad, self.is_training, "vlad_bn")
 
 
+@registry.frame_level_model(
+    registry.Hyperparameter("nextvlad_cluster_size", "Number of units in the NeXtVLAD "
+                            "cluster layer.", arg="cluster_size", lower_bound=1),
+    registry.Hyperparameter("nextvlad_hidden_size", "Number of units in the NeXtVLAD "
+                            "hidden layer.", arg="hidden_size", lower_bound=1),
+    registry.Hyperparameter("groups", "number of groups in VLAD encoding",
+                            lower_bound=1),
+    registry.Hyperparameter("drop_rate", "dropout ratio after VLAD encoding",
+                            lower_bound=0.0, upper_bound=1.0),
+    registry.Hyperparameter("expansion", "expansion ratio in Group NetVlad",
+                            lower_bound=1),
+    registry.Hyperparameter("gating_reduction", "reduction factor in se context "
+                            "gating", lower_bound=1))
 class NeXtVLADModel(model_utils.BaseModel):
   """NeXtVLAD video classifier over frame features (rgb then audio)."""
 
@@ -147,6 +161,17 @@ class NeXtVLADModel(model_utils.BaseModel):
     return classify(representation, vocab_size, is_training, classifier, classifier_params)
 
 
+@registry.frame_level_model(
+    registry.Hyperparameter("mix_number", "MixNeXtVladModel: NeXtVLAD branches mixed "
+                            "per video.", lower_bound=1),
+    registry.Hyperparameter("cl_temperature", "MixNeXtVladModel: temperature of the "
+                            "class distributions (softmax of logits / T) whose KL "
+                            "divergence from the mixture to each branch regularizes "
+                            "training.", lower_bound=1e-6),
+    registry.Hyperparameter("cl_lambda", "MixNeXtVladModel: weight of that KL "
+                            "divergence (the model's regularization_loss).",
+                            lower_bound=0.0),
+    *NeXtVLADModel.hyperparameters)
 class MixNeXtVladModel(model_utils.BaseModel):
   """A per-video mixture of NeXtVLAD models ("on-the-fly naive ensemble", the original
   nextvlad.py's second model).

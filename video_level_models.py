@@ -16,8 +16,15 @@ import registry
 
 L2_PENALTY = 1e-8  # the starter's default (--l2_penalty)
 NUM_MIXTURES = 2  # --moe_num_mixtures
+# The classifiers' hyperparameters (a frame-level model passes its classifier's on).
+L2 = registry.Hyperparameter("l2_penalty", "L2 penalty on the classifier weights.",
+                             default=L2_PENALTY, lower_bound=0.0)
+MIXTURES = registry.Hyperparameter(
+    "moe_num_mixtures", "The number of mixtures (excluding the dummy 'expert') used "
+    "for MoeModel.", arg="num_mixtures", default=NUM_MIXTURES, lower_bound=1)
 
 
+@registry.video_level_model(L2)
 class LogisticModel(model_utils.BaseModel):
   """Logistic regression: predictions = sigmoid(x W + b).
 
@@ -44,6 +51,7 @@ class LogisticModel(model_utils.BaseModel):
             "representation": model_input}
 
 
+@registry.video_level_model(L2)
 class StarterLogisticModel(LogisticModel):
   """LogisticModel as the starter-based models of this port had it: W from a truncated
   normal with stddev 1/sqrt(D), L2 penalty on W only (today's starter penalizes W only).
@@ -55,6 +63,7 @@ class StarterLogisticModel(LogisticModel):
     return input_size ** -0.5
 
 
+@registry.video_level_model(MIXTURES, L2)
 class MoeModel(model_utils.BaseModel):
   """Mixture of logistic experts with a softmax gate per class (and a dummy expert).
 
@@ -86,10 +95,7 @@ class MoeModel(model_utils.BaseModel):
     return {"predictions": predictions, "representation": model_input}
 
 
-# The models of video-level features (--model with --frame_features=False) ...
-MODELS = registry.Registry("video-level model", "--model")
-# ... and the classifiers on top of a frame-level model: the same classes.
-CLASSIFIERS = registry.Registry("video-level classifier", "--video_level_classifier_model")
-for _model in (LogisticModel, StarterLogisticModel, MoeModel):
-  MODELS.register(_model)
-  CLASSIFIERS.register(_model)
+# The models of video-level features (--model with --frame_features=False) and the
+# classifiers on top of a frame-level model: the same classes.
+MODELS = registry.VIDEO_LEVEL_MODELS
+CLASSIFIERS = registry.CLASSIFIERS
