@@ -16,6 +16,7 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402,F401  (the graph flags: --role, --bf16, ...)
 import inference_graph  # noqa: E402
+import progress  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
 import utils  # noqa: E402
@@ -50,9 +51,9 @@ def evaluate_checkpoint(model, cfg, checkpoint, num_records):
 
   num_records: how many records the data holds, for the progress lines.
   """
-  progress = (inference_graph.Progress(FLAGS.progress_every_secs, what="segments")
+  progress = (progress.Progress(FLAGS.progress_every_secs, what="segments")
               if cfg.segment_labels else
-              inference_graph.Progress(FLAGS.progress_every_secs, num_records))
+              progress.Progress(FLAGS.progress_every_secs, num_records))
   with model.session(checkpoint, FLAGS.bf16) as sess:
     metrics = inference_graph.evaluate(sess, model.fetches, cfg.num_classes, FLAGS.top_k,
                                        skipped=model.skipped, progress=progress,

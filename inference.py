@@ -32,6 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402,F401  (the graph flags: --role, --bf16, ...)
 import inference_graph  # noqa: E402
+import progress  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
 import segment_ranking  # noqa: E402
@@ -167,7 +168,7 @@ def rank_segments_from_checkpoint(model_dir, output_file, checkpoint=None):
   ranking = segment_ranking.SegmentRanking(classes, FLAGS.segment_max_pred, FLAGS.top_k)
   fetches = [model.fetches[key] for key in ("video_ids", "segment_start_times",
                                             "top_indices", "top_scores")]
-  progress = inference_graph.Progress(FLAGS.progress_every_secs, what="segments")
+  progress = progress.Progress(FLAGS.progress_every_secs, what="segments")
   with model.session(checkpoint, FLAGS.bf16) as sess:
     with readers.data_errors_named(model.reader, FLAGS.input_data_pattern,
                                    "--input_data_pattern"):
@@ -226,7 +227,7 @@ def write_rows(sess, fetches, output, feed=None):
   feed: (tensor of serialized records, name of the model input to feed them to), for
   a SavedModel whose graph was imported without our reader.
   """
-  progress = inference_graph.Progress(
+  progress = progress.Progress(
       FLAGS.progress_every_secs,
       readers.count_records(readers.list_data_files(FLAGS.input_data_pattern)))
   while True:

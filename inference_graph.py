@@ -112,24 +112,94 @@ def restore_checked(session, saver, variables, checkpoint, what="checkpoint"):
   utils.restore_checkpoint(saver, session, checkpoint)
 
 
-class InferenceGraph(object):
-  """A graph of its own: one pass over a data pattern through a role's model.
+def role_outputs(cfg, batch, role, reuse=False):
+  """The role's model in inference mode on a reader batch -> what a teacher cache keeps.
 
-  Attributes: graph, reader, fetches (see top_k_outputs), skipped (a SkippedRecords
-  or None).
+  Returns:
+    dict of tensors: video_ids [B] string, predictions [B, C] and representation
+    [B, H] float32; a segment batch adds segment_start_times [B], record_index [B]
+    (the record of the batch each segment came from) and, when the batch has them,
+    record_ids [R] (the ids of the batch's records).
+  """
+  outputs = kd_model.inference_outputs(cfg, batch, role, reuse=reuse)
+  fetched = {"video_ids": batch["video_ids"], "predictions": outputs["predictions"],
+             "representation": outputs["representation"]}
+  for name in ("segment_start_times", "record_index", "record_ids"):
+    if name in batch:
+      fetched[name] = batch[name]
+  return fetched
+
+
+def _record_ids(serialized):
+  """[R] serialized SequenceExamples -> their context `id`s [R] string."""
+  context, _, _ = tf.io.parse_sequence_example(
+      serialized, context_features={"id": tf.io.FixedLenFeature([], tf.string)})
+  return context["id"]
+
+
+def one_file_batches(reader, path, size, batch_size, skipped=None):
+  """One file's records in their order, parsed batch_size records at a time.
+
+  path, size: scalar tensors (the file and its size in bytes, for skipped's check of
+  a cut file). A segment reader's batches add record_ids (see role_outputs).
+  """
+  records = (skipped.valid_records(reader, path, size) if skipped
+             else readers.record_dataset(path))
+  dataset = records.batch(batch_size)
+  if isinstance(reader, readers.YT8MSegmentReader):
+    dataset = dataset.map(readers.traced(lambda serialized: dict(
+        reader.parse_batch(serialized), record_ids=_record_ids(serialized))),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    for stage in reader.parse_stages():
+      dataset = dataset.map(readers.traced(stage), num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.prefetch(2)
+
+
+class InferenceGraph(object):
+  """A graph of its own: a role's model in inference mode over records.
+
+  Two ways to read: one unshuffled pass over every file of a data pattern (eval.py,
+  inference.py: data_pattern given), or one file at a time (a teacher cache:
+  data_pattern None, each pass begun by start_file). Fetches: the top classes
+  (top_k_outputs) when top_k is set, else role_outputs.
+  Attributes: graph, reader, fetches, skipped (a SkippedRecords or None).
   """
 
   def __init__(self, cfg, role, data_pattern, flag_name, batch_size, num_readers,
-               top_k, with_labels, skip_corrupt_records=False, classes=None):
+               top_k=None, with_labels=False, skip_corrupt_records=False, classes=None,
+               require_labels=None, checkpoint_scope=None):
+    """require_labels: records must have labels (default: with_labels);
+    checkpoint_scope: the scope the role's variables have in the checkpoint, when it
+    is not the role's own (a student's run teaching as a teacher)."""
     self.graph = tf.Graph()
+    self._reads_files = data_pattern is None
     with self.graph.as_default():
       self.skipped = readers.SkippedRecords() if skip_corrupt_records else None
-      self.reader, self._initializer, batch = input_batches(
-          cfg, role, data_pattern, batch_size, num_readers, flag_name,
-          require_labels=with_labels, skipped=self.skipped)
-      self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels,
-                                   classes=classes)
+      require_labels = with_labels if require_labels is None else require_labels
+      if self._reads_files:
+        self.reader = readers.get_reader(cfg, require_labels=require_labels,
+                                         dequantize=False,
+                                         student_only=role == kd_model.STUDENT)
+        self._path = tf1.placeholder(tf.string, [])
+        self._size = tf1.placeholder(tf.int64, [])
+        iterator = tf1.data.make_initializable_iterator(one_file_batches(
+            self.reader, self._path, self._size, batch_size, self.skipped))
+        self._initializer, batch = iterator.initializer, iterator.get_next()
+      else:
+        self.reader, self._initializer, batch = input_batches(
+            cfg, role, data_pattern, batch_size, num_readers, flag_name,
+            require_labels=require_labels, skipped=self.skipped)
+      if top_k is None:
+        self.fetches = role_outputs(cfg, batch, role)
+      else:
+        self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels,
+                                     classes=classes)
       self._variables = tf1.global_variables()
+      if checkpoint_scope and checkpoint_scope != role:
+        self._variables = {
+            (checkpoint_scope + v.op.name[len(role):] if v.op.name.startswith(role + "/")
+             else v.op.name): v for v in self._variables}
       self._saver = tf1.train.Saver(self._variables)
       # After the restore: copies of the restored weights (model_utils).
       self._local_init = tf.group(tf1.local_variables_initializer(),
@@ -137,46 +207,27 @@ class InferenceGraph(object):
       self.graph.finalize()
 
   @contextlib.contextmanager
-  def session(self, checkpoint, bf16=False):
-    """A session with `checkpoint` restored (checked) and the data at its start."""
+  def session(self, checkpoint, bf16=False, what="checkpoint"):
+    """A session with `checkpoint` restored (checked) and, reading a data pattern, the
+    data at its start."""
     with tf1.Session(graph=self.graph, config=utils.session_config(bf16)) as sess:
-      restore_checked(sess, self._saver, self._variables, checkpoint)
-      sess.run([self._local_init, self._initializer])
+      restore_checked(sess, self._saver, self._variables, checkpoint, what)
+      sess.run(self._local_init)
+      if not self._reads_files:
+        sess.run(self._initializer)
       yield sess
 
+  def start_file(self, session, path, size):
+    """Begins a pass over one file (`size` bytes) in one-file-at-a-time mode."""
+    session.run(self._initializer, {self._path: path, self._size: size})
 
-class Progress(object):
-  """A line every `every_secs` seconds on long passes: videos done, videos/s, and with a
-  known total the share done and the time left. Lines, not a terminal animation: these
-  commands run in logs on clusters."""
-
-  def __init__(self, every_secs, total=None, what="videos"):
-    self.every_secs = every_secs
-    self.total = total
-    self.what = what
-    self.start = self.last = time.time()
-    self.done = 0
-
-  def add(self, count):
-    """Counts `count` more videos; prints a line when every_secs have passed."""
-    self.done += count
-    now = time.time()
-    if now - self.last >= self.every_secs:
-      self.last = now
-      print(self.line(), flush=True)
-
-  def rate(self):
-    return self.done / max(time.time() - self.start, 1e-9)
-
-  def line(self):
-    """'N [of T (P%)] videos, R videos/s[, ETA H:MM:SS]'."""
-    rate = self.rate()
-    if not self.total:
-      return "%d %s, %.1f %s/s" % (self.done, self.what, rate, self.what)
-    left = max(self.total - self.done, 0) / max(rate, 1e-9)
-    return "%d of %d %s (%.1f%%), %.1f %s/s, ETA %s" % (
-        self.done, self.total, self.what, 100.0 * self.done / self.total, rate,
-        self.what, time.strftime("%H:%M:%S", time.gmtime(left)))
+  def batches(self, session):
+    """Yields the fetches' values, a batch at a time, to the end of the pass."""
+    while True:
+      try:
+        yield session.run(self.fetches)
+      except tf.errors.OutOfRangeError:
+        return
 
 
 def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=None,

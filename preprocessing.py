@@ -25,6 +25,8 @@ PCA = "pca_eigenvals"
 NONE = "none"
 RGB_BIAS = 4.0 / 512.0
 RGB_NAME, RGB_SIZE = "rgb", 1024
+# The scale's variable, as a checkpoint names it.
+SCALE_VARIABLE = "input_preprocessing/rgb_scale"
 
 
 def load_rgb_scale(path, rgb_size=RGB_SIZE):

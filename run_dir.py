@@ -61,6 +61,31 @@ def lock(run_dir):
   return handle
 
 
+def prepare(run_dir, cfg, start_new_model):
+  """Makes run_dir ready for training: wipes it first with start_new_model, writes
+  model_flags.json into a new one, and checks a resumed one was trained with cfg.
+
+  Raises:
+    UsageError when resuming a run whose recorded model flags differ from cfg's.
+  """
+  if start_new_model and tf.io.gfile.exists(run_dir):
+    print("--start_new_model: removing %s" % run_dir)
+    utils.remove_tree(run_dir)
+  tf.io.gfile.makedirs(run_dir)
+  recorded = read_recorded(run_dir)
+  if recorded is None:
+    utils.write_json(flags_path(run_dir), cfg.to_json())
+    return
+  # Read back through GraphConfig: fields an older version did not record compare as
+  # the defaults they had.
+  recorded = config.from_json(recorded, flags_path(run_dir)).to_json()
+  conflicts = config.conflicts(recorded, cfg.to_json())
+  if conflicts:
+    raise utils.UsageError(
+        "%s was trained with other model flags (%s); resume with the same flags or "
+        "pass --start_new_model=True" % (run_dir, "; ".join(conflicts)))
+
+
 def flags_path(run_dir):
   """<run_dir>/model_flags.json."""
   return os.path.join(run_dir, MODEL_FLAGS_FILE)

@@ -25,14 +25,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 
 import numpy as np
 import tensorflow as tf
 
+import inference_graph
 import kd_model
+import progress
 import readers
-import run_dir
 import utils
 
 tf1 = tf.compat.v1
@@ -115,9 +115,11 @@ def _mismatch(stored, wanted):
 
 @dataclasses.dataclass
 class TeacherCache(object):
-  """A cache directory for one fingerprint."""
+  """A cache directory for one fingerprint; teacher: the kd_model.Teacher that builds
+  it (None for a cache only read)."""
   directory: str
   fingerprint: dict
+  teacher: kd_model.Teacher = None
   representation_width: int = 0
 
   def record(self):
@@ -166,13 +168,14 @@ class TeacherCache(object):
                              "teacher cache" % (self.directory, FINGERPRINT_FILE))
     self.representation_width = 0
 
-  def build(self, cfg, teacher, batch_size, skip_corrupt_records, bf16,
-            progress_every_secs=30):
+  def build(self, cfg, batch_size, skip_corrupt_records, bf16, progress_every_secs=30):
     """Runs the teacher over every training file without a complete shard.
 
-    The teacher (cfg.model_config(TEACHER), restored from teacher.checkpoint) runs in
-    inference mode on all frames, with cfg.preprocessing; memory stays that of one
-    batch whatever the number of videos.
+    The teacher (cfg.model_config(TEACHER), restored from self.teacher) runs in
+    inference mode on all frames, with cfg.preprocessing, through the inference graph
+    eval and inference use, one file at a time; memory stays that of one batch
+    whatever the number of videos. Each shard is written under a temporary name and
+    renamed when complete.
     """
     missing = self.missing_shards()
     if not missing:
@@ -180,80 +183,36 @@ class TeacherCache(object):
     tf.io.gfile.makedirs(self.directory)
     files = [path for path, _, _ in self.fingerprint["files"]]
     dtype = DTYPES[self.fingerprint["dtype"]]
-    graph = tf.Graph()
-    with graph.as_default():
-      path = tf1.placeholder(tf.string, [])
-      size = tf1.placeholder(tf.int64, [])
-      reader = readers.get_reader(cfg, dequantize=False)
-      skipped = readers.SkippedRecords() if skip_corrupt_records else None
-      records = (skipped.valid_records(reader, path, size) if skipped
-                 else readers.record_dataset(path))
-      dataset = records.batch(batch_size)
-      if cfg.segment_labels:
-        dataset = dataset.map(readers.traced(lambda serialized: dict(
-            reader.parse_batch(serialized), record_ids=_record_ids(serialized))),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-      for stage in [] if cfg.segment_labels else reader.parse_stages():
-        dataset = dataset.map(readers.traced(stage),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-      iterator = tf1.data.make_initializable_iterator(dataset.prefetch(2))
-      batch = iterator.get_next()
-      inputs, num_frames = kd_model.model_inputs(cfg, kd_model.TEACHER, batch)
-      outputs = kd_model.create_role_model(cfg, kd_model.TEACHER, inputs, num_frames,
-                                           is_training=False, reuse=False)
-      fetches = [batch["video_ids"], outputs["predictions"], outputs["representation"]]
-      if cfg.segment_labels:
-        fetches += [batch["record_ids"], batch["record_index"],
-                    batch["segment_start_times"]]
-      var_list = teacher.var_list(kd_model.teacher_variables())
-      run_dir.check_checkpoint_matches(var_list, teacher.checkpoint,
-                                       "the teacher checkpoint")
-      saver = tf1.train.Saver(var_list=var_list)
-      init = [tf1.global_variables_initializer(), tf1.local_variables_initializer()]
-      graph.finalize()
-    self.representation_width = int(outputs["representation"].shape[-1])
+    # Records without labels fail (or are skipped) here as in training, so that each
+    # shard holds an entry for exactly the records training reads.
+    model = inference_graph.InferenceGraph(
+        cfg, kd_model.TEACHER, None, "--train_data_pattern", batch_size, 1,
+        require_labels=True, skip_corrupt_records=skip_corrupt_records,
+        checkpoint_scope=self.teacher.scope)
+    self.representation_width = int(model.fetches["representation"].shape[-1])
     utils.write_json(os.path.join(self.directory, FINGERPRINT_FILE), {
         "fingerprint": self.fingerprint, "digest": digest(self.fingerprint),
         "representation_width": self.representation_width, "bf16": bool(bf16)})
     print("Teacher cache: computing %d of %d shards into %s"
           % (len(missing), len(files), self.directory), flush=True)
-    start = last = time.time()
-    videos = 0
-    with tf1.Session(graph=graph, config=utils.session_config(bf16)) as sess:
-      sess.run(init)
-      saver.restore(sess, teacher.checkpoint)
+    count = progress.Progress(progress_every_secs)
+    with model.session(self.teacher.checkpoint, bf16, "the teacher checkpoint") as sess:
       for done, index in enumerate(missing):
         final = self.shard(index)
         # A name of its own: two students starting together may build the same shard.
         temporary = utils.temporary_name(final)
-        sess.run(iterator.initializer, {path: files[index],
-                                        size: self.fingerprint["files"][index][1]})
-        with readers.data_errors_named(reader, files[index], "--train_data_pattern"), \
+        model.start_file(sess, files[index], self.fingerprint["files"][index][1])
+        count.prefix = "Teacher cache: shard %d of %d, " % (done + 1, len(missing))
+        with readers.data_errors_named(model.reader, files[index],
+                                       "--train_data_pattern"), \
             tf.io.TFRecordWriter(temporary) as writer:
-          while True:
-            try:
-              ids, predictions, representations, *segments = sess.run(fetches)
-            except tf.errors.OutOfRangeError:
-              break
-            if segments:
-              ids, record_index, starts = segments
-              for row, video_id in enumerate(ids):
-                mine = record_index == row
-                writer.write(_entry(video_id, predictions[mine].astype(dtype),
-                                    representations[mine].astype(dtype), starts[mine]))
-            else:
-              for row, video_id in enumerate(ids):
-                writer.write(_entry(video_id, predictions[row].astype(dtype),
-                                    representations[row].astype(dtype)))
-            videos += len(ids)
-            if time.time() - last >= progress_every_secs:
-              last = time.time()
-              print("Teacher cache: shard %d of %d, %d videos, %.1f videos/s"
-                    % (done + 1, len(missing), videos, videos / (last - start)),
-                    flush=True)
+          for out in model.batches(sess):
+            for entry in _entries(out, dtype):
+              writer.write(entry)
+            count.add(len(out.get("record_ids", out["video_ids"])))
         utils.replace_file(temporary, final)
     print("Teacher cache: %d videos in %d shards, %.1f videos/s"
-          % (videos, len(missing), videos / max(time.time() - start, 1e-9)), flush=True)
+          % (count.done, len(missing), count.rate()), flush=True)
 
   def decode(self, entries, video_ids, segment_rank=None, segment_start_times=None):
     """Cache records joined to a batch -> (predictions [B, C], representation [B, H])
@@ -313,11 +272,20 @@ class TeacherCache(object):
                     tf.float32))
 
 
-def _record_ids(serialized):
-  """[B] serialized SequenceExamples -> their context `id`s [B] string."""
-  context, _, _ = tf.io.parse_sequence_example(
-      serialized, context_features={"id": tf.io.FixedLenFeature([], tf.string)})
-  return context["id"]
+def _entries(out, dtype):
+  """The cache records of one batch of role_outputs: one per video, or with segments
+  one per record holding each of its segments' values."""
+  if "record_ids" not in out:
+    return [_entry(video_id, out["predictions"][row].astype(dtype),
+                   out["representation"][row].astype(dtype))
+            for row, video_id in enumerate(out["video_ids"])]
+  entries = []
+  for row, video_id in enumerate(out["record_ids"]):
+    mine = out["record_index"] == row
+    entries.append(_entry(video_id, out["predictions"][mine].astype(dtype),
+                          out["representation"][mine].astype(dtype),
+                          out["segment_start_times"][mine]))
+  return entries
 
 
 def _entry(video_id, predictions, representation, segment_start_times=None):

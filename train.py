@@ -10,6 +10,8 @@ In KD the model flags describe the student; the teacher's model is the one its r
 directory records. This module is the CLI: it resolves the flags once into a
 GraphConfig and a TrainConfig, the run directory, the teacher and its cache, then runs
 the loop over the graph train_graph.TrainGraph builds (cluster.py: where it runs).
+training_run.resolve settles the run's whole description once, before anything is
+written.
 """
 
 import contextlib
@@ -19,19 +21,18 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cluster  # noqa: E402
 import config  # noqa: E402
-import eval_util  # noqa: E402
 import inference_graph  # noqa: E402
 import kd_model  # noqa: E402
-import preprocessing  # noqa: E402
+import progress  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
 import teacher_cache  # noqa: E402
 import train_graph  # noqa: E402
+import training_run  # noqa: E402
 import utils  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -91,7 +92,6 @@ flags.DEFINE_integer("log_every_n_steps", 10, "Console line and training summari
                      "(loss terms, Hit@1, GAP) every this many steps.", lower_bound=1)
 
 VALIDATION_FILE = "validation.jsonl"
-PCA_VARIABLE = "input_preprocessing/rgb_scale"
 
 
 def max_steps(flag_values=FLAGS):
@@ -125,7 +125,7 @@ def validate_flags():
   """Every check that needs no graph and no data (absl checked each flag on its own).
 
   Returns:
-    (GraphConfig, TrainConfig) of the flags.
+    (GraphConfig, TrainConfig, the training files listed once, RunOptions).
   Raises:
     UsageError naming a flag.
   """
@@ -146,128 +146,17 @@ def validate_flags():
                            "teacher trains, so its outputs change at every step")
   if FLAGS.build_teacher_cache_only and not FLAGS.teacher_cache:
     raise utils.UsageError("--build_teacher_cache_only needs --teacher_cache")
-  readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
+  train_files = readers.list_data_files(FLAGS.train_data_pattern,
+                                        "--train_data_pattern")
   if FLAGS.eval_data_pattern:
     readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
-  return cfg, train_cfg
-
-
-def resolve_train_dir(cfg):
-  """The run directory of this run: --train_dir plus the run-kind suffix."""
-  base = FLAGS.train_dir.rstrip("/") or "."
-  return base + cfg.run_dir_suffix()
-
-
-def prepare_run_dir(cfg, train_dir, is_chief):
-  """Wipes (--start_new_model) or checks a resumed run dir; writes model_flags.json.
-
-  Raises:
-    UsageError when resuming a run whose recorded model flags differ from these.
-  """
-  if not is_chief:
-    return
-  if FLAGS.start_new_model and tf.io.gfile.exists(train_dir):
-    print("--start_new_model: removing %s" % train_dir)
-    utils.remove_tree(train_dir)
-  tf.io.gfile.makedirs(train_dir)
-  recorded = run_dir.read_recorded(train_dir)
-  if recorded is None:
-    utils.write_json(run_dir.flags_path(train_dir), cfg.to_json())
-    return
-  # Read back through GraphConfig: fields an older version did not record compare as
-  # the defaults they had.
-  recorded = config.from_json(recorded, run_dir.flags_path(train_dir)).to_json()
-  conflicts = config.conflicts(recorded, cfg.to_json())
-  if conflicts:
-    raise utils.UsageError(
-        "%s was trained with other model flags (%s); resume with the same flags or "
-        "pass --start_new_model=True" % (train_dir, "; ".join(conflicts)))
-
-
-def resolve_teacher(cfg, train_dir, resuming):
-  """(cfg with its teacher's model, the kd_model.Teacher to restore or None).
-
-  A serial run that starts fresh, or reads a teacher cache, finds the teacher
-  checkpoint and builds the teacher its run directory records; a resumed online run
-  already holds its teacher in its checkpoint, and keeps the model it recorded. A
-  parallel run's teacher trains from scratch with the command's model flags.
-  """
-  if cfg.kd_mode == "parallel":
-    return cfg.replace(teacher_model=cfg.model_json()), None
-  if resuming and not FLAGS.teacher_cache:
-    recorded = config.from_json(run_dir.read_recorded(train_dir) or {},
-                                run_dir.flags_path(train_dir))
-    return cfg.replace(teacher_model=recorded.teacher_model), None
-  checkpoint = run_dir.teacher_checkpoint(
-      FLAGS.teacher_checkpoint, FLAGS.train_dir.rstrip("/") + "_teacher", cfg.max_frames)
-  teacher, model, note = run_dir.teacher_of(checkpoint, cfg)
-  print("Teacher: %s" % checkpoint, flush=True)
-  if note:
-    print(note, flush=True)
-  cfg = cfg.replace(teacher_model=model.model_json())
-  if model != cfg.model_only():
-    print("Teacher model: %s; student model: %s"
-          % (model.describe(), cfg.model_only().describe()), flush=True)
-  return cfg, teacher
-
-
-def resolve_preprocessing(cfg, train_dir, teacher):
-  """cfg with its preprocessing settled when the command line leaves --pca_eigenvals at
-  its default.
-
-  PCA scaling became the default after runs had been written without it. So that those
-  keep working with the command that made them, a resumed run keeps the preprocessing
-  its model_flags.json records, and a fresh serial-KD run follows its teacher's
-  checkpoint. A --pca_eigenvals given on the command line is taken as it is (and a
-  mismatch is refused later, naming both).
-  """
-  if FLAGS["pca_eigenvals"].present or cfg.preprocessing.kind != preprocessing.PCA:
-    return cfg
-  recorded = None if FLAGS.start_new_model else run_dir.read_recorded(train_dir)
-  if recorded is not None:
-    source = "as recorded in " + run_dir.flags_path(train_dir)
-    scaled = recorded.get("preprocessing") == preprocessing.PCA
-  elif teacher:
-    source = "as the teacher %s was trained" % teacher.checkpoint
-    scaled = PCA_VARIABLE in run_dir.checkpoint_variables(teacher.checkpoint)
-  else:
-    return cfg
-  if scaled:
-    return cfg
-  print("Preprocessing: none (no PCA scaling), %s; pass --pca_eigenvals to choose"
-        % source, flush=True)
-  return cfg.replace(preprocessing=preprocessing.Preprocessing())
-
-
-def check_teacher_preprocessing(checkpoint, prep):
-  """The teacher must have been trained on the same preprocessed inputs."""
-  stored = run_dir.checkpoint_variables(checkpoint)
-  scaled = prep.kind == preprocessing.PCA
-  if (PCA_VARIABLE in stored) != scaled:
-    raise utils.UsageError(
-        "the teacher %s was trained %s --pca_eigenvals but this run is %s it"
-        % (checkpoint, "with" if PCA_VARIABLE in stored else "without",
-           "with" if scaled else "without"))
-  if scaled and not np.allclose(
-      run_dir.checkpoint_reader(checkpoint).get_tensor(PCA_VARIABLE), prep.rgb_scale):
-    raise utils.UsageError("the teacher %s was trained with other --pca_eigenvals "
-                           "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
-
-
-def open_teacher_cache(cfg, teacher, train_cfg):
-  """The --teacher_cache of this teacher and these training files, built if needed.
-
-  Raises:
-    UsageError when the directory holds a cache of other inputs.
-  """
-  files = readers.list_data_files(train_cfg.train_data_pattern, "--train_data_pattern")
-  cache = teacher_cache.TeacherCache(
-      FLAGS.teacher_cache, teacher_cache.fingerprint(cfg, teacher, files,
-                                                     FLAGS.teacher_cache_dtype))
-  cache.claim()
-  cache.build(cfg, teacher, train_cfg.batch_size, train_cfg.skip_corrupt_records,
-              cfg.bf16)
-  return cache
+  options = training_run.RunOptions(
+      train_dir=FLAGS.train_dir, teacher_checkpoint=FLAGS.teacher_checkpoint,
+      teacher_cache=FLAGS.teacher_cache, teacher_cache_dtype=FLAGS.teacher_cache_dtype,
+      pca_eigenvals=FLAGS.pca_eigenvals,
+      pca_eigenvals_given=FLAGS["pca_eigenvals"].present,
+      start_new_model=FLAGS.start_new_model)
+  return cfg, train_cfg, train_files, options
 
 
 class FiniteWeightsBeforeSave(tf1.train.CheckpointSaverListener):
@@ -284,74 +173,48 @@ class FiniteWeightsBeforeSave(tf1.train.CheckpointSaverListener):
           "the last good checkpoint in %s is kept" % (global_step_value, self.train_dir))
 
 
-class StepLogger(object):
-  """Console lines and TensorBoard scalars every --log_every_n_steps steps."""
-
-  def __init__(self, train_dir, examples_per_step, steps_cap, is_chief,
-               eval_data_pattern=""):
-    # The writer the checkpoint hook uses too: two writers opened in the same second
-    # would share one events file name and corrupt it.
-    self.writer = tf1.summary.FileWriterCache.get(train_dir) if is_chief else None
-    self.train_dir = train_dir
-    self.examples_per_step = examples_per_step
-    self.steps_cap = steps_cap
-    self.eval_data_pattern = eval_data_pattern
-    self.last_time = None
-    self.last_step = None
-
-  def start(self, step):
-    """Marks the start of the loop at `step` (for the examples/s rate)."""
-    self.last_time, self.last_step = time.time(), step
-
-  def log(self, step, values, predictions, labels):
-    """Writes one console line and the summaries for `step` (after a training step)."""
-    now = time.time()
-    rate = (step - self.last_step) * self.examples_per_step / max(now - self.last_time,
-                                                                  1e-9)
-    self.last_time, self.last_step = now, step
-    scalars = {"losses/" + k: float(v) for k, v in values["loss_terms"].items()}
-    scalars["learning_rate"] = float(values["learning_rate"])
-    scalars["examples_per_second"] = rate
-    scalars["training/hit_at_one"] = eval_util.calculate_hit_at_one(predictions, labels)
-    scalars["training/gap"] = eval_util.calculate_gap(predictions, labels)
-    line = "step %d | loss %.4f" % (step, values["loss_terms"]["total"])
-    for name in ("label_loss", "pred_loss", "rep_loss"):
-      if name in values["loss_terms"]:
-        line += " | %s %.4f" % (name, values["loss_terms"][name])
-    line += " | hit@1 %.3f | gap %.3f | %.1f examples/s" % (
-        scalars["training/hit_at_one"], scalars["training/gap"], rate)
-    if self.steps_cap and rate > 0:
-      left = (self.steps_cap - step) * self.examples_per_step / rate
-      line += " | %s left" % time.strftime("%H:%M:%S", time.gmtime(max(left, 0)))
-    print(line, flush=True)
-    if self.writer:
-      utils.AddScalarSummaries(self.writer, scalars, step)
-
-  def log_validation(self, step, metrics):
-    """The validation record: console, TensorBoard (validation/<metric>) and
-    validation.jsonl, written as eval.py writes its own."""
-    if not self.writer:
-      return
-    if metrics is None:
-      print("validation: --eval_data_pattern=%s holds no records"
-            % self.eval_data_pattern, flush=True)
-      return
-    inference_graph.report_metrics("validation", step, metrics, self.writer,
-                                   os.path.join(self.train_dir, VALIDATION_FILE))
-
-  def close(self):
-    if self.writer:
-      self.writer.flush()
+def step_logger(run, examples_per_step, start_step, is_chief):
+  """The StepLogger of a run: its ETA counts to --max_steps or the end of
+  --num_epochs, whichever comes first (the epoch's size estimated from the files)."""
+  train_cfg = run.train_cfg
+  epochs_end = None
+  examples = training_run.epoch_examples(run)
+  if examples and train_cfg.num_epochs:
+    count, estimated = examples
+    # A seeded run resumed at start_step goes on with the batches it would have read;
+    # without a seed it reads all its epochs again from there. A partial last batch
+    # is dropped.
+    first = 0 if train_cfg.seed is not None else start_step
+    epochs_end = (first + count * train_cfg.num_epochs // examples_per_step,
+                  estimated)
+  end, estimated = progress.last_step(train_cfg.max_steps, epochs_end)
+  # The writer the checkpoint hook uses too: two writers opened in the same second
+  # would share one events file name and corrupt it.
+  writer = tf1.summary.FileWriterCache.get(run.train_dir) if is_chief else None
+  return progress.StepLogger(writer, examples_per_step, end, estimated)
 
 
-def train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from=None,
-          cache_dir=""):
+def log_validation(run, logger, step, metrics):
+  """The validation record: console, TensorBoard (validation/<metric>) and
+  validation.jsonl, written as eval.py writes its own."""
+  if not logger.writer:
+    return
+  if metrics is None:
+    print("validation: --eval_data_pattern=%s holds no records"
+          % run.train_cfg.eval_data_pattern, flush=True)
+    return
+  inference_graph.report_metrics("validation", step, metrics, logger.writer,
+                                 os.path.join(run.train_dir, VALIDATION_FILE))
+
+
+def train(run, cluster_task, server, task):
   """Builds the graph and runs the training loop until max steps or end of data.
 
-  task: the kd_model task (kd_model.training_task); resume_from: the checkpoint of
-  train_dir the run resumes from (run_dir.find_checkpoint), or None for a fresh start;
-  cache_dir: --teacher_cache, named by the error for a record the cache lacks.
+  run: the training_run.TrainingRun; task: the kd_model task (kd_model.training_task).
   """
+  cfg, train_cfg, train_dir, resume_from = (run.cfg, run.train_cfg, run.train_dir,
+                                            run.resume_from)
+  cache_dir = run.cache.directory if run.cache else ""
   devices, session_config = cluster.tower_devices(
       train_cfg.num_gpu, cfg.bf16, train_cfg.log_device_placement)
   cluster_task.restrict_session(session_config)
@@ -383,8 +246,8 @@ def train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from=Non
       creator = cluster.PromptWorkerSessionCreator(scaffold=scaffold, master=master,
                                                    config=session_config)
       hooks = []
-    logger = StepLogger(train_dir, model.examples_per_step, steps_cap,
-                        cluster_task.is_chief, train_cfg.eval_data_pattern)
+    logger = step_logger(run, model.examples_per_step, model.start_step,
+                         cluster_task.is_chief)
     fetches = {"global_step": model.step_after_update,
                "loss_terms": model.loss_terms, "learning_rate": model.learning_rate}
     detail_fetches = dict(fetches, predictions=model.predictions, labels=model.labels)
@@ -410,7 +273,7 @@ def train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from=Non
                 step % train_cfg.export_model_steps == 0):
               metrics = sess.run_step_fn(
                   lambda step_context: model.validation.run(step_context.session))
-              logger.log_validation(step, metrics)
+              log_validation(run, logger, step, metrics)
         except tf.errors.OutOfRangeError as e:
           if _write_failure(e):  # a checkpoint that did not fit, not the data's end
             raise
@@ -421,10 +284,12 @@ def train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from=Non
           print("--skip_corrupt_records: skipped %d corrupt records and the unreadable "
                 "rest of %d damaged shards" % (skipped, cut), flush=True)
     finally:
-      logger.close()
+      if logger.writer:
+        logger.writer.flush()
   print("Done training at step %s; checkpoints in %s" % (step, train_dir))
 
 
+# What the operating system says when a checkpoint or event file cannot be written.
 # What the operating system says when a checkpoint or event file cannot be written.
 WRITE_FAILURES = ("No space left on device", "File too large", "Disk quota exceeded")
 
@@ -463,11 +328,10 @@ def graph_failures_named(current_step, train_dir, cache_dir=""):
 
 
 def main(unused_argv):
-  cfg, train_cfg = validate_flags()
+  cfg, train_cfg, train_files, options = validate_flags()
+  print("Run directory: %s" % training_run.run_directory(cfg, options), flush=True)
   if FLAGS.visible_gpu:
     os.environ["CUDA_VISIBLE_DEVICES"] = FLAGS.visible_gpu
-  train_dir = resolve_train_dir(cfg)
-  print("Run directory: %s" % train_dir, flush=True)
   cluster_task = cluster.Task()
   server = None
   if cluster_task.distributed:
@@ -476,31 +340,20 @@ def main(unused_argv):
       print("Parameter server %d serving." % cluster_task.index, flush=True)
       server.join()
       return 0
-  # Resolved once: where the run resumes from, its start step and whether it needs a
-  # teacher all follow from this one checkpoint (and a moved run's note says so once).
-  resume_from = None if FLAGS.start_new_model else run_dir.find_checkpoint(train_dir)
-  teacher = None
-  # The teacher is resolved before the run directory is touched, so a KD run without
-  # a usable teacher leaves nothing behind. Offline KD needs it to check its cache.
-  if cfg.model_type == "KD":
-    cfg, teacher = resolve_teacher(cfg, train_dir, resuming=resume_from is not None)
-  cfg = resolve_preprocessing(cfg, train_dir, teacher)
-  if teacher:
-    check_teacher_preprocessing(teacher.checkpoint, cfg.preprocessing)
-  cache = None
-  if FLAGS.teacher_cache:
-    cache = open_teacher_cache(cfg, teacher, train_cfg)
+  # Everything is resolved before the run directory is touched, so a KD run without
+  # a usable teacher or cache leaves nothing behind.
+  run = training_run.resolve(cfg, train_cfg, train_files, options)
+  if run.cache:
+    run.cache.build(run.cfg, train_cfg.batch_size, train_cfg.skip_corrupt_records,
+                    run.cfg.bf16)
     if FLAGS.build_teacher_cache_only:
       return 0
-    # The training graph has no teacher: nothing to restore.
-    cfg = cfg.replace(teacher_cache=cache.record())
-    teacher = None
   # The chief writes the run directory: one chief at a time (held until exit).
-  run_lock = run_dir.lock(train_dir) if cluster_task.is_chief else None  # noqa: F841
-  prepare_run_dir(cfg, train_dir, cluster_task.is_chief)
-  task = kd_model.training_task(cfg, teacher=teacher, cache=cache)
-  train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from,
-        FLAGS.teacher_cache)
+  run_lock = run_dir.lock(run.train_dir) if cluster_task.is_chief else None  # noqa: F841
+  if cluster_task.is_chief:
+    run_dir.prepare(run.train_dir, run.cfg, options.start_new_model)
+  task = kd_model.training_task(run.cfg, teacher=run.teacher, cache=run.cache)
+  train(run, cluster_task, server, task)
   return 0
 
 

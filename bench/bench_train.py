@@ -98,9 +98,10 @@ def teacher_cache_of_a_teacher(data_pattern, directory, extra_flags=()):
   files = readers.list_data_files(data_pattern)
   cache = teacher_cache.TeacherCache(os.path.join(directory, "cache"),
                                      teacher_cache.fingerprint(kd_cfg, teacher, files,
-                                                               "float16"))
+                                                               "float16"),
+                                     teacher=teacher)
   cache.claim()
-  cache.build(kd_cfg, teacher, 80, False, kd_cfg.bf16)
+  cache.build(kd_cfg, 80, False, kd_cfg.bf16)
   return cfg.model_json(), cache
 
 

@@ -276,20 +276,3 @@ def test_count_records_reads_only_the_framing(tmp_path):
   cut = str(tmp_path / "cut.tfrecord")
   open(cut, "wb").write(data[:-5])
   assert readers.count_records([cut]) == whole - 1
-
-
-def test_progress_lines_give_the_share_done_and_the_time_left(monkeypatch, capsys):
-  import inference_graph
-  clock = [1000.0]
-  monkeypatch.setattr(inference_graph.time, "time", lambda: clock[0])
-  progress = inference_graph.Progress(every_secs=30, total=1000)
-  clock[0] += 10
-  progress.add(100)  # 10 s: no line yet
-  clock[0] += 30
-  progress.add(300)  # 40 s: 400 of 1000 at 10 videos/s, 60 s left
-  assert capsys.readouterr().out == (
-      "400 of 1000 videos (40.0%), 10.0 videos/s, ETA 00:01:00\n")
-  unknown = inference_graph.Progress(every_secs=1)
-  clock[0] += 2
-  unknown.add(50)
-  assert capsys.readouterr().out == "50 videos, 25.0 videos/s\n"

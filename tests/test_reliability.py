@@ -61,7 +61,7 @@ if hasattr(module, "train_graph"):
     train_init(self, *args, **kwargs)
     train_graphs.append(self)
   module.train_graph.TrainGraph.__init__ = recording_init
-  logger_start = module.StepLogger.start
+  logger_start = module.progress.StepLogger.start
   def recording_start(self, step):
     graph = tf1.get_default_graph()
     loop["is_train_graph"] = graph is train_graphs[-1].graph
@@ -73,7 +73,7 @@ if hasattr(module, "train_graph"):
     except RuntimeError:
       loop["adding_an_op_raises"] = True
     logger_start(self, step)
-  module.StepLogger.start = recording_start
+  module.progress.StepLogger.start = recording_start
 
 def checkpoint_deleted_before_restore():
   """What a running training does between eval choosing a checkpoint and restoring it:

@@ -157,8 +157,9 @@ def test_shuffled_readers_join_every_record_with_its_own_video(setup, built_cach
     import config
     cfg = config.defaults().replace(num_classes=20)
     stored = json.load(open(os.path.join(cache, "fingerprint.json")))
-    cached = teacher_cache.TeacherCache(cache, stored["fingerprint"],
-                                        stored["representation_width"])
+    cached = teacher_cache.TeacherCache(
+        cache, stored["fingerprint"],
+        representation_width=stored["representation_width"])
     batch = readers.get_input_data_tensors(
         readers.get_reader(cfg, dequantize=False), setup["train"], 5, num_readers=2,
         num_epochs=3, shuffle=True, companions=cached.paths_by_file())
