@@ -206,7 +206,7 @@ class MixNeXtVladModel(model_utils.BaseModel):
     """
     mask = model_utils.frame_mask(num_frames, tf.shape(model_input)[1])
     # The original averages over the padded frame axis; over the real frames here, so
-    # that padding never changes a prediction (README: differences).
+    # that padding never changes a prediction (docs/differences.md).
     mean_frame = model_utils.masked_mean(model_input, mask)
     mean_frame = model_utils.batch_norm(mean_frame, is_training, "mix_weights_bn")
     mix_logits = model_utils.fully_connected(

@@ -598,8 +598,8 @@ def record_dataset(path):
   unbuffered: a record then goes from the page cache into its tensor in one copy
   instead of two through TensorFlow's 256 KB read buffer (a full-length video's record
   is ~350 KB): reading the records alone measured 0.14 CPU s per 1000 videos against
-  0.16 (README, "Reader"). Other file systems keep TensorFlow's default buffer, which
-  saves requests to a remote store.
+  0.16 (docs/performance.md, "Reader"). Other file systems keep TensorFlow's default
+  buffer, which saves requests to a remote store.
   """
   remote = tf.strings.regex_full_match(path, ".*://.*")
   # -1: TensorFlow's default for the file system; 0: no buffer.

@@ -41,7 +41,7 @@ def lock(run_dir):
   """
   if not utils.is_local(run_dir):
     print("note: %s is not on a local disk: no lock keeps a second train.py out of it "
-          "(README: cloud storage)" % run_dir, flush=True)
+          "(docs/operations.md)" % run_dir, flush=True)
     return None
   parent, name = os.path.split(os.path.abspath(run_dir))
   os.makedirs(parent, exist_ok=True)

@@ -251,7 +251,7 @@ def clip_gradient_norms(gradients_to_variables, max_norm):
 # A local path keeps the operating system's guarantees (fsync, permissions, an atomic
 # rename over the old file). A URL (gs://bucket/x, ram://x) goes through tf.io.gfile;
 # there a file appears whole or not at all, but a directory is not swapped atomically
-# (README, "Cloud storage and other file systems").
+# (docs/operations.md, "Cloud storage (gs://) and other file systems").
 
 
 def is_local(path):
@@ -279,10 +279,10 @@ def check_file_systems(paths):
       scheme = path.strip().split("://", 1)[0] if "://" in path else ""
       if scheme not in registered:
         raise UsageError(
-            "%s=%s: TensorFlow %s has no file system for %s:// (it has %s); see the "
-            "README on cloud storage" % (flag_name, value, tf.__version__, scheme,
-                                         ", ".join("%s://" % s for s in sorted(registered)
-                                                   if s)))
+            "%s=%s: TensorFlow %s has no file system for %s:// (it has %s); see "
+            "docs/operations.md on cloud storage"
+            % (flag_name, value, tf.__version__, scheme,
+               ", ".join("%s://" % s for s in sorted(registered) if s)))
       if scheme and scheme != "ram":
         try:
           tf.io.gfile.exists(path.strip())  # a glob pattern is queried as a name: False

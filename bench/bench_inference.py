@@ -7,9 +7,9 @@ classes), in inference mode, exactly as eval.py and inference.py build it
 (inference_graph.top_k_outputs, top-20, with the default PCA scaling of rgb): model only (in-graph random uint8 input) and end
 to end (reading, parsing and decoding generated shards included). FLOPs per video are
 counted from the graph, and parameters. Each case runs in its own process. Also the
-original's MixNeXtVLAD (3 branches) as a teacher. Targets (issue 5): FLOPs
+original's MixNeXtVLAD (3 branches) as a teacher. Targets: FLOPs
 k=6 <= 10% and k=30 <= 16% of the teacher's; model-only videos/s k=30 >= 5x and k=6
->= 10x the teacher's; end to end k=30 >= 4x and k=6 >= 8x. Issue 15: end to end >= 0.9
+>= 10x the teacher's; end to end k=30 >= 4x and k=6 >= 8x; end to end >= 0.9
 of model only for both students (a student's reader decodes only its k frames), so
 that the k=6 student's end-to-end speed-up over the teacher reaches >= 12x. Every case
 runs once per repeat, in alternation; ratios are medians over repeats of the ratio
@@ -28,7 +28,7 @@ tf1 = tf.compat.v1
 CASES = {"teacher": ["--model_type=teacher", "--k_frame=300"],
          "student_k30": ["--model_type=student", "--k_frame=30"],
          "student_k6": ["--model_type=student", "--k_frame=6"],
-         # The original's 3-branch MixNeXtVLAD (issue 21).
+         # The original's 3-branch MixNeXtVLAD.
          "mix3_teacher": ["--model=MixNeXtVladModel", "--mix_number=3",
                           "--model_type=teacher", "--k_frame=300"]}
 

@@ -1,4 +1,4 @@
-"""Resident memory of train.py over a long run of small steps (issue 7).
+"""Resident memory of train.py over a long run of small steps.
 
   python bench/bench_memory.py [--steps=1000] [--every=100] [--validate] [train.py flags]
 

@@ -1,4 +1,4 @@
-"""inference.py --segment_labels against video-level inference of the same model (issue 22).
+"""inference.py --segment_labels against video-level inference of the same model.
 
   python bench/bench_segment_inference.py [--segments=100000] [--models=logistic,nextvlad]
       [--repeats=3]

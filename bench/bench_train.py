@@ -6,9 +6,9 @@ Cases: the teacher (all 300 frames), k=30 and k=6 student baselines, KD at k=30 
 k=6, and the teacher's inference-mode forward pass (for the KD bound). Each case runs in
 its own process (so its peak RSS is its own), once fed by in-graph random input (model
 only) and once by the reader over generated shards (end to end). The graph is the one
-train.py builds (train_graph.TrainGraph), with the README's documented command's flags and its
+train.py builds (train_graph.TrainGraph), with the documented command's flags and its
 default preprocessing (PCA scaling of rgb, as the original; one multiply per rgb value).
-Targets (issue 4):
+Targets:
   teacher step (model only) >= 80% of a large matmul's FLOP/s, measured in the same run;
   end to end >= 0.9 x model only;
   KD step <= 1.15 x (teacher forward + student training step);
@@ -28,7 +28,7 @@ from tools import documented_command
 
 tf1 = tf.compat.v1
 
-# The README's documented command; appended flags (the case, the data) override its own.
+# The documented command (README.md); appended flags (case, data) override its own.
 DOCUMENTED = documented_command.documented_flags()
 QUARTER = ["--nextvlad_hidden_size=512", "--nextvlad_cluster_size=32"]
 CASES = {
@@ -42,12 +42,12 @@ CASES = {
     "mix3_teacher": ["--model=MixNeXtVladModel", "--mix_number=3",
                      "--model_type=teacher", "--k_frame=300"],
     # A compact student (a quarter of the hidden layer and clusters) alone, and
-    # distilled offline from a teacher cache of the documented teacher (issue 21).
+    # distilled offline from a teacher cache of the documented teacher.
     "student_k6_quarter": ["--model_type=student", "--k_frame=6"] + QUARTER,
     "offline_kd_k6_quarter": ["--model_type=KD", "--k_frame=6"] + QUARTER,
 }
 OFFLINE = ("offline_kd_k6_quarter",)
-# The cases issue 4's targets speak of: the documented recipe's.
+# The cases the targets speak of: the documented recipe's.
 DOCUMENTED_CASES = ("teacher", "student_k30", "student_k6", "kd_k30", "kd_k6",
                     "teacher_forward")
 
@@ -200,7 +200,7 @@ def report(results):
 
 
 def _report_documented(by, ran):
-  """The targets of the documented recipe's cases (issue 4), as far as they ran."""
+  """The targets of the documented recipe's cases, as far as they ran."""
   teacher = by[("teacher", "model")]
   fraction = teacher["model_flops_per_second"] / teacher["matmul_flops_per_second"]
   print("teacher step: %.0f GFLOP counted from the graph, %.0f GFLOP/s achieved; large "

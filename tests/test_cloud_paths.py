@@ -120,7 +120,7 @@ def test_every_step_succeeds_on_ram(e2e):
   kd_new = _ok(e2e, "kd_new")["stdout"]
   assert "--start_new_model: removing %s/runs/r_KD_k_3" % RAM in kd_new
   assert "Starting at step 0." in kd_new and "Teacher cache: computing" not in kd_new
-  # An object store has no lock: one line says so (README, cloud storage).
+  # An object store has no lock: one line says so (docs/operations.md, cloud storage).
   assert ("note: %s/runs/r_teacher is not on a local disk: no lock" % RAM
           in _ok(e2e, "teacher")["stdout"])
 

@@ -256,7 +256,7 @@ def _event_tags(directory):
 
 def test_tensorboard_events_hold_the_documented_tags(runs):
   # train.py: every --log_every_n_steps the loss terms, learning rate and examples/s;
-  # every --export_model_steps the validation metrics (the README lists these tags).
+  # every --export_model_steps the validation metrics (docs/evaluation.md lists them).
   tags = _event_tags(runs["kd"])
   for tag in ("losses/total", "losses/label_loss", "losses/pred_loss", "losses/rep_loss",
               "losses/regularization", "learning_rate", "examples_per_second",

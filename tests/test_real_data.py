@@ -24,7 +24,7 @@ SHARDS = sorted(glob.glob(os.path.join(DATA, "validate*.tfrecord")))
 NUM_VIDEOS, NUM_CLASSES = 1211, 3862
 VIDEO_FLAGS = ["--frame_features=False", "--feature_names=mean_rgb,mean_audio",
                "--feature_sizes=1024,128"]
-STEPS = {"LogisticModel": 150, "MoeModel": 100}  # the README's runs: 150 each
+STEPS = {"LogisticModel": 150, "MoeModel": 100}  # docs/real_data.md's runs: 150 each
 
 
 def _reference_records(paths):

@@ -1,4 +1,5 @@
-"""The documented train.py command, read from the one place it is written: README.md.
+"""The documented train.py command, read from the one place it is written: README.md
+(section "The recipe").
 
 Tests run it verbatim and benchmarks take their configuration from it, so the README
 cannot drift from what is tested and measured.
