@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lowest first. A new module goes in the lowest layer whose modules it needs.
 LAYERS = (
     # 0: plain helpers, the starter's metrics, registries
-    ("cli", "file_io", "session_config", "summaries", "gradients", "utils",
+    ("cli", "file_io", "sessions", "summaries", "gradients", "utils",
      "vocabulary", "record_layout", "frame_selection", "preprocessing", "eval_util",
      "segment_ranking", "progress", "registry"),
     # 1: layers and models
