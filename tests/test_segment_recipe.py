@@ -202,7 +202,8 @@ def test_a_video_level_run_ranks_segments_when_asked(runs, tmp_path):
   trained on whole videos scored on the rated segments (eval.py) and ranking every
   segment (inference.py's Class,Segments CSV)."""
   run = runs["video_teacher"]
-  out = helpers.run_cli("eval.py", ["--train_dir=" + run, "--run_once", "--batch_size=8",
+  out = helpers.run_cli("eval.py", ["--train_dir=" + run, "--run_once",
+                                    "--batch_size=8",
                                     "--eval_data_pattern=" + runs["validate"],
                                     "--segment_labels"]).stdout
   assert "on rated 5-frame segments (only rated classes count)" in out
@@ -302,8 +303,8 @@ def test_bad_ratings_stop_train_and_eval_in_one_line(runs, tmp_path):
   with tf.io.TFRecordWriter(shard) as writer:
     writer.write(good)
     writer.write(bad)
-  problem = "%s: record 1: segment_scores 0.5 for class %d at %d; they must be 0 or 1" % (
-      (shard,) + first)
+  problem = ("%s: record 1: segment_scores 0.5 for class %d at %d; they must be 0 or 1"
+             % ((shard,) + first))
   trained = helpers.run_cli("train.py", [
       "--train_data_pattern=" + shard, "--train_dir=%s/run" % tmp_path,
       "--model_type=teacher", "--k_frame=40"] + COMMON, check=False)
