@@ -32,6 +32,7 @@ LONGEST_FIRST = ("test_demo.py", "test_reliability.py", "test_train.py",
                  "test_teacher_cache.py", "test_movable_runs.py",
                  "test_frame_level_models.py", "test_any_teacher.py",
                  "test_cloud_paths.py", "test_real_frames.py", "test_eval_inference.py",
+                 "test_fresh_cli.py",
                  "test_segment_recipe.py", "test_real_data.py")
 
 

@@ -131,3 +131,73 @@ def run_plan(tmp_path, plan, env=None):
     else:
       results.append({"files": one_process.files_under(step["list"])})
   return results
+
+
+def reference_metrics(predictions, labels, top_k=20):
+  """GAP, Hit@1 and mAP over all classes, written plainly from their definitions (not
+  eval_util's code), for checking eval.py's numbers.
+
+  predictions: [N, C] scores (compared as float32); labels: [N, C] 0/1.
+  Returns {"gap", "hit_at_one", "map_all_classes"}. Within an example equal scores rank
+  by ascending class, and pooled equal scores keep example order (eval_util's rules).
+  """
+  import numpy as np
+  predictions = np.asarray(predictions, np.float32)
+  labels = np.asarray(labels) != 0
+
+  def average_precision(scores, positives, num_positives):
+    order = np.argsort(-scores, kind="stable")
+    hits = positives[order]
+    precisions = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precisions[hits].sum() / num_positives) if num_positives else 0.0
+
+  pooled_scores, pooled_labels = [], []
+  for scores, positives in zip(predictions, labels):
+    best = np.argsort(-scores, kind="stable")[:top_k]
+    pooled_scores.extend(scores[best])
+    pooled_labels.extend(positives[best])
+  gap = average_precision(np.array(pooled_scores, np.float32), np.array(pooled_labels),
+                          labels.sum())
+  hit_at_one = float(np.mean(labels[np.arange(len(labels)),
+                                    np.argmax(predictions, axis=1)]))
+  aps = [average_precision(predictions[:, c], labels[:, c], labels[:, c].sum())
+         for c in range(predictions.shape[1])]
+  return {"gap": gap, "hit_at_one": hit_at_one, "map_all_classes": float(np.mean(aps))}
+
+
+def csv_predictions(path, num_classes):
+  """{video id: dense scores [num_classes] float32} of a Kaggle CSV that inference.py
+  wrote (classes it left out score 0); asserts the file's format on the way: the
+  header, and per row distinct classes in range with scores descending in [0, 1]."""
+  import numpy as np
+  lines = open(str(path)).read().splitlines()
+  assert lines[0] == "VideoId,LabelConfidencePairs", lines[0]
+  found = {}
+  for line in lines[1:]:
+    video_id, pairs = line.split(",")
+    fields = pairs.split()
+    classes, scores = [int(c) for c in fields[0::2]], [float(s) for s in fields[1::2]]
+    assert len(classes) == len(scores) and len(set(classes)) == len(classes), line
+    assert all(0 <= c < num_classes for c in classes), line
+    assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] <= scores[0] <= 1
+    assert video_id and video_id not in found, line
+    dense = np.zeros(num_classes, np.float32)
+    dense[classes] = scores
+    found[video_id] = dense
+  return found
+
+
+def record_labels(pattern, num_classes):
+  """{video id: 0/1 labels [num_classes]} of the records of a file pattern, read with
+  protocol buffers alone (frame-level SequenceExamples)."""
+  import glob
+  import numpy as np
+  import tensorflow as tf
+  found = {}
+  for path in sorted(glob.glob(pattern)):
+    for serialized in tf.compat.v1.io.tf_record_iterator(path):
+      context = tf.train.SequenceExample.FromString(serialized).context.feature
+      labels = np.zeros(num_classes, np.float32)
+      labels[list(context["labels"].int64_list.value)] = 1
+      found[context["id"].bytes_list.value[0].decode()] = labels
+  return found

@@ -1,36 +1,75 @@
-"""The demo pipeline at a tiny size: every artefact exists and is well formed."""
-import importlib.util
+"""The demo pipeline at a tiny size: every artefact exists, is well formed and holds
+the numbers of the runs it reports."""
+import hashlib
 import json
 import os
 
 import pytest
 
 from tests import helpers
+from tools import demo as demo_tool
+from tools import student_table as student_tool
 
 # A small NeXtVLAD instead of the demo's (hidden 2048), in batches of 8 instead of 80:
 # the pipeline is what is tested.
 TINY = ("--nextvlad_cluster_size=4 --nextvlad_hidden_size=16 --groups=2 --expansion=1 "
         "--batch_size=8")
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_at_tiny_scale_writes_every_artefact(tmp_path, monkeypatch):
-  from tools import demo, frame_selection_table, student_table
-  # The tools run here; the commands they run go through this test process's forking
-  # server (helpers.run_cli), as they would through their own.
-  monkeypatch.setattr(demo.Runner, "execute", lambda self, script, args: helpers.run_cli(
-      script, args, check=False, timeout=600))
-  out = tmp_path / "demo"
-  assert demo.main(["--out_dir=" + str(out), "--scale=0.01",
-                    "--model_flags=" + TINY]) == 0
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+  """The tiny demo's directory after tools/demo.py, tools/frame_selection_table.py and
+  tools/student_table.py ran on it."""
+  from tools import frame_selection_table
+  out = tmp_path_factory.mktemp("demo") / "demo"
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    # The tools run here; the commands they run go through this test process's forking
+    # server (helpers.run_cli), as they would through their own.
+    monkeypatch.setattr(demo_tool.Runner, "execute",
+                        lambda self, script, args: helpers.run_cli(
+                            script, args, check=False, timeout=600))
+    assert demo_tool.main(["--out_dir=" + str(out), "--scale=0.01",
+                           "--model_flags=" + TINY]) == 0
+    # The frame-selection table: one row and the KD row at k=6 (distilled offline from
+    # the demo's teacher through its teacher cache), 2 training steps per cell.
+    assert frame_selection_table.main([
+        "--demo_dir=" + str(out), "--scale=0.01", "--ks=6", "--rows=first",
+        "--model_flags=" + TINY]) == 0
+    # The students table: FrameLevelLogistic at k=2 trained alone and distilled from
+    # the demo's cache, and a NeXtVLAD distilled from a 2-branch MixNeXtVLAD teacher;
+    # speed at two small batch sizes.
+    assert student_tool.main([
+        "--demo_dir=" + str(out), "--scale=0.01", "--ks=2", "--students=logistic",
+        "--mix_number=2", "--large_batch=8", "--speed_videos=16",
+        "--model_flags=" + TINY]) == 0
+  return out
 
+
+def last_record(path):
+  with open(str(path)) as f:
+    return [json.loads(line) for line in f if line.strip()][-1]
+
+
+def test_demo_at_tiny_scale_writes_every_artefact(out):
   table = [l for l in (out / "results.md").read_text().splitlines() if l.startswith("|")]
   header, rows = table[0], table[2:]
   assert header.split("|")[1:-1][0].strip() == "model" and len(rows) == 3
-  for row in rows:
+  for row, suffix in zip(rows, ("teacher", "student_k_6", "KD_k_6")):
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert len(cells) == 8
-    gap, gflops, rate = float(cells[2]), float(cells[6]), float(cells[7])
-    assert 0 <= gap <= 1 and gflops > 0 and rate > 0
+    # The row's metrics are its run's eval.py record of its last checkpoint, which
+    # training validated (2 steps) on the same videos.
+    run = out / "runs" / ("demo_s0_" + suffix)
+    record = last_record(run / "eval.jsonl")
+    assert (record["checkpoint"], record["num_examples"]) == ("model.ckpt-2", 10)
+    assert [float(c) for c in cells[2:6]] == [float("%.4f" % record[k]) for k in (
+        "gap", "map_all_classes", "hit_at_one", "perr")], suffix
+    validated = last_record(run / "validation.jsonl")
+    assert validated["step"] == 2
+    assert validated["gap"] == pytest.approx(record["gap"], abs=1e-6), suffix
+    gflops, rate = float(cells[6]), float(cells[7])
+    assert 0 < record["gap"] <= 1 and gflops > 0 and rate > 0
   frames = [row.split("|")[2].strip() for row in rows]
   assert frames == ["300", "6", "6"]
   teacher_flops, student_flops = [float(r.split("|")[7]) for r in rows[:2]]
@@ -45,39 +84,50 @@ def test_demo_at_tiny_scale_writes_every_artefact(tmp_path, monkeypatch):
 
   commands = (out / "commands.txt").read_text().splitlines()
   trains = [c for c in commands if c.startswith(os.path.join(helpers.ROOT, "train.py"))]
-  assert len(trains) == 3 and "--model_type=KD" in trains[2]
+  assert len(trains) >= 3 and "--model_type=KD" in trains[2]
   assert "--teacher_cache=%s" % (out / "teacher_cache_s0") in trains[2]  # offline KD
-  for suffix in ("teacher", "student_k_6", "KD_k_6"):
-    assert (out / "runs" / ("demo_s0_" + suffix) / "validation.jsonl").exists()
-  png = out / "gap_vs_step.png"
-  if importlib.util.find_spec("matplotlib"):
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
-  # The frame-selection table on the tiny demo: one row and the KD row at k=6 (distilled
-  # offline from the demo's teacher through a teacher cache), 2 training steps per cell.
-  assert frame_selection_table.main([
-      "--demo_dir=" + str(out), "--scale=0.01", "--ks=6", "--rows=first",
-      "--model_flags=" + TINY]) == 0
+
+def test_the_kd_runs_record_the_digest_of_the_cache_of_the_demos_teacher(out):
+  cache = out / "teacher_cache_s0"
+  stored = json.load(open(str(cache / "fingerprint.json")))
+  fingerprint = stored["fingerprint"]
+  # The digest names the fingerprint without the teacher's location.
+  identity = {k: v for k, v in fingerprint.items() if k != "teacher_checkpoint"}
+  assert stored["digest"] == hashlib.sha256(
+      json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+  # ... which holds the teacher's checkpoint and the training shards as they are.
+  teacher = out / "runs" / "demo_s0_teacher" / "model.ckpt-2"
+  assert fingerprint["teacher_checkpoint"] == str(teacher)
+  assert fingerprint["teacher_checkpoint_sha256"] == hashlib.sha256(
+      open(str(teacher) + ".index", "rb").read()).hexdigest()
+  shards = sorted((out / "data" / "frame").glob("train*.tfrecord"))
+  assert [f[:2] for f in fingerprint["files"]] == [[str(p), p.stat().st_size]
+                                                   for p in shards]
+  assert len(shards) == 4
+  # Both KD students (the demo's and the frame-selection table's) used that cache.
+  for run in (out / "runs" / "demo_s0_KD_k_6", out / "table_runs" / "kd_s0_KD_k_6"):
+    recorded = json.load(open(str(run / "model_flags.json")))["teacher_cache"]
+    assert recorded["digest"] == stored["digest"], run
+    assert recorded["teacher_checkpoint"] == str(teacher)
+
+
+def test_the_frame_selection_table_on_the_tiny_demo(out):
   table = (out / "frame_selection_table.md").read_text().splitlines()
+  teacher = last_record(out / "runs" / "demo_s0_teacher" / "eval.jsonl")
   assert table[0].startswith("Teacher (all frames): GAP 0.")
+  assert float(table[0].split("GAP ")[1]) == float("%.4f" % teacher["gap"])
   assert table[2] == "| frames picked | k=6 |"
   cells = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in table[4:]}
   assert list(cells) == ["First-k", "KD student"]
   assert all(0 < gap <= 1 for gap in cells.values())
-  kd_run = out / "table_runs" / "kd_s0_KD_k_6"
-  kd = [json.loads(l) for l in open(str(kd_run / "eval.jsonl"))]
-  assert cells["KD student"] == float("%.4f" % kd[-1]["gap"])
-  assert json.load(open(str(kd_run / "model_flags.json")))["teacher_cache"]["digest"]
-  assert (out / "teacher_cache_s0" / "fingerprint.json").exists()  # the demo's
-  assert (out / "table_runs" / "first_s0_student_k_6" / "eval.jsonl").exists()
+  for row, run in (("KD student", "kd_s0_KD_k_6"), ("First-k", "first_s0_student_k_6")):
+    record = last_record(out / "table_runs" / run / "eval.jsonl")
+    assert cells[row] == float("%.4f" % record["gap"]), row
 
-  # The students table on the tiny demo: FrameLevelLogistic at k=2 trained alone and
-  # distilled from the demo's cache, and a NeXtVLAD distilled from a 2-branch
-  # MixNeXtVLAD teacher; speed at two small batch sizes.
-  assert student_table.main([
-      "--demo_dir=" + str(out), "--scale=0.01", "--ks=2", "--students=logistic",
-      "--mix_number=2", "--large_batch=8", "--speed_videos=16",
-      "--model_flags=" + TINY]) == 0
+
+def test_the_student_table_on_the_tiny_demo(out):
+  table = (out / "frame_selection_table.md").read_text().splitlines()
   rows = [l.split("|")[1:-1] for l in (out / "student_table.md").read_text().splitlines()
           if l.startswith("| ") and not l.startswith("| model")]
   cells = {(r[0].strip(), r[2].strip()): [c.strip() for c in r] for r in rows}
@@ -96,10 +146,47 @@ def test_demo_at_tiny_scale_writes_every_artefact(tmp_path, monkeypatch):
   recorded = json.load(open(str(out / "student_table.json")))
   assert {r["trained"] for r in recorded["rows"]} == {"alone", "distilled"}
   assert recorded["teacher"]["cost"] > 0
+  for row in recorded["rows"]:  # the table shows the recorded rows
+    trained = row["trained"] if row["teacher"] == "teacher" else "from the mixture"
+    assert float(cells[(row["label"], trained)][3]) == float("%.4f" % row["gap"])
   mix_flags = json.load(open(str(out / "student_runs" / "mix2_s0_full_KD_k_2" /
                                  "model_flags.json")))
   assert mix_flags["teacher_model"]["model"] == "MixNeXtVladModel"
-  text = (out / "student_table.md").read_text()
-  assert "Distilled frontier at or above the alone frontier at every cost:" in text
-  if importlib.util.find_spec("matplotlib"):
-    assert (out / "student_table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # The verdict is frontier_check's on the recorded rows.
+  met, failures = student_tool.frontier_check(recorded["rows"])
+  verdict, = [l for l in (out / "student_table.md").read_text().splitlines()
+              if l.startswith("Distilled frontier at or above the alone frontier")]
+  assert verdict == ("Distilled frontier at or above the alone frontier at every cost: "
+                     + ("yes" if met else "NO (%s)" % "; ".join(failures)))
+
+
+def test_the_plots_are_pngs(out):
+  pytest.importorskip("matplotlib", reason="the demo's plots need matplotlib "
+                      "(requirements-demo.txt); without it the tools write none")
+  for name in ("gap_vs_step.png", "student_table.png"):
+    png = (out / name).read_bytes()
+    assert png[:8] == PNG and len(png) > 5000, name
+
+
+def row(cost, gap, trained, teacher="teacher"):
+  return {"cost": cost, "gap": gap, "trained": trained, "teacher": teacher}
+
+
+@pytest.mark.parametrize("rows, met, failures", [
+    # Distilled at or above at every cost the alone students reach.
+    ([row(1e-3, 0.5, "alone"), row(2e-3, 0.6, "alone"), row(1e-3, 0.5, "distilled"),
+      row(1.5e-3, 0.7, "distilled")], True, []),
+    # A cheaper distilled student counts at a dearer cost (the frontier is a step).
+    ([row(2e-3, 0.6, "alone"), row(1e-3, 0.65, "distilled")], True, []),
+    # Below at one cost: said with both GAPs.
+    ([row(1e-3, 0.5, "alone"), row(2e-3, 0.8, "alone"), row(1e-3, 0.55, "distilled"),
+      row(2e-3, 0.7, "distilled")], False,
+     ["at 2 CPU ms/video: alone 0.8000, distilled 0.7000"]),
+    # No distilled student as cheap as the cheapest alone one; students distilled from
+    # another teacher (the mixture) are not on the distilled frontier.
+    ([row(1e-3, 0.5, "alone"), row(2e-3, 0.6, "distilled"),
+      row(5e-4, 0.9, "distilled", teacher="mix")], False,
+     ["at 1 CPU ms/video: alone 0.5000, distilled none"]),
+])
+def test_the_frontier_check(rows, met, failures):
+  assert student_tool.frontier_check(rows) == (met, failures)

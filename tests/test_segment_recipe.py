@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import eval_util
 import kd_model
 import readers
 import run_dir
@@ -20,6 +19,7 @@ tf1 = tf.compat.v1
 NUM_CLASSES = 20
 COMMON = ["--segment_labels", "--max_frames=40", "--batch_size=8", "--seed=3",
           "--export_model_steps=1000", "--max_steps=8"] + helpers.TINY_MODEL
+VIDEO_LEVEL = [a for a in COMMON if a != "--segment_labels"]
 RATED = [1, 2, 3, 5, 8, 13]  # the "rated classes" of this test's segment_label_ids
 
 
@@ -37,9 +37,14 @@ def runs(tmp_path_factory):
                ["--model_type=KD", "--k_frame=2", "--teacher_cache=" + cache]):
     helpers.run_cli("train.py", ["--train_data_pattern=" + train,
                                  "--train_dir=" + base] + COMMON + args)
+  # The 2019 starter's baseline: a model trained on whole videos.
+  video_base = str(root / "video")
+  helpers.run_cli("train.py", ["--train_data_pattern=" + train, "--train_dir=" +
+                               video_base, "--model_type=teacher", "--k_frame=40"]
+                  + VIDEO_LEVEL)
   return {"root": root, "train": train, "validate": validate, "cache": cache,
           "teacher": base + "_teacher", "student": base + "_student_k_1",
-          "kd": base + "_KD_k_2"}
+          "kd": base + "_KD_k_2", "video_teacher": video_base + "_teacher"}
 
 
 def direct_predictions(directory, pattern, rated, role=None, batch_size=8):
@@ -86,15 +91,20 @@ def test_eval_scores_the_rated_classes_of_each_rated_segment(runs, name):
   record = json.loads(open(os.path.join(runs[name], "eval.jsonl")).readlines()[-1])
   assert record["segment_labels"] is True
   segments = direct_predictions(runs[name], runs["validate"], rated=True)
+  assert_rated_segment_metrics(record, segments)
+
+
+def assert_rated_segment_metrics(record, segments):
+  """record (eval.jsonl) holds the metrics of `segments` ({key: (predictions, labels,
+  label weights)}) computed here: each segment's rated classes only (the others score
+  0), by the definitions written plainly (tests/helpers.reference_metrics)."""
   predictions, labels, weights = (np.array(v) for v in zip(*segments.values()))
-  assert record["num_examples"] == len(segments)
-  expected = eval_util.EvaluationMetrics(NUM_CLASSES, 20)
-  expected.accumulate(predictions * weights, labels, 0.0)
-  expected = expected.get()
-  assert record["gap"] == pytest.approx(expected["gap"], abs=1e-6)
-  assert record["hit_at_one"] == pytest.approx(expected["avg_hit_at_one"], abs=1e-6)
-  assert record["map_all_classes"] == pytest.approx(expected["map_all_classes"],
-                                                    abs=1e-6)
+  assert record["num_examples"] == len(segments) > 20
+  assert set(np.unique(weights)) == {0, 1} and not (labels * (1 - weights)).any()
+  expected = helpers.reference_metrics(np.where(weights > 0, predictions, 0), labels)
+  assert 0 < expected["gap"] < 1
+  for key in ("gap", "hit_at_one", "map_all_classes"):
+    assert record[key] == pytest.approx(expected[key], abs=1e-6), key
 
 
 def reference_ranking(scores_by_segment, rated, top_k, max_pred):
@@ -175,23 +185,49 @@ def test_a_video_level_teacher_teaches_a_segment_student_on_each_segment(runs,
   to each rated segment's 5 frames, its outputs cached per segment."""
   base = str(tmp_path / "run")
   cache = str(tmp_path / "cache")
-  video_level = [a for a in COMMON if a != "--segment_labels"]
-  helpers.run_cli("train.py", ["--train_data_pattern=" + runs["train"], "--train_dir=" +
-                               base, "--model_type=teacher", "--k_frame=40"]
-                  + video_level)
   helpers.run_cli("train.py", ["--train_data_pattern=" + runs["train"], "--train_dir=" +
                                base, "--model_type=KD", "--k_frame=2",
+                               "--teacher_checkpoint=" + runs["video_teacher"],
                                "--teacher_cache=" + cache] + COMMON)
-  assert json.load(open(base + "_teacher/model_flags.json"))["segment_labels"] is False
+  assert json.load(open(os.path.join(runs["video_teacher"], "model_flags.json")))[
+      "segment_labels"] is False
   assert json.load(open(base + "_KD_k_2/model_flags.json"))["segment_labels"] is True
   assert json.load(open(os.path.join(cache, "fingerprint.json")))[
       "fingerprint"]["teacher"]["segment_labels"] is True
-  assert_cache_holds(cache, runs["train"], base + "_teacher")
+  assert_cache_holds(cache, runs["train"], runs["video_teacher"])
 
 
 def test_a_video_level_run_ranks_segments_when_asked(runs, tmp_path):
-  """--segment_labels on the command line overrides what the run recorded: here the
-  other way round, a segment run evaluated on whole videos."""
+  """--segment_labels on the command line overrides what the run recorded: a model
+  trained on whole videos scored on the rated segments (eval.py) and ranking every
+  segment (inference.py's Class,Segments CSV)."""
+  run = runs["video_teacher"]
+  out = helpers.run_cli("eval.py", ["--train_dir=" + run, "--run_once",
+                                    "--batch_size=8",
+                                    "--eval_data_pattern=" + runs["validate"],
+                                    "--segment_labels"]).stdout
+  assert "on rated 5-frame segments (only rated classes count)" in out
+  record = json.loads(open(os.path.join(run, "eval.jsonl")).readlines()[-1])
+  assert record["segment_labels"] is True
+  assert_rated_segment_metrics(record, direct_predictions(run, runs["validate"],
+                                                          rated=True))
+  ids_file = tmp_path / "rated.csv"
+  ids_file.write_text("Index\n" + "".join("%d\n" % c for c in RATED))
+  output = tmp_path / "segments.csv"
+  helpers.run_cli("inference.py", [
+      "--train_dir=" + run, "--input_data_pattern=" + runs["validate"],
+      "--output_file=%s" % output, "--segment_labels", "--batch_size=8",
+      "--segment_label_ids_file=%s" % ids_file, "--top_k=2", "--segment_max_pred=7"])
+  lines = output.read_text().splitlines()
+  assert lines[0] == "Class,Segments"
+  written = {int(line.split(",")[0]): line.split(",")[1].split() for line in lines[1:]}
+  segments = direct_predictions(run, runs["validate"], rated=False)
+  assert written == reference_ranking({k: v[0] for k, v in segments.items()}, RATED, 2,
+                                      7)
+
+
+def test_a_segment_run_scores_whole_videos_when_told_nosegment_labels(runs):
+  """The other way round: a segment run evaluated on whole videos."""
   out = helpers.run_cli("eval.py", ["--train_dir=" + runs["teacher"], "--run_once",
                                     "--eval_data_pattern=" + runs["validate"],
                                     "--nosegment_labels"]).stdout
@@ -216,9 +252,13 @@ def test_a_segment_runs_saved_model_serves_every_segment(runs, tmp_path):
                                                served["segment_start_time"])]
   assert keys == list(segments)  # every segment, in the records' order
   for row, key in enumerate(keys):
-    best = np.argsort(-segments[key][0], kind="stable")[:3]
-    np.testing.assert_allclose(served["predictions"][row][:3], segments[key][0][best],
-                               atol=1e-5)
+    classes, scores = served["class_indexes"][row], served["predictions"][row]
+    direct = segments[key][0]
+    # Every class (20 = the served top 20), best first; each served score is that
+    # class's own prediction.
+    assert sorted(classes) == list(range(NUM_CLASSES)), classes
+    assert list(scores) == sorted(scores, reverse=True)
+    np.testing.assert_allclose(scores, direct[classes], atol=1e-5, err_msg=str(key))
 
 
 def test_inference_writes_a_video_csv_when_told_nosegment_labels(runs, tmp_path):
@@ -228,3 +268,50 @@ def test_inference_writes_a_video_csv_when_told_nosegment_labels(runs, tmp_path)
                                    "--output_file=%s" % output])
   lines = output.read_text().splitlines()
   assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == 11
+
+
+def test_inference_refuses_a_saved_model_with_segment_labels(runs, tmp_path):
+  process = helpers.run_cli("inference.py", [
+      "--saved_model=%s" % runs["root"], "--segment_labels",
+      "--input_data_pattern=" + runs["validate"],
+      "--output_file=%s" % (tmp_path / "x.csv")], check=False)
+  assert process.returncode == 2
+  assert helpers.user_error_line(process) == (
+      "inference.py: error: --segment_labels ranks segments per rated class: use "
+      "--train_dir or --input_model_tgz (a SavedModel serves each segment's top "
+      "classes over all classes)")
+  assert not (tmp_path / "x.csv").exists()
+
+
+def test_bad_ratings_stop_train_and_eval_in_one_line(runs, tmp_path):
+  """A record rating a segment with 0.5 (scores are 0 or 1) after a good one."""
+  good, first = None, None
+  for serialized in tf1.io.tf_record_iterator(readers.list_data_files(
+      runs["validate"])[0]):
+    example = tf.train.SequenceExample.FromString(serialized)
+    scores = example.context.feature["segment_scores"].float_list.value
+    if len(scores):
+      if good is None:
+        good = serialized
+      else:
+        first = (example.context.feature["segment_labels"].int64_list.value[0],
+                 example.context.feature["segment_start_times"].int64_list.value[0])
+        scores[0] = 0.5
+        bad = example.SerializeToString()
+        break
+  shard = str(tmp_path / "bad.tfrecord")
+  with tf.io.TFRecordWriter(shard) as writer:
+    writer.write(good)
+    writer.write(bad)
+  problem = ("%s: record 1: segment_scores 0.5 for class %d at %d; they must be 0 or 1"
+             % ((shard,) + first))
+  trained = helpers.run_cli("train.py", [
+      "--train_data_pattern=" + shard, "--train_dir=%s/run" % tmp_path,
+      "--model_type=teacher", "--k_frame=40"] + COMMON, check=False)
+  evaluated = helpers.run_cli("eval.py", [
+      "--train_dir=" + runs["teacher"], "--eval_data_pattern=" + shard, "--run_once",
+      "--batch_size=8"], check=False)
+  for script, process in (("train.py", trained), ("eval.py", evaluated)):
+    assert process.returncode != 0, script
+    line = helpers.user_error_line(process)
+    assert line.startswith(script + ": error: ") and problem in line, line

@@ -285,17 +285,36 @@ def test_cli_rejects_bad_values_with_one_line(tmp_path, capsys, args, needle):
   assert not os.path.exists(os.path.join(out, "frame", "train0000.tfrecord"))
 
 
-def test_shards_written_by_several_processes_are_the_same(tmp_path):
+def test_shards_written_by_several_processes_are_the_same(tmp_path, monkeypatch):
   from tools import make_synthetic_yt8m as synth
-  summaries = {}
+  # Which process encodes each frame-level record: a line per record in a file of its
+  # own (the forked workers inherit the wrapper).
+  writers = tmp_path / "writers"
+  encode = synth.frame_record
+
+  def frame_record(video):
+    with open(str(writers), "a") as f:
+      f.write("%d\n" % os.getpid())
+    return encode(video)
+  monkeypatch.setattr(synth, "frame_record", frame_record)
+  summaries, pids = {}, {}
   for workers in (1, 2):
+    writers.write_text("")
     summaries[workers] = synth.write_dataset(
         str(tmp_path / str(workers)), train_videos=6, validate_videos=5, shards=3,
         num_classes=20, num_verticals=4, seed=3, max_frames=20, workers=workers)
+    pids[workers] = writers.read_text().split()
+  # This process wrote every record, then the pool's workers did (one of the two may
+  # take every shard when the other starts late).
+  assert len(pids[1]) == len(pids[2]) == 11
+  assert set(pids[1]) == {str(os.getpid())}
+  assert 1 <= len(set(pids[2])) <= 2 and str(os.getpid()) not in pids[2]
   for split in ("train", "validate"):
     one, two = summaries[1]["splits"][split], summaries[2]["splits"][split]
     assert {k: v for k, v in one.items() if not k.endswith("_files")} == \
         {k: v for k, v in two.items() if not k.endswith("_files")}
+    assert len(one["frame_files"]) == len(two["frame_files"]) == 3
+    assert len(one["video_files"]) == len(two["video_files"]) == 3
     for a, b in zip(one["frame_files"] + one["video_files"],
                     two["frame_files"] + two["video_files"]):
-      assert open(a, "rb").read() == open(b, "rb").read(), a
+      assert a != b and open(a, "rb").read() == open(b, "rb").read(), a
