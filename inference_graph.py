@@ -25,19 +25,18 @@ METRIC_KEYS = ("gap", "map_all_classes", "map_labelled_classes", "hit_at_one", "
                "loss")
 
 
-def input_batches(cfg, role, data_pattern, batch_size, num_readers, flag_name,
-                  require_labels=True, skipped=None):
-  """One unshuffled pass over every record of data_pattern, in a fixed order, read for
-  `role` (the student's frames alone are decoded).
+def input_batches(cfg, role, files, batch_size, num_readers, require_labels=True,
+                  skipped=None):
+  """One unshuffled pass over every record of `files` (a readers.DataFiles), in a fixed
+  order, read for `role` (the student's frames alone are decoded).
 
   Returns:
     (reader, iterator initializer op, batch dict of tensors, see readers).
   """
   reader = readers.get_reader(cfg, require_labels=require_labels, dequantize=False,
                               student_only=role == kd_model.STUDENT)
-  dataset = readers.make_dataset(reader, data_pattern, batch_size, num_readers,
-                                 num_epochs=1, shuffle=False, flag_name=flag_name,
-                                 skipped=skipped)
+  dataset = readers.make_dataset(reader, files, batch_size, num_readers, num_epochs=1,
+                                 shuffle=False, skipped=skipped)
   iterator = tf1.data.make_initializable_iterator(dataset)
   return reader, iterator.initializer, iterator.get_next()
 
@@ -113,20 +112,22 @@ def restore_checked(session, saver, variables, checkpoint, what="checkpoint"):
 
 
 class InferenceGraph(object):
-  """A graph of its own: one pass over a data pattern through a role's model.
+  """A graph of its own: one pass over data files (a readers.DataFiles) through a
+  role's model.
 
-  Attributes: graph, reader, fetches (see top_k_outputs), skipped (a SkippedRecords
-  or None).
+  Attributes: graph, reader, files, fetches (see top_k_outputs), skipped (a
+  SkippedRecords or None).
   """
 
-  def __init__(self, cfg, role, data_pattern, flag_name, batch_size, num_readers,
-               top_k, with_labels, skip_corrupt_records=False, classes=None):
+  def __init__(self, cfg, role, files, batch_size, num_readers, top_k, with_labels,
+               skip_corrupt_records=False, classes=None):
     self.graph = tf.Graph()
+    self.files = files
     with self.graph.as_default():
       self.skipped = readers.SkippedRecords() if skip_corrupt_records else None
       self.reader, self._initializer, batch = input_batches(
-          cfg, role, data_pattern, batch_size, num_readers, flag_name,
-          require_labels=with_labels, skipped=self.skipped)
+          cfg, role, files, batch_size, num_readers, require_labels=with_labels,
+          skipped=self.skipped)
       self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels,
                                    classes=classes)
       self._variables = tf1.global_variables()

@@ -125,7 +125,8 @@ def validate_flags():
   """Every check that needs no graph and no data (absl checked each flag on its own).
 
   Returns:
-    (GraphConfig, TrainConfig) of the flags.
+    (GraphConfig, TrainConfig) of the flags, and the readers.DataFiles of
+    --train_data_pattern (listed here once).
   Raises:
     UsageError naming a flag.
   """
@@ -146,10 +147,10 @@ def validate_flags():
                            "teacher trains, so its outputs change at every step")
   if FLAGS.build_teacher_cache_only and not FLAGS.teacher_cache:
     raise utils.UsageError("--build_teacher_cache_only needs --teacher_cache")
-  readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
+  train_files = readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
   if FLAGS.eval_data_pattern:
     readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
-  return cfg, train_cfg
+  return cfg, train_cfg, train_files
 
 
 def resolve_train_dir(cfg):
@@ -254,15 +255,15 @@ def check_teacher_preprocessing(checkpoint, prep):
                            "values than %s" % (checkpoint, FLAGS.pca_eigenvals))
 
 
-def open_teacher_cache(cfg, teacher, train_cfg):
-  """The --teacher_cache of this teacher and these training files, built if needed.
+def open_teacher_cache(cfg, teacher, train_cfg, train_files):
+  """The --teacher_cache of this teacher and these training files (DataFiles), built
+  if needed.
 
   Raises:
     UsageError when the directory holds a cache of other inputs.
   """
-  files = readers.list_data_files(train_cfg.train_data_pattern, "--train_data_pattern")
   cache = teacher_cache.TeacherCache(
-      FLAGS.teacher_cache, teacher_cache.fingerprint(cfg, teacher, files,
+      FLAGS.teacher_cache, teacher_cache.fingerprint(cfg, teacher, train_files.paths,
                                                      FLAGS.teacher_cache_dtype))
   cache.claim()
   cache.build(cfg, teacher, train_cfg.batch_size, train_cfg.skip_corrupt_records,
@@ -344,20 +345,22 @@ class StepLogger(object):
       self.writer.flush()
 
 
-def train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from=None,
-          cache_dir=""):
+def train(cfg, train_cfg, train_files, train_dir, cluster_task, server, task,
+          resume_from=None, cache_dir=""):
   """Builds the graph and runs the training loop until max steps or end of data.
 
-  task: the kd_model task (kd_model.training_task); resume_from: the checkpoint of
-  train_dir the run resumes from (run_dir.find_checkpoint), or None for a fresh start;
-  cache_dir: --teacher_cache, named by the error for a record the cache lacks.
+  train_files: the readers.DataFiles of --train_data_pattern; task: the kd_model task
+  (kd_model.training_task); resume_from: the checkpoint of train_dir the run resumes
+  from (run_dir.find_checkpoint), or None for a fresh start; cache_dir:
+  --teacher_cache, named by the error for a record the cache lacks.
   """
   devices, session_config = cluster.tower_devices(
       train_cfg.num_gpu, cfg.bf16, train_cfg.log_device_placement)
   cluster_task.restrict_session(session_config)
   model = train_graph.TrainGraph(
       cfg, train_cfg, task, devices, cluster_task,
-      start_step=run_dir.checkpoint_step(resume_from) if resume_from else 0)
+      start_step=run_dir.checkpoint_step(resume_from) if resume_from else 0,
+      train_files=train_files)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
   steps_cap = train_cfg.max_steps
@@ -390,9 +393,7 @@ def train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from=Non
     detail_fetches = dict(fetches, predictions=model.predictions, labels=model.labels)
     step = None
     try:
-      with readers.data_errors_named(readers.get_reader(cfg),
-                                     train_cfg.train_data_pattern,
-                                     "--train_data_pattern"), \
+      with readers.data_errors_named(readers.get_reader(cfg), train_files), \
           graph_failures_named(lambda: step, train_dir, cache_dir), \
           tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
         step = sess.run(model.global_step)
@@ -463,7 +464,7 @@ def graph_failures_named(current_step, train_dir, cache_dir=""):
 
 
 def main(unused_argv):
-  cfg, train_cfg = validate_flags()
+  cfg, train_cfg, train_files = validate_flags()
   if FLAGS.visible_gpu:
     os.environ["CUDA_VISIBLE_DEVICES"] = FLAGS.visible_gpu
   train_dir = resolve_train_dir(cfg)
@@ -489,7 +490,7 @@ def main(unused_argv):
     check_teacher_preprocessing(teacher.checkpoint, cfg.preprocessing)
   cache = None
   if FLAGS.teacher_cache:
-    cache = open_teacher_cache(cfg, teacher, train_cfg)
+    cache = open_teacher_cache(cfg, teacher, train_cfg, train_files)
     if FLAGS.build_teacher_cache_only:
       return 0
     # The training graph has no teacher: nothing to restore.
@@ -499,7 +500,7 @@ def main(unused_argv):
   run_lock = run_dir.lock(train_dir) if cluster_task.is_chief else None  # noqa: F841
   prepare_run_dir(cfg, train_dir, cluster_task.is_chief)
   task = kd_model.training_task(cfg, teacher=teacher, cache=cache)
-  train(cfg, train_cfg, train_dir, cluster_task, server, task, resume_from,
+  train(cfg, train_cfg, train_files, train_dir, cluster_task, server, task, resume_from,
         FLAGS.teacher_cache)
   return 0
 
