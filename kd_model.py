@@ -247,8 +247,8 @@ class Distillation(ModelTraining):
                                                   skipped, start_step)
     if self.cache:
       batch["teacher_predictions"], batch["teacher_representation"] = self.cache.decode(
-          batch.pop("teacher_cache_entry"), batch["video_ids"], batch.get("segment_rank"),
-          batch.get("segment_start_times"))
+          batch.pop("teacher_cache_entry"), batch["video_ids"],
+          batch.get("segment_rank"), batch.get("segment_start_times"))
     return batch
 
   def _teacher_outputs(self, batch, reuse, seed):

@@ -18,6 +18,7 @@ The work is done beside this module, one job each:
                     a bad record (data_errors_named, find_bad_record).
 """
 
+# (_video_record_problem and _labels_to_dense: for tests/ and bench/ only.)
 from corrupt_records import (SkippedRecords, _video_record_problem, data_error,
                              data_errors_named, find_bad_record)
 from input_pipeline import (DataFiles, count_records, get_input_data_tensors,

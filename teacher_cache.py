@@ -228,7 +228,8 @@ class TeacherCache(object):
         temporary = utils.temporary_name(final)
         sess.run(iterator.initializer, {path: files[index],
                                         size: self.fingerprint["files"][index][1]})
-        one_file = readers.DataFiles(files[index], "--train_data_pattern", (files[index],))
+        one_file = readers.DataFiles(files[index], "--train_data_pattern",
+                                     (files[index],))
         with readers.data_errors_named(reader, one_file), \
             tf.io.TFRecordWriter(temporary) as writer:
           while True:

@@ -147,7 +147,8 @@ def validate_flags():
                            "teacher trains, so its outputs change at every step")
   if FLAGS.build_teacher_cache_only and not FLAGS.teacher_cache:
     raise utils.UsageError("--build_teacher_cache_only needs --teacher_cache")
-  train_files = readers.list_data_files(FLAGS.train_data_pattern, "--train_data_pattern")
+  train_files = readers.list_data_files(FLAGS.train_data_pattern,
+                                        "--train_data_pattern")
   if FLAGS.eval_data_pattern:
     readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
   return cfg, train_cfg, train_files

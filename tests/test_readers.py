@@ -117,9 +117,9 @@ def test_shuffled_training_input_repeats_and_drops_partial_batches(frame_files):
   pattern, videos = frame_files
   reader = readers.YT8MFrameFeatureReader(num_classes=7, feature_sizes=[8, 4])
   with tf.Graph().as_default():
-    batch = readers.get_input_data_tensors(reader, readers.list_data_files(pattern), 4, 2,
-                                           num_epochs=2,
-                                           shuffle=True, seed=1)
+    batch = readers.get_input_data_tensors(
+        reader, readers.list_data_files(pattern), 4, 2, num_epochs=2, shuffle=True,
+        seed=1)
     seen = []
     with tf1.Session() as sess:
       while True:
