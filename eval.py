@@ -104,21 +104,18 @@ def main(unused_argv):
                             "--checkpoint": FLAGS.checkpoint})
   cfg = config.with_command_segments(run_dir.load(FLAGS.train_dir))
   role = cfg.role(FLAGS.role)
-  readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
+  files = readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
   print("Evaluating the %s of %s (model_type %s, %s, k_frame %d)%s" % (
       role, FLAGS.train_dir, cfg.model_type, cfg.model, cfg.k_frame,
       " on rated %d-frame segments (only rated classes count)" % cfg.segment_size
       if cfg.segment_labels else ""), flush=True)
   model = inference_graph.InferenceGraph(
-      cfg, role, FLAGS.eval_data_pattern, "--eval_data_pattern", FLAGS.batch_size,
-      FLAGS.num_readers, FLAGS.top_k, with_labels=True,
-      skip_corrupt_records=FLAGS.skip_corrupt_records)
+      cfg, role, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.top_k,
+      with_labels=True, skip_corrupt_records=FLAGS.skip_corrupt_records)
   # The total for the progress lines (with --skip_corrupt_records, an upper bound).
-  num_records = readers.count_records(
-      readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern"))
+  num_records = readers.count_records(files.paths)
   for checkpoint in checkpoints_to_evaluate():
-    with readers.data_errors_named(model.reader, FLAGS.eval_data_pattern,
-                                   "--eval_data_pattern"):
+    with readers.data_errors_named(model.reader, files):
       result = evaluate_newest_complete(model, cfg, checkpoint, num_records)
     if result:
       report(*result, role=role, segment_labels=cfg.segment_labels)

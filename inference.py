@@ -120,27 +120,28 @@ def csv_rows(video_ids, class_indexes, scores):
   return [rows.getvalue()]
 
 
-def predict_from_checkpoint(model_dir, output, checkpoint=None):
-  """Runs the run's model over --input_data_pattern; writes rows to `output` (a
-  PredictionWriter). checkpoint: the one to use, default model_dir's latest."""
+def predict_from_checkpoint(model_dir, files, output, checkpoint=None):
+  """Runs the run's model over `files` (the readers.DataFiles of --input_data_pattern);
+  writes rows to `output` (a PredictionWriter). checkpoint: the one to use, default
+  model_dir's latest."""
   cfg = config.with_command_segments(run_dir.load(model_dir, flag_name=model_flag_name()))
   role = cfg.role(FLAGS.role)
   checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
   model = inference_graph.InferenceGraph(
-      cfg, role, FLAGS.input_data_pattern, "--input_data_pattern", FLAGS.batch_size,
-      FLAGS.num_readers, FLAGS.top_k, with_labels=False)
+      cfg, role, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.top_k,
+      with_labels=False)
   print("Predicting with the %s of %s (%s)" % (role, model_dir,
                                                os.path.basename(checkpoint)), flush=True)
   fetches = [model.fetches[key] for key in ("video_ids", "top_indices", "top_scores")]
   with model.session(checkpoint, FLAGS.bf16) as sess:
-    with readers.data_errors_named(model.reader, FLAGS.input_data_pattern,
-                                   "--input_data_pattern"):
-      return write_rows(sess, fetches, output)
+    with readers.data_errors_named(model.reader, files):
+      return write_rows(sess, fetches, output, files)
 
 
-def rank_segments_from_checkpoint(model_dir, output_file, checkpoint=None):
+def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None):
   """--segment_labels: runs the run's model over every segment of every video of
-  --input_data_pattern and writes the Class,Segments CSV to output_file (atomically).
+  `files` (--input_data_pattern's DataFiles) and writes the Class,Segments CSV to
+  output_file (atomically).
 
   Each segment competes for its --top_k best rated classes; each class lists its
   --segment_max_pred best segments (segment_ranking). Memory is bounded by the
@@ -159,8 +160,8 @@ def rank_segments_from_checkpoint(model_dir, output_file, checkpoint=None):
                            % (FLAGS.segment_label_ids_file, classes[-1], cfg.num_classes))
   checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
   model = inference_graph.InferenceGraph(
-      cfg, role, FLAGS.input_data_pattern, "--input_data_pattern", FLAGS.batch_size,
-      FLAGS.num_readers, FLAGS.top_k, with_labels=False, classes=classes)
+      cfg, role, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.top_k,
+      with_labels=False, classes=classes)
   print("Ranking the %d-frame segments of every video per rated class (%d classes, at "
         "most %d segments each) with the %s of %s (%s)"
         % (cfg.segment_size, len(classes), FLAGS.segment_max_pred, role, model_dir,
@@ -170,8 +171,7 @@ def rank_segments_from_checkpoint(model_dir, output_file, checkpoint=None):
                                             "top_indices", "top_scores")]
   progress = progress.Progress(FLAGS.progress_every_secs, what="segments")
   with model.session(checkpoint, FLAGS.bf16) as sess:
-    with readers.data_errors_named(model.reader, FLAGS.input_data_pattern,
-                                   "--input_data_pattern"):
+    with readers.data_errors_named(model.reader, files):
       while True:
         try:
           video_ids, starts, indexes, scores = sess.run(fetches)
@@ -186,14 +186,14 @@ def rank_segments_from_checkpoint(model_dir, output_file, checkpoint=None):
   return progress.done
 
 
-def predict_from_saved_model(export_dir, output):
-  """Runs a SavedModel's serving signature over --input_data_pattern."""
+def predict_from_saved_model(export_dir, files, output):
+  """Runs a SavedModel's serving signature over `files` (the readers.DataFiles of
+  --input_data_pattern)."""
   if not tf.io.gfile.isdir(export_dir):
     raise utils.UsageError("--saved_model=%s does not exist" % export_dir)
   graph = tf.Graph()
   with graph.as_default():
-    files = readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
-    records = tf.data.Dataset.from_tensor_slices(files).flat_map(
+    records = tf.data.Dataset.from_tensor_slices(list(files.paths)).flat_map(
         readers.traced(readers.record_dataset))
     records = records.batch(FLAGS.batch_size).prefetch(2)
     serialized = tf1.data.make_one_shot_iterator(records).get_next()
@@ -215,21 +215,21 @@ def predict_from_saved_model(export_dir, output):
       cfg = (config.from_json(utils.read_json(extra), extra)
              if tf.io.gfile.exists(extra) else config.from_flags())
       reader = readers.get_reader(cfg, require_labels=False)
-      with readers.data_errors_named(reader, FLAGS.input_data_pattern,
-                                     "--input_data_pattern"):
-        return write_rows(sess, fetches, output, feed=(serialized, input_name))
+      with readers.data_errors_named(reader, files):
+        return write_rows(sess, fetches, output, files, feed=(serialized, input_name))
 
 
-def write_rows(sess, fetches, output, feed=None):
+def write_rows(sess, fetches, output, files, feed=None):
   """Writes one CSV row per video until the data ends; returns the number of videos.
 
   fetches: [video ids [B], top classes [B, K], their scores [B, K]] (K >= --top_k).
+  files: the DataFiles read (their records are the progress lines' total).
   feed: (tensor of serialized records, name of the model input to feed them to), for
   a SavedModel whose graph was imported without our reader.
   """
   progress = progress.Progress(
       FLAGS.progress_every_secs,
-      readers.count_records(readers.list_data_files(FLAGS.input_data_pattern)))
+      readers.count_records(files.paths))
   while True:
     try:
       if feed is None:
@@ -395,21 +395,22 @@ def main(unused_argv):
     pack_model(model_dir, FLAGS.output_model_tgz, checkpoint)
   if not FLAGS.output_file:
     return 0
-  readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
+  files = readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
   if ranks_segments(model_dir):
-    count = rank_segments_from_checkpoint(model_dir, FLAGS.output_file, checkpoint)
+    count = rank_segments_from_checkpoint(model_dir, files, FLAGS.output_file,
+                                          checkpoint)
     print("Wrote the Class,Segments CSV of %d segments to %s" % (count,
                                                                  FLAGS.output_file))
     return 0
-  with contextlib.ExitStack() as files:
-    output = files.enter_context(utils.atomic_output(FLAGS.output_file))
-    names_output = (files.enter_context(utils.atomic_output(names_path(FLAGS.output_file)))
-                    if names else None)
+  with contextlib.ExitStack() as outputs:
+    output = outputs.enter_context(utils.atomic_output(FLAGS.output_file))
+    names_output = (outputs.enter_context(
+        utils.atomic_output(names_path(FLAGS.output_file))) if names else None)
     writer = PredictionWriter(output, names_output, names)
     if FLAGS.saved_model:
-      count = predict_from_saved_model(FLAGS.saved_model, writer)
+      count = predict_from_saved_model(FLAGS.saved_model, files, writer)
     else:
-      count = predict_from_checkpoint(model_dir, writer, checkpoint)
+      count = predict_from_checkpoint(model_dir, files, writer, checkpoint)
   print("Wrote %d videos to %s%s" % (count, FLAGS.output_file,
                                      " and " + names_path(FLAGS.output_file)
                                      if names else ""))

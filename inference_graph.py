@@ -25,19 +25,18 @@ METRIC_KEYS = ("gap", "map_all_classes", "map_labelled_classes", "hit_at_one", "
                "loss")
 
 
-def input_batches(cfg, role, data_pattern, batch_size, num_readers, flag_name,
-                  require_labels=True, skipped=None):
-  """One unshuffled pass over every record of data_pattern, in a fixed order, read for
-  `role` (the student's frames alone are decoded).
+def input_batches(cfg, role, files, batch_size, num_readers, require_labels=True,
+                  skipped=None):
+  """One unshuffled pass over every record of `files` (a readers.DataFiles), in a fixed
+  order, read for `role` (the student's frames alone are decoded).
 
   Returns:
     (reader, iterator initializer op, batch dict of tensors, see readers).
   """
   reader = readers.get_reader(cfg, require_labels=require_labels, dequantize=False,
                               student_only=role == kd_model.STUDENT)
-  dataset = readers.make_dataset(reader, data_pattern, batch_size, num_readers,
-                                 num_epochs=1, shuffle=False, flag_name=flag_name,
-                                 skipped=skipped)
+  dataset = readers.make_dataset(reader, files, batch_size, num_readers, num_epochs=1,
+                                 shuffle=False, skipped=skipped)
   iterator = tf1.data.make_initializable_iterator(dataset)
   return reader, iterator.initializer, iterator.get_next()
 
@@ -159,21 +158,22 @@ def one_file_batches(reader, path, size, batch_size, skipped=None):
 class InferenceGraph(object):
   """A graph of its own: a role's model in inference mode over records.
 
-  Two ways to read: one unshuffled pass over every file of a data pattern (eval.py,
-  inference.py: data_pattern given), or one file at a time (a teacher cache:
-  data_pattern None, each pass begun by start_file). Fetches: the top classes
-  (top_k_outputs) when top_k is set, else role_outputs.
-  Attributes: graph, reader, fetches, skipped (a SkippedRecords or None).
+  Two ways to read: one unshuffled pass over every file of a readers.DataFiles
+  (eval.py, inference.py), or one file at a time (a teacher cache: files None, each
+  pass begun by start_file). Fetches: the top classes (top_k_outputs) when top_k is
+  set, else role_outputs.
+  Attributes: graph, reader, files, fetches, skipped (a SkippedRecords or None).
   """
 
-  def __init__(self, cfg, role, data_pattern, flag_name, batch_size, num_readers,
-               top_k=None, with_labels=False, skip_corrupt_records=False, classes=None,
+  def __init__(self, cfg, role, files, batch_size, num_readers, top_k=None,
+               with_labels=False, skip_corrupt_records=False, classes=None,
                require_labels=None, checkpoint_scope=None):
     """require_labels: records must have labels (default: with_labels);
     checkpoint_scope: the scope the role's variables have in the checkpoint, when it
     is not the role's own (a student's run teaching as a teacher)."""
     self.graph = tf.Graph()
-    self._reads_files = data_pattern is None
+    self.files = files
+    self._reads_files = files is None
     with self.graph.as_default():
       self.skipped = readers.SkippedRecords() if skip_corrupt_records else None
       require_labels = with_labels if require_labels is None else require_labels
@@ -188,8 +188,8 @@ class InferenceGraph(object):
         self._initializer, batch = iterator.initializer, iterator.get_next()
       else:
         self.reader, self._initializer, batch = input_batches(
-            cfg, role, data_pattern, batch_size, num_readers, flag_name,
-            require_labels=require_labels, skipped=self.skipped)
+            cfg, role, files, batch_size, num_readers, require_labels=require_labels,
+            skipped=self.skipped)
       if top_k is None:
         self.fetches = role_outputs(cfg, batch, role)
       else:

@@ -164,8 +164,9 @@ class ModelTraining(object):
     that --seed reproduces them)."""
     return self.cfg.roles() == (STUDENT,) and self.cfg.frame_sampling != "random"
 
-  def input_batch(self, train_cfg, global_batch, skipped=None, start_step=0):
-    """Shuffled training batches of train_cfg.train_data_pattern (uint8 frames).
+  def input_batch(self, train_cfg, train_files, global_batch, skipped=None,
+                  start_step=0):
+    """Shuffled training batches of train_files (a readers.DataFiles; uint8 frames).
 
     With a seed the record order is fixed, and a run resumed at start_step skips the
     batches its first start_step steps read, so it sees the batches an uninterrupted
@@ -173,13 +174,12 @@ class ModelTraining(object):
     """
     return readers.get_input_data_tensors(
         readers.get_reader(self.cfg, dequantize=False, student_only=self.student_only()),
-        train_cfg.train_data_pattern, global_batch, train_cfg.num_readers,
-        train_cfg.num_epochs, shuffle=True, seed=train_cfg.seed,
-        flag_name="--train_data_pattern", skipped=skipped,
+        train_files, global_batch, train_cfg.num_readers, train_cfg.num_epochs,
+        shuffle=True, seed=train_cfg.seed, skipped=skipped,
         skip_batches=start_step if train_cfg.seed is not None else 0,
-        companions=self._companions())
+        teacher_cache_shards=self._teacher_cache_shards())
 
-  def _companions(self):
+  def _teacher_cache_shards(self):
     return None
 
   def tower(self, batch, reuse, seed=None):
@@ -236,18 +236,19 @@ class Distillation(ModelTraining):
     self.mode = "offline" if cache is not None else cfg.kd_mode
     self.rep_width = None
 
-  def _companions(self):
+  def _teacher_cache_shards(self):
     return self.cache.paths_by_file() if self.cache else None
 
-  def input_batch(self, train_cfg, global_batch, skipped=None, start_step=0):
+  def input_batch(self, train_cfg, train_files, global_batch, skipped=None,
+                  start_step=0):
     """The records' batches (see ModelTraining); offline, with each record's cached
     teacher outputs as teacher_predictions [B, C] and teacher_representation [B, H]."""
-    batch = super(Distillation, self).input_batch(train_cfg, global_batch, skipped,
-                                                  start_step)
+    batch = super(Distillation, self).input_batch(train_cfg, train_files, global_batch,
+                                                  skipped, start_step)
     if self.cache:
       batch["teacher_predictions"], batch["teacher_representation"] = self.cache.decode(
-          batch.pop("companion"), batch["video_ids"], batch.get("segment_rank"),
-          batch.get("segment_start_times"))
+          batch.pop("teacher_cache_entry"), batch["video_ids"],
+          batch.get("segment_rank"), batch.get("segment_start_times"))
     return batch
 
   def _teacher_outputs(self, batch, reuse, seed):

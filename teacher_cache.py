@@ -186,7 +186,7 @@ class TeacherCache(object):
     # Records without labels fail (or are skipped) here as in training, so that each
     # shard holds an entry for exactly the records training reads.
     model = inference_graph.InferenceGraph(
-        cfg, kd_model.TEACHER, None, "--train_data_pattern", batch_size, 1,
+        cfg, kd_model.TEACHER, None, batch_size, 1,
         require_labels=True, skip_corrupt_records=skip_corrupt_records,
         checkpoint_scope=self.teacher.scope)
     self.representation_width = int(model.fetches["representation"].shape[-1])
@@ -203,8 +203,9 @@ class TeacherCache(object):
         temporary = utils.temporary_name(final)
         model.start_file(sess, files[index], self.fingerprint["files"][index][1])
         count.prefix = "Teacher cache: shard %d of %d, " % (done + 1, len(missing))
-        with readers.data_errors_named(model.reader, files[index],
-                                       "--train_data_pattern"), \
+        one_file = readers.DataFiles(files[index], "--train_data_pattern",
+                                     (files[index],))
+        with readers.data_errors_named(model.reader, one_file), \
             tf.io.TFRecordWriter(temporary) as writer:
           for out in model.batches(sess):
             for entry in _entries(out, dtype):

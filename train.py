@@ -220,7 +220,8 @@ def train(run, cluster_task, server, task):
   cluster_task.restrict_session(session_config)
   model = train_graph.TrainGraph(
       cfg, train_cfg, task, devices, cluster_task,
-      start_step=run_dir.checkpoint_step(resume_from) if resume_from else 0)
+      start_step=run_dir.checkpoint_step(resume_from) if resume_from else 0,
+      train_files=run.train_files)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
   steps_cap = train_cfg.max_steps
@@ -253,9 +254,7 @@ def train(run, cluster_task, server, task):
     detail_fetches = dict(fetches, predictions=model.predictions, labels=model.labels)
     step = None
     try:
-      with readers.data_errors_named(readers.get_reader(cfg),
-                                     train_cfg.train_data_pattern,
-                                     "--train_data_pattern"), \
+      with readers.data_errors_named(readers.get_reader(cfg), run.train_files), \
           graph_failures_named(lambda: step, train_dir, cache_dir), \
           tf1.train.MonitoredSession(session_creator=creator, hooks=hooks) as sess:
         step = sess.run(model.global_step)

@@ -33,7 +33,7 @@ class TrainGraph(object):
   """
 
   def __init__(self, cfg, train_cfg, task, devices, cluster_task=None, input_fn=None,
-               start_step=0):
+               start_step=0, train_files=None):
     """
     Args:
       cfg: the GraphConfig.
@@ -42,14 +42,16 @@ class TrainGraph(object):
       devices: tower device names.
       cluster_task: this process's cluster.Task (None: a lone process).
       input_fn: callable(global batch size) -> batch dict; default: task.input_batch
-        over train_cfg.train_data_pattern (benchmarks pass in-graph random input).
+        over train_files (benchmarks pass in-graph random input).
       start_step: the global step the run resumes at (see task.input_batch); a
         distributed run's workers read on their own and do not skip.
+      train_files: the readers.DataFiles of --train_data_pattern (without input_fn).
     """
     cluster_task = cluster_task or cluster.Task({})
     self.cfg = cfg
     self.train_cfg = train_cfg
     self.task = task
+    self.train_files = train_files
     self.start_step = 0 if cluster_task.distributed else start_step
     self.graph = tf.Graph()
     self.num_towers = len(devices)
@@ -83,8 +85,9 @@ class TrainGraph(object):
       else:
         self.skipped = (readers.SkippedRecords() if self.train_cfg.skip_corrupt_records
                         else None)
-        batch = self.task.input_batch(self.train_cfg, self.examples_per_step,
-                                      self.skipped, self.start_step)
+        batch = self.task.input_batch(self.train_cfg, self.train_files,
+                                      self.examples_per_step, self.skipped,
+                                      self.start_step)
     self.labels = batch["labels"]
     self.label_weights = batch.get("label_weights")
     return batch
@@ -192,8 +195,9 @@ class ValidationGraph(object):
       self.skipped = (readers.SkippedRecords() if train_cfg.skip_corrupt_records
                       else None)
       _, self.initializer, batch = inference_graph.input_batches(
-          cfg, cfg.role(), train_cfg.eval_data_pattern, train_cfg.batch_size,
-          train_cfg.num_readers, "--eval_data_pattern", skipped=self.skipped)
+          cfg, cfg.role(), readers.list_data_files(train_cfg.eval_data_pattern,
+                                                   "--eval_data_pattern"),
+          train_cfg.batch_size, train_cfg.num_readers, skipped=self.skipped)
       self.fetches = inference_graph.top_k_outputs(cfg, batch, cfg.role(),
                                                    VALIDATION_TOP_K, with_labels=True,
                                                    reuse=True)

@@ -56,9 +56,9 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
         # repeating the files so that the timed batches never run out.
         reader = readers.get_reader(cfg, dequantize=False,
                                     student_only=cfg.role() == kd_model.STUDENT)
-        batch = readers.get_input_data_tensors(reader, data_pattern, batch_size,
-                                               num_readers=2, num_epochs=None,
-                                               shuffle=False)
+        batch = readers.get_input_data_tensors(
+            reader, readers.list_data_files(data_pattern), batch_size, num_readers=2,
+            num_epochs=None, shuffle=False)
       outputs = inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20,
                                               with_labels=False)
       result["parameters"] = sum(v.shape.num_elements()

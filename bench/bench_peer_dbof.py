@@ -45,13 +45,15 @@ def run_case(mode, frames, steps, data_pattern, extra_flags):
                                     list(extra_flags))
   if mode == "train":
     model = train_graph.TrainGraph(cfg, train_cfg, kd_model.training_task(cfg),
-                                   ["/cpu:0"])
+                                   ["/cpu:0"],
+                                   train_files=readers.list_data_files(data_pattern))
     graph, fetch = model.graph, model.train_op
   else:
     graph = tf.Graph()
     with graph.as_default():
       batch = readers.get_input_data_tensors(readers.get_reader(cfg, dequantize=False),
-                                             data_pattern, 80, 2, shuffle=False)
+                                             readers.list_data_files(data_pattern),
+                                             80, 2, shuffle=False)
       fetch = inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20,
                                             with_labels=False)["top_indices"]
   with graph.as_default():

@@ -31,7 +31,7 @@ def floor_dataset(pattern, batch_size, num_readers, parsed=True, unbuffered=Fals
   """TFRecordDataset + parse_sequence_example only, shaped like readers.make_dataset;
   parsed=False: the records alone (file reads, checksums, batching); unbuffered: read
   as ours reads local files (readers.record_dataset), not through TF's read buffer."""
-  files = readers.list_data_files(pattern)
+  files = list(readers.list_data_files(pattern).paths)
   read = tf.data.TFRecordDataset
   if unbuffered:
     read = readers.record_dataset
@@ -90,7 +90,8 @@ def main():
   def ours(dequantize, selected_frames=None):
     reader = readers.YT8MFrameFeatureReader(dequantize=dequantize,
                                             selected_frames=selected_frames)
-    return lambda: readers.make_dataset(reader, pattern, args.batch_size,
+    return lambda: readers.make_dataset(reader, readers.list_data_files(pattern),
+                                        args.batch_size,
                                         args.num_readers, num_epochs=1, shuffle=False)
 
   contenders = {"floor (TFRecordDataset + parse)": lambda: floor_dataset(

@@ -42,7 +42,7 @@ def main():
   pattern = common.generated_data(args.data_dir, 400, min_frames=300,
                                   short_video_fraction=0.0)
   records = []
-  for path in readers.list_data_files(pattern):
+  for path in readers.list_data_files(pattern).paths:
     for record in tf1.io.tf_record_iterator(path):
       records.append(record)
   records = records[:args.batch_size]

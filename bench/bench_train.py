@@ -95,7 +95,7 @@ def teacher_cache_of_a_teacher(data_pattern, directory, extra_flags=()):
       checkpoint = tf1.train.Saver().save(sess, os.path.join(directory, "model.ckpt"))
   teacher = kd_model.Teacher(checkpoint)
   kd_cfg = cfg.replace(model_type="KD", k_frame=6, teacher_model=cfg.model_json())
-  files = readers.list_data_files(data_pattern)
+  files = readers.list_data_files(data_pattern).paths
   cache = teacher_cache.TeacherCache(os.path.join(directory, "cache"),
                                      teacher_cache.fingerprint(kd_cfg, teacher, files,
                                                                "float16"),
@@ -108,6 +108,7 @@ def teacher_cache_of_a_teacher(data_pattern, directory, extra_flags=()):
 def run_case(case, source, steps, data_pattern, extra_flags=()):
   """Builds and times one case in this process; returns a dict of measurements."""
   import kd_model
+  import readers
   import train
   import train_graph
   import utils
@@ -128,16 +129,20 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
           types.SimpleNamespace()
     cfg = cfg.replace(teacher_model=teacher_model, teacher_cache={"bench": True})
 
+  train_files = None if input_fn else readers.list_data_files(data_pattern)
+
   def build(cfg):
     task = kd_model.training_task(cfg, cache=cache)
     if case == "teacher_forward":
       graph = tf.Graph()
       with graph.as_default():
-        batch = input_fn(80) if input_fn else task.input_batch(train_cfg, 80)
+        batch = (input_fn(80) if input_fn else
+                 task.input_batch(train_cfg, train_files, 80))
         outputs = kd_model.inference_outputs(cfg, batch, kd_model.TEACHER)
         return graph, tf.reduce_sum(outputs["predictions"]), \
             tf1.global_variables_initializer()
-    model = train_graph.TrainGraph(cfg, train_cfg, task, ["/cpu:0"], input_fn=input_fn)
+    model = train_graph.TrainGraph(cfg, train_cfg, task, ["/cpu:0"], input_fn=input_fn,
+                                   train_files=train_files)
     with model.graph.as_default():
       return model.graph, model.train_op, tf1.global_variables_initializer()
 

@@ -43,8 +43,8 @@ def _outputs(cfg, run, pattern, student_only):
     reader = readers.get_reader(cfg, dequantize=False, require_labels=False,
                                 student_only=student_only)
     assert (reader.selected_frames is not None) == student_only
-    batch = readers.get_input_data_tensors(reader, pattern, 4, 1, num_epochs=1,
-                                           shuffle=False)
+    batch = readers.get_input_data_tensors(
+        reader, readers.list_data_files(pattern), 4, 1, num_epochs=1, shuffle=False)
     inputs, _ = kd_model.model_inputs(cfg, kd_model.STUDENT, batch, is_training=False)
     fetches = inference_graph.top_k_outputs(cfg, batch, kd_model.STUDENT, 20,
                                             with_labels=False)

@@ -50,7 +50,8 @@ def _direct_predictions(directory, pattern, role, batch_size=4):
   cfg = run_dir.load(directory)
   with tf.Graph().as_default():
     reader = readers.get_reader(cfg, dequantize=False)
-    batch = readers.get_input_data_tensors(reader, pattern, batch_size, 1, num_epochs=1,
+    batch = readers.get_input_data_tensors(reader, readers.list_data_files(pattern),
+                                           batch_size, 1, num_epochs=1,
                                            shuffle=False)
     outputs = kd_model.inference_outputs(cfg, batch, role)
     saver = tf1.train.Saver()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import input_pipeline
 import readers
 import utils
 from tools import make_synthetic_yt8m as synth
@@ -22,7 +23,8 @@ def _video(vid, labels, num_frames, seed, sizes=(("rgb", 8), ("audio", 4))):
 def _read_all(reader, pattern, batch_size=4, num_readers=2):
   """Every batch of one unshuffled epoch, concatenated."""
   with tf.Graph().as_default():
-    batch = readers.get_input_data_tensors(reader, pattern, batch_size, num_readers,
+    batch = readers.get_input_data_tensors(reader, readers.list_data_files(pattern),
+                                           batch_size, num_readers,
                                            num_epochs=1, shuffle=False)
     out = {k: [] for k in batch}
     with tf1.Session() as sess:
@@ -115,8 +117,9 @@ def test_shuffled_training_input_repeats_and_drops_partial_batches(frame_files):
   pattern, videos = frame_files
   reader = readers.YT8MFrameFeatureReader(num_classes=7, feature_sizes=[8, 4])
   with tf.Graph().as_default():
-    batch = readers.get_input_data_tensors(reader, pattern, 4, 2, num_epochs=2,
-                                           shuffle=True, seed=1)
+    batch = readers.get_input_data_tensors(
+        reader, readers.list_data_files(pattern), 4, 2, num_epochs=2, shuffle=True,
+        seed=1)
     seen = []
     with tf1.Session() as sess:
       while True:
@@ -164,13 +167,14 @@ def test_local_files_are_read_unbuffered_with_the_same_records(tmp_path, monkeyp
   assert _records_and_buffer(remote) == (records, -1)
   # Every pipeline of make_dataset opens its files through record_dataset.
   opened = []
-  real = readers.record_dataset
-  monkeypatch.setattr(readers, "record_dataset",
+  real = input_pipeline.record_dataset
+  monkeypatch.setattr(input_pipeline, "record_dataset",
                       lambda path: opened.append(path) or real(path))
   reader = readers.YT8MFrameFeatureReader(num_classes=7, feature_sizes=[8, 4])
   for skipped in (None, readers.SkippedRecords):
     with tf.Graph().as_default():
-      readers.make_dataset(reader, path, 2, 1, num_epochs=1, shuffle=False,
+      readers.make_dataset(reader, readers.list_data_files(path), 2, 1, num_epochs=1,
+                           shuffle=False,
                            skipped=skipped and skipped())
   assert len(opened) == 2
 
@@ -196,7 +200,8 @@ def test_empty_pattern_is_a_usage_error_naming_it(tmp_path):
   reader = readers.YT8MFrameFeatureReader()
   with tf.Graph().as_default():
     with pytest.raises(utils.UsageError, match="nothing.tfrecord.*matches no file"):
-      readers.get_input_data_tensors(reader, str(tmp_path / "nothing.tfrecord"), 2)
+      readers.get_input_data_tensors(
+          reader, readers.list_data_files(str(tmp_path / "nothing.tfrecord")), 2)
 
 
 def test_feature_lists_of_different_lengths_are_a_usage_error():
@@ -250,7 +255,7 @@ def test_corrupted_shard_is_named(tmp_path):
 def test_good_files_have_no_problem(frame_files):
   pattern, _ = frame_files
   reader = readers.YT8MFrameFeatureReader(num_classes=7, feature_sizes=[8, 4])
-  assert readers.find_bad_record(reader, readers.list_data_files(pattern)) is None
+  assert readers.find_bad_record(reader, readers.list_data_files(pattern).paths) is None
 
 
 def test_unlabeled_records_are_fine_when_labels_are_not_required(tmp_path):

@@ -47,9 +47,9 @@ def _read_all(skip_corrupt_records):
   reader = readers.YT8MAggregatedFeatureReader(
       num_classes=NUM_CLASSES, feature_names=["mean_rgb", "mean_audio"])
   skipped = readers.SkippedRecords() if skip_corrupt_records else None
-  batch = readers.get_input_data_tensors(reader, ",".join(SHARDS), batch_size=100,
-                                         num_readers=2, num_epochs=1, shuffle=False,
-                                         skipped=skipped)
+  batch = readers.get_input_data_tensors(
+      reader, readers.list_data_files(",".join(SHARDS)), batch_size=100,
+      num_readers=2, num_epochs=1, shuffle=False, skipped=skipped)
   out = {"video_ids": [], "video_matrix": [], "labels": []}
   with tf1.Session() as sess:
     sess.run([tf1.local_variables_initializer(), tf1.tables_initializer()])

@@ -74,8 +74,9 @@ def test_the_frame_reader_gives_what_protobuf_gives():
                                           feature_names=NAMES, max_frames=MAX_FRAMES,
                                           dequantize=False)
   with tf.Graph().as_default():
-    batch = readers.get_input_data_tensors(reader, ",".join(SHARDS), batch_size=8,
-                                           num_readers=1, num_epochs=1, shuffle=False)
+    batch = readers.get_input_data_tensors(
+        reader, readers.list_data_files(",".join(SHARDS)), batch_size=8,
+        num_readers=1, num_epochs=1, shuffle=False)
     got = []
     with tf1.Session() as sess:
       sess.run(tf1.local_variables_initializer())

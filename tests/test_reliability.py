@@ -564,13 +564,14 @@ def test_bad_data_fails_the_pipeline_with_one_line_naming_file_and_record(data, 
   pattern, expected = data["bad"][case]
   reader = readers.YT8MFrameFeatureReader(num_classes=20)
   with tf.Graph().as_default():
-    batch = readers.get_input_data_tensors(reader, pattern, 4, 2, num_epochs=1,
-                                           shuffle=False)
+    batch = readers.get_input_data_tensors(
+        reader, readers.list_data_files(pattern), 4, 2, num_epochs=1, shuffle=False)
     with tf1.Session() as sess:
       with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.DataLossError)) as e:
         while True:
           sess.run(batch)
-  error = readers.data_error(e.value, reader, pattern, "--train_data_pattern")
+  error = readers.data_error(e.value, reader,
+                             readers.list_data_files(pattern, "--train_data_pattern"))
   assert isinstance(error, utils.UsageError)
   assert str(error).startswith(expected) and "\n" not in str(error), str(error)
 

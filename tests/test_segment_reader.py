@@ -26,7 +26,8 @@ def rated_data(tmp_path_factory):
 def read_all(reader, pattern, batch_size=7):
   """Every batch of one unshuffled pass, concatenated per key."""
   with tf.Graph().as_default():
-    dataset = readers.make_dataset(reader, pattern, batch_size, num_epochs=1,
+    dataset = readers.make_dataset(reader, readers.list_data_files(pattern), batch_size,
+                                   num_epochs=1,
                                    shuffle=False)
     batch = tf1.data.make_one_shot_iterator(dataset).get_next()
     parts = []
@@ -43,7 +44,7 @@ def protobuf_videos(pattern):
   """[(id, frames uint8 [T, 1152] (at most MAX_FRAMES), ratings [(label, start,
   score)])] of the records, by a plain protobuf parse."""
   videos = []
-  for path in readers.list_data_files(pattern):
+  for path in readers.list_data_files(pattern).paths:
     for serialized in tf1.io.tf_record_iterator(path):
       example = tf.train.SequenceExample.FromString(serialized)
       lists = example.feature_lists.feature_list
@@ -106,7 +107,8 @@ def test_inference_reads_every_segment_of_a_video(rated_data):
 
 def test_training_batches_hold_batch_size_segments_and_shuffle(rated_data):
   with tf.Graph().as_default():
-    batch = readers.get_input_data_tensors(segment_reader(rated=True), rated_data,
+    batch = readers.get_input_data_tensors(segment_reader(rated=True),
+                                           readers.list_data_files(rated_data),
                                            batch_size=8, seed=3)
     with tf1.Session() as sess:
       first = [sess.run(batch) for _ in range(2)]
@@ -184,7 +186,8 @@ def test_skip_corrupt_records_drops_a_record_with_bad_ratings(tmp_path):
                                      feature_sizes=[1024], max_frames=MAX_FRAMES)
   with tf.Graph().as_default():
     skipped = readers.SkippedRecords()
-    batch = readers.get_input_data_tensors(reader, shard, 8, num_epochs=1, shuffle=False,
+    batch = readers.get_input_data_tensors(reader, readers.list_data_files(shard), 8,
+                                           num_epochs=1, shuffle=False,
                                            skipped=skipped)
     with tf1.Session() as sess:
       sess.run([tf1.local_variables_initializer(), tf1.tables_initializer()])

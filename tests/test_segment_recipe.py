@@ -55,7 +55,8 @@ def direct_predictions(directory, pattern, rated, role=None, batch_size=8):
   role = role or cfg.role()
   with tf.Graph().as_default():
     reader = readers.get_reader(cfg, require_labels=rated, dequantize=False)
-    batch = readers.get_input_data_tensors(reader, pattern, batch_size, 1, num_epochs=1,
+    batch = readers.get_input_data_tensors(reader, readers.list_data_files(pattern),
+                                           batch_size, 1, num_epochs=1,
                                            shuffle=False)
     outputs = kd_model.inference_outputs(cfg, batch, role)
     fetches = [batch["video_ids"], batch["segment_start_times"], outputs["predictions"],
@@ -162,7 +163,7 @@ def assert_cache_holds(cache, pattern, teacher_dir):
   prediction of teacher_dir's model on that segment (float16)."""
   teacher = direct_predictions(teacher_dir, pattern, rated=True)
   cached = {}
-  for index, _ in enumerate(readers.list_data_files(pattern)):
+  for index, _ in enumerate(readers.list_data_files(pattern).paths):
     shard = os.path.join(cache, "teacher-%05d.tfrecord" % index)
     for serialized in tf1.io.tf_record_iterator(shard):
       entry = tf.train.Example.FromString(serialized).features.feature
@@ -240,7 +241,7 @@ def test_a_segment_runs_saved_model_serves_every_segment(runs, tmp_path):
   export_dir = str(tmp_path / "saved_model")
   helpers.run_cli("export_model.py", ["--train_dir=" + runs["kd"],
                                       "--output_dir=" + export_dir])
-  records = [r for path in readers.list_data_files(runs["validate"])
+  records = [r for path in readers.list_data_files(runs["validate"]).paths
              for r in tf1.io.tf_record_iterator(path)]
   with tf.Graph().as_default(), tf1.Session() as sess:
     meta_graph = tf1.saved_model.load(sess, ["serve"], export_dir)

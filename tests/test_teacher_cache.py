@@ -161,9 +161,10 @@ def test_shuffled_readers_join_every_record_with_its_own_video(setup, built_cach
         cache, stored["fingerprint"],
         representation_width=stored["representation_width"])
     batch = readers.get_input_data_tensors(
-        readers.get_reader(cfg, dequantize=False), setup["train"], 5, num_readers=2,
-        num_epochs=3, shuffle=True, companions=cached.paths_by_file())
-    entries = tf.io.parse_example(batch["companion"], {
+        readers.get_reader(cfg, dequantize=False),
+        readers.list_data_files(setup["train"]), 5, num_readers=2, num_epochs=3,
+        shuffle=True, teacher_cache_shards=cached.paths_by_file())
+    entries = tf.io.parse_example(batch["teacher_cache_entry"], {
         "id": tf.io.FixedLenFeature([], tf.string)})["id"]
     seen = []
     with tf1.Session() as sess:

@@ -93,8 +93,9 @@ def _measure_one(run_dir, data_pattern, batch_size, videos):
   with graph.as_default():
     reader = readers.get_reader(cfg, dequantize=False, require_labels=False,
                                 student_only=role == kd_model.STUDENT)
-    batch = readers.get_input_data_tensors(reader, data_pattern, batch_size,
-                                           num_readers=1, num_epochs=None, shuffle=False)
+    batch = readers.get_input_data_tensors(
+        reader, readers.list_data_files(data_pattern), batch_size, num_readers=1,
+        num_epochs=None, shuffle=False)
     outputs = inference_graph.top_k_outputs(cfg, batch, role, 20, with_labels=False)
     fetches = [outputs["video_ids"], outputs["top_scores"], outputs["top_indices"]]
     parameters = sum(v.shape.num_elements() for v in tf1.trainable_variables())

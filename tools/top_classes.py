@@ -47,11 +47,12 @@ def from_run(run, pattern, top):
   import run_dir
   tf.compat.v1.flags.FLAGS(["top_classes"])
   cfg = run_dir.load(run)
-  model = inference_graph.InferenceGraph(cfg, cfg.role(), pattern, "--input_data_pattern",
-                                         64, 1, top, with_labels=False)
+  files = readers.list_data_files(pattern, "--input_data_pattern")
+  model = inference_graph.InferenceGraph(cfg, cfg.role(), files, 64, 1, top,
+                                         with_labels=False)
   proto = tf.train.SequenceExample if cfg.frame_features else tf.train.Example
   truth = {}
-  for path in readers.list_data_files(pattern, "--input_data_pattern"):
+  for path in files.paths:
     for record in tf.compat.v1.io.tf_record_iterator(path):
       parsed = proto.FromString(record)
       feature = (parsed.context.feature if cfg.frame_features else
