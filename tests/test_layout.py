@@ -17,7 +17,8 @@ LAYERS = (
     # 1: layers and models
     ("model_utils", "losses", "video_level_models", "nextvlad", "frame_level_models"),
     # 2: records -> batches
-    ("record_parsing", "input_pipeline", "corrupt_records", "readers"),
+    ("record_checks", "record_parsing", "segment_parsing", "input_pipeline",
+     "corrupt_records", "readers"),
     # 3: a graph's description
     ("graph_flags", "config"),
     # 4: run directories, roles and where they run
