@@ -16,7 +16,8 @@ import os
 
 import tensorflow as tf
 
-import utils
+import cli
+import sessions
 
 tf1 = tf.compat.v1
 CPU_TOWERS_ENV = "YT8M_CPU_TOWERS"
@@ -35,15 +36,15 @@ class Task(object):
     try:
       spec = json.loads(environ.get("TF_CONFIG", "{}") or "{}")
     except ValueError as e:
-      raise utils.UsageError("TF_CONFIG is not valid JSON: %s" % e)
+      raise cli.UsageError("TF_CONFIG is not valid JSON: %s" % e)
     task = spec.get("task") or {"type": "master", "index": 0}
     self.type = task.get("type", "master")
     self.index = int(task.get("index", 0))
     cluster = spec.get("cluster")
     self.cluster = tf1.train.ClusterSpec(cluster) if cluster else None
     if self.cluster and self.type not in self.cluster.jobs:
-      raise utils.UsageError("TF_CONFIG task type %r is not a job of its cluster %s"
-                             % (self.type, self.cluster.jobs))
+      raise cli.UsageError("TF_CONFIG task type %r is not a job of its cluster %s"
+                           % (self.type, self.cluster.jobs))
     has_master = self.cluster is not None and "master" in self.cluster.jobs
     self.is_chief = self.index == 0 and (
         self.type == "master" or (self.type == "worker" and not has_master))
@@ -76,7 +77,8 @@ class Task(object):
 def tower_devices(num_gpu, bf16=False, log_device_placement=False):
   """(device names of the towers, session config) for this machine."""
   cpu_towers = int(os.environ.get(CPU_TOWERS_ENV, "0") or 0)
-  session_config = utils.session_config(bf16, log_device_placement=log_device_placement)
+  session_config = sessions.session_config(bf16,
+                                           log_device_placement=log_device_placement)
   if cpu_towers > 0:
     session_config.device_count["CPU"] = cpu_towers
     print("Testing aid %s=%d: %d towers on logical CPU devices."

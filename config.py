@@ -13,6 +13,7 @@ import dataclasses
 
 import tensorflow as tf
 
+import cli
 import frame_level_models
 import graph_flags
 import preprocessing
@@ -36,9 +37,9 @@ class _ModelMethods(object):
     models = (frame_level_models.MODELS if frame_features
               else video_level_models.MODELS)
     if self.model not in models and not frame_features:
-      raise utils.UsageError("--model=%s is not a video-level model (choose from: %s); "
-                             "for frame-level models set --frame_features"
-                             % (self.model, ", ".join(models.names())))
+      raise cli.UsageError("--model=%s is not a video-level model (choose from: %s); "
+                           "for frame-level models set --frame_features"
+                           % (self.model, ", ".join(models.names())))
     return models.get(self.model)
 
   def hyperparameters(self):
@@ -138,20 +139,20 @@ class GraphConfig(ModelConfig):
       utils.GetListOfFeatureNamesAndSizes(",".join(self.feature_names),
                                           ",".join(map(str, self.feature_sizes)))
     if not 1 <= self.k_frame <= self.max_frames:
-      raise utils.UsageError("--k_frame must be in 1..%d (--max_frames), got %d"
-                             % (self.max_frames, self.k_frame))
+      raise cli.UsageError("--k_frame must be in 1..%d (--max_frames), got %d"
+                           % (self.max_frames, self.k_frame))
     if self.model_type != "teacher" and not self.frame_features:
-      raise utils.UsageError("--model_type=%s needs frame features (--frame_features)"
-                             % self.model_type)
+      raise cli.UsageError("--model_type=%s needs frame features (--frame_features)"
+                           % self.model_type)
     if self.segment_labels:
       if not self.frame_features:
-        raise utils.UsageError("--segment_labels needs frame features "
-                               "(--frame_features): segments are frames of a video")
+        raise cli.UsageError("--segment_labels needs frame features "
+                             "(--frame_features): segments are frames of a video")
       if self.segment_size > self.max_frames:
-        raise utils.UsageError("--segment_size=%d exceeds --max_frames=%d"
-                               % (self.segment_size, self.max_frames))
+        raise cli.UsageError("--segment_size=%d exceeds --max_frames=%d"
+                             % (self.segment_size, self.max_frames))
       if self.model_type != "teacher" and self.k_frame > self.segment_size:
-        raise utils.UsageError(
+        raise cli.UsageError(
             "--k_frame=%d: with --segment_labels the student sees k of a segment's "
             "--segment_size=%d frames" % (self.k_frame, self.segment_size))
     for role in self.roles():
@@ -159,12 +160,12 @@ class GraphConfig(ModelConfig):
       model.model_class(self.frame_features)
       if (model.model == "MixNeXtVladModel" and model.video_level_classifier_model
           not in LOGIT_CLASSIFIERS):
-        raise utils.UsageError(
+        raise cli.UsageError(
             "--model=MixNeXtVladModel mixes its branches' logits: it needs "
             "--video_level_classifier_model=%s, not %s" % (
                 " or ".join(LOGIT_CLASSIFIERS), model.video_level_classifier_model))
     if not isinstance(self.preprocessing, preprocessing.Preprocessing):
-      raise utils.UsageError("unknown preprocessing %r" % (self.preprocessing,))
+      raise cli.UsageError("unknown preprocessing %r" % (self.preprocessing,))
 
   def replace(self, **changes):
     """A copy with some fields changed (validated again)."""
@@ -211,8 +212,8 @@ class GraphConfig(ModelConfig):
     if not requested:
       return STUDENT if self.model_type == "KD" else self.single_model_role()
     if requested not in self.roles():
-      raise utils.UsageError("--role=%s: this run (model_type %s) has only %s"
-                             % (requested, self.model_type, " and ".join(self.roles())))
+      raise cli.UsageError("--role=%s: this run (model_type %s) has only %s"
+                           % (requested, self.model_type, " and ".join(self.roles())))
     return requested
 
   def run_dir_suffix(self):
@@ -262,8 +263,8 @@ def _checked(flag_values, name, value, source=None):
   try:
     return flag_values[name].parser.parse(value)
   except (ValueError, TypeError) as e:
-    raise utils.UsageError("%s--%s=%s: %s" % (source + ": " if source else "", name,
-                                              value, e))
+    raise cli.UsageError("%s--%s=%s: %s" % (source + ": " if source else "", name,
+                                            value, e))
 
 
 def from_flags(flag_values=FLAGS):
@@ -313,7 +314,7 @@ def preprocessing_from_flags(flag_values=FLAGS):
   if preprocessing.scales(flag_values.frame_features, names, sizes):
     return preprocessing.Preprocessing.from_eigenvalues(path)
   if path != preprocessing.DEFAULT_EIGENVALS:
-    raise utils.UsageError(
+    raise cli.UsageError(
         "--pca_eigenvals=%s scales frame-level rgb features (--frame_features with "
         "--feature_names starting with rgb of size 1024); these features are %s"
         % (path, "video-level" if not flag_values.frame_features
@@ -338,7 +339,7 @@ def from_json(recorded, source, flag_values=FLAGS):
   """
   unknown = sorted(set(recorded) - set(FIELDS))
   if unknown:
-    raise utils.UsageError("%s records an unknown flag --%s" % (source, unknown[0]))
+    raise cli.UsageError("%s records an unknown flag --%s" % (source, unknown[0]))
   values = {}
   for name in FIELDS:
     if name == "preprocessing":
@@ -435,10 +436,10 @@ class TrainConfig(object):
 
   def __post_init__(self):
     if self.batch_size <= 0:
-      raise utils.UsageError("--batch_size must be positive, got %d" % self.batch_size)
+      raise cli.UsageError("--batch_size must be positive, got %d" % self.batch_size)
     if not isinstance(getattr(tf.compat.v1.train, self.optimizer, None), type):
-      raise utils.UsageError("--optimizer=%s is not a tf.compat.v1.train optimizer "
-                             "(e.g. AdamOptimizer)" % self.optimizer)
+      raise cli.UsageError("--optimizer=%s is not a tf.compat.v1.train optimizer "
+                           "(e.g. AdamOptimizer)" % self.optimizer)
 
   def replace(self, **changes):
     """A copy with some fields changed (validated again)."""

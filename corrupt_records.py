@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+import cli
 import input_pipeline
 import record_checks
 import record_parsing
-import utils
 from input_pipeline import traced
 from record_checks import (FRAME_BYTES, HAS_FRAMES, HAS_LABELS, LABEL_ID, RATING_COUNTS,
                            RATING_RULES, SEGMENT_FIELDS, VALUE_COUNT)
@@ -121,9 +121,9 @@ def data_error(error, reader, files):
   """
   problem = find_bad_record(reader, files.paths)
   if problem:
-    return utils.UsageError(problem)
-  return utils.UsageError("reading %s=%s failed: %s" % (files.flag_name, files.pattern,
-                                                        str(error).splitlines()[0]))
+    return cli.UsageError(problem)
+  return cli.UsageError("reading %s=%s failed: %s" % (files.flag_name, files.pattern,
+                                                      str(error).splitlines()[0]))
 
 
 def find_bad_record(reader, files):

@@ -14,12 +14,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
+import cli  # noqa: E402
 import config  # noqa: E402,F401  (the graph flags: --role, --bf16, ...)
+import file_io  # noqa: E402
 import inference_graph  # noqa: E402
 import progress  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
-import utils  # noqa: E402
 
 tf1 = tf.compat.v1
 flags = tf1.flags
@@ -59,8 +60,8 @@ def evaluate_checkpoint(model, cfg, checkpoint, num_records):
                                        skipped=model.skipped, progress=progress,
                                        what="checkpoint " + checkpoint)
   if metrics is None:
-    raise utils.UsageError("--eval_data_pattern=%s holds no records"
-                           % FLAGS.eval_data_pattern)
+    raise cli.UsageError("--eval_data_pattern=%s holds no records"
+                         % FLAGS.eval_data_pattern)
   return run_dir.checkpoint_step(checkpoint), metrics
 
 
@@ -96,12 +97,12 @@ def checkpoints_to_evaluate():
 
 def main(unused_argv):
   if not FLAGS.train_dir:
-    raise utils.UsageError("--train_dir is required (a run directory of train.py)")
+    raise cli.UsageError("--train_dir is required (a run directory of train.py)")
   if not FLAGS.eval_data_pattern:
-    raise utils.UsageError("--eval_data_pattern is required")
-  utils.check_file_systems({"--train_dir": FLAGS.train_dir,
-                            "--eval_data_pattern": FLAGS.eval_data_pattern,
-                            "--checkpoint": FLAGS.checkpoint})
+    raise cli.UsageError("--eval_data_pattern is required")
+  file_io.check_file_systems({"--train_dir": FLAGS.train_dir,
+                              "--eval_data_pattern": FLAGS.eval_data_pattern,
+                              "--checkpoint": FLAGS.checkpoint})
   cfg = config.with_command_segments(run_dir.load(FLAGS.train_dir))
   role = cfg.role(FLAGS.role)
   files = readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
@@ -133,20 +134,20 @@ def evaluate_newest_complete(model, cfg, checkpoint, num_records, attempts=5):
     try:
       step, metrics = evaluate_checkpoint(model, cfg, checkpoint, num_records)
       return step, metrics, checkpoint
-    except (tf.errors.NotFoundError, utils.UsageError) as e:
+    except (tf.errors.NotFoundError, cli.UsageError) as e:
       if run_dir.checkpoint_exists(checkpoint):
-        raise e if isinstance(e, utils.UsageError) else utils.UsageError(
+        raise e if isinstance(e, cli.UsageError) else cli.UsageError(
             "cannot restore %s: %s" % (checkpoint, str(e).splitlines()[0]))
       if FLAGS.checkpoint:
-        raise utils.UsageError("--checkpoint=%s disappeared while being read"
-                               % checkpoint)
+        raise cli.UsageError("--checkpoint=%s disappeared while being read"
+                             % checkpoint)
       if not FLAGS.run_once:
         return None
       checkpoint = run_dir.latest_checkpoint(FLAGS.train_dir)
-  raise utils.UsageError("checkpoints of %s kept disappearing while being read"
-                         % FLAGS.train_dir)
+  raise cli.UsageError("checkpoints of %s kept disappearing while being read"
+                       % FLAGS.train_dir)
 
 
 if __name__ == "__main__":
   tf1.disable_eager_execution()
-  utils.run_main(main)
+  cli.run_main(main)

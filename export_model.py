@@ -22,12 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
+import cli  # noqa: E402
 import config  # noqa: E402,F401  (the graph flags: --role, ...)
+import file_io  # noqa: E402
 import inference_graph  # noqa: E402
 import kd_model  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
-import utils  # noqa: E402
 
 tf1 = tf.compat.v1
 flags = tf1.flags
@@ -74,14 +75,14 @@ def export(model_dir, cfg, checkpoint, output_dir, role):
     outputs = build_serving_outputs(cfg, serialized, role)
     variables = tf1.global_variables()
     saver = tf1.train.Saver(variables)
-    parent = os.path.dirname(utils.absolute(output_dir))
+    parent = os.path.dirname(file_io.absolute(output_dir))
     tf.io.gfile.makedirs(parent)
     # Checked before the staging directory exists, so a bad checkpoint leaves nothing.
     run_dir.check_checkpoint_matches(variables, checkpoint, "checkpoint")
     staging = _staging_directory(output_dir, "")
     try:
       with tf1.Session() as sess:
-        utils.restore_checkpoint(saver, sess, checkpoint)
+        run_dir.restore_checkpoint(saver, sess, checkpoint)
         builder = tf1.saved_model.Builder(os.path.join(staging, "model"))
         signature = tf1.saved_model.predict_signature_def(
             inputs={SIGNATURE_INPUT: serialized}, outputs=outputs)
@@ -92,8 +93,8 @@ def export(model_dir, cfg, checkpoint, output_dir, role):
         builder.save()
       extra = os.path.join(staging, "model", "assets.extra")
       tf.io.gfile.makedirs(extra)
-      utils.copy_file(run_dir.flags_path(model_dir),
-                      os.path.join(extra, run_dir.MODEL_FLAGS_FILE))
+      file_io.copy_file(run_dir.flags_path(model_dir),
+                        os.path.join(extra, run_dir.MODEL_FLAGS_FILE))
       replace_directory(os.path.join(staging, "model"), output_dir)
     finally:
       _remove_quietly(staging)
@@ -101,11 +102,11 @@ def export(model_dir, cfg, checkpoint, output_dir, role):
 
 def _staging_directory(target, kind):
   """A new hidden directory next to `target`: .<name>.<kind><random>."""
-  parent = os.path.dirname(utils.absolute(target))
+  parent = os.path.dirname(file_io.absolute(target))
   prefix = "." + os.path.basename(target) + "." + kind
-  if utils.is_local(target):
+  if file_io.is_local(target):
     return tempfile.mkdtemp(prefix=prefix, dir=parent)
-  staging = utils.temporary_name(os.path.join(parent, prefix), suffix="")
+  staging = file_io.temporary_name(os.path.join(parent, prefix), suffix="")
   tf.io.gfile.makedirs(staging)
   return staging
 
@@ -113,7 +114,7 @@ def _staging_directory(target, kind):
 def _remove_quietly(directory):
   """Deletes a staging directory if it is there (nothing to report if not)."""
   try:
-    utils.remove_tree(directory)
+    file_io.remove_tree(directory)
   except (OSError, tf.errors.OpError):
     pass
 
@@ -125,7 +126,7 @@ def replace_directory(source, target):
   absent for the instant between two renames, or the new complete one. Elsewhere
   (gs://) directories cannot be renamed at once: see move_tree.
   """
-  if not (utils.is_local(source) and utils.is_local(target)):
+  if not (file_io.is_local(source) and file_io.is_local(target)):
     _replace_remote_directory(source, target)
     return
   old = None
@@ -161,18 +162,18 @@ def move_tree(source, target, first=None, last=None):
   for name in files:
     destination = os.path.join(target, name)
     tf.io.gfile.makedirs(os.path.dirname(destination))
-    utils.replace_file(os.path.join(source, name), destination)
+    file_io.replace_file(os.path.join(source, name), destination)
   _remove_quietly(source)
 
 
 def main(unused_argv):
   if not FLAGS.train_dir:
-    raise utils.UsageError("--train_dir is required (a run directory of train.py)")
+    raise cli.UsageError("--train_dir is required (a run directory of train.py)")
   if not FLAGS.output_dir:
-    raise utils.UsageError("--output_dir is required (where the SavedModel goes)")
-  utils.check_file_systems({"--train_dir": FLAGS.train_dir,
-                            "--checkpoint": FLAGS.checkpoint,
-                            "--output_dir": FLAGS.output_dir})
+    raise cli.UsageError("--output_dir is required (where the SavedModel goes)")
+  file_io.check_file_systems({"--train_dir": FLAGS.train_dir,
+                              "--checkpoint": FLAGS.checkpoint,
+                              "--output_dir": FLAGS.output_dir})
   cfg = run_dir.load(FLAGS.train_dir)
   role = cfg.role(FLAGS.role)
   checkpoint = run_dir.chosen_checkpoint(FLAGS.train_dir, FLAGS.checkpoint)
@@ -185,4 +186,4 @@ def main(unused_argv):
 
 if __name__ == "__main__":
   tf1.disable_eager_execution()
-  utils.run_main(main)
+  cli.run_main(main)

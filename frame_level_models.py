@@ -17,10 +17,10 @@ recurrent state stops at the last real frame.
 
 import tensorflow as tf
 
+import cli
 import frame_selection
 import model_utils
 import registry
-import utils
 import video_level_models
 from nextvlad import MixNeXtVladModel, NeXtVLADModel, classify
 
@@ -110,10 +110,10 @@ class DbofModel(model_utils.BaseModel):
        "representation": [B, hidden_size]}.
     """
     if pooling_method not in POOLING_METHODS:
-      raise utils.UsageError("--dbof_pooling_method must be max or average, got %r"
-                             % pooling_method)
+      raise cli.UsageError("--dbof_pooling_method must be max or average, got %r"
+                           % pooling_method)
     if iterations < 0:
-      raise utils.UsageError("--iterations must be >= 0, got %d" % iterations)
+      raise cli.UsageError("--iterations must be >= 0, got %d" % iterations)
 
     frames, mask = self._sample(model_input, num_frames, iterations,
                                 "random" if sample_random_frames else "uniform")
@@ -200,7 +200,7 @@ class LstmModel(model_utils.BaseModel):
        "representation": [B, cells] the top layer's state after the last real frame}.
     """
     if layers < 1:
-      raise utils.UsageError("--lstm_layers must be >= 1, got %d" % layers)
+      raise cli.UsageError("--lstm_layers must be >= 1, got %d" % layers)
     representation = _stacked_lstm(model_input, num_frames, cells, layers, "lstm")
     return classify(representation, vocab_size, is_training, classifier,
                     classifier_params)
@@ -328,7 +328,7 @@ class HRNNModel(model_utils.BaseModel):
        "representation": [B, cells] the upper LSTM's final state}.
     """
     if block_size < 1:
-      raise utils.UsageError("--hrnn_block_size must be >= 1, got %d" % block_size)
+      raise cli.UsageError("--hrnn_block_size must be >= 1, got %d" % block_size)
     if model_input.shape[1] is not None:
       block_size = min(block_size, int(model_input.shape[1]))
     num_frames = tf.cast(num_frames, tf.int32)

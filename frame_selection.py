@@ -7,7 +7,7 @@ over the padded tensor (padded_stride).
 
 import tensorflow as tf
 
-import utils
+import cli
 
 STRATEGIES = ("uniform", "padded_stride", "random", "first", "middle", "last",
               "first_middle_last")
@@ -70,10 +70,10 @@ def frame_indices(num_frames, k, strategy, max_frames, seed=None, video_ids=None
     or beyond a video's num_frames occur only for padded_stride (its padding frames).
   """
   if strategy not in STRATEGIES:
-    raise utils.UsageError("--frame_sampling must be one of %s, got %r"
-                           % (", ".join(STRATEGIES), strategy))
+    raise cli.UsageError("--frame_sampling must be one of %s, got %r"
+                         % (", ".join(STRATEGIES), strategy))
   if isinstance(max_frames, int) and not 1 <= k <= max_frames:
-    raise utils.UsageError("--k_frame must be in 1..%d, got %d" % (max_frames, k))
+    raise cli.UsageError("--k_frame must be in 1..%d, got %d" % (max_frames, k))
   num_frames = tf.cast(num_frames, tf.int32)
   if strategy == "padded_stride":
     stride = max_frames // k

@@ -30,13 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
+import cli  # noqa: E402
 import config  # noqa: E402,F401  (the graph flags: --role, --bf16, ...)
+import file_io  # noqa: E402
 import inference_graph  # noqa: E402
 import progress  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
 import segment_ranking  # noqa: E402
-import utils  # noqa: E402
+import sessions  # noqa: E402
 import vocabulary  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -150,14 +152,14 @@ def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None
   cfg = config.with_command_segments(run_dir.load(model_dir, flag_name=model_flag_name()))
   role = cfg.role(FLAGS.role)
   try:
-    classes = segment_ranking.read_rated_classes(utils.shipped_path(
+    classes = segment_ranking.read_rated_classes(file_io.shipped_path(
         FLAGS.segment_label_ids_file))
-  except utils.UsageError as e:
-    raise utils.UsageError("--segment_label_ids_file: %s" % e)
+  except cli.UsageError as e:
+    raise cli.UsageError("--segment_label_ids_file: %s" % e)
   if classes[-1] >= cfg.num_classes:
-    raise utils.UsageError("--segment_label_ids_file=%s names class %d, but the model "
-                           "predicts %d classes (--num_classes)"
-                           % (FLAGS.segment_label_ids_file, classes[-1], cfg.num_classes))
+    raise cli.UsageError("--segment_label_ids_file=%s names class %d, but the model "
+                         "predicts %d classes (--num_classes)"
+                         % (FLAGS.segment_label_ids_file, classes[-1], cfg.num_classes))
   checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
   model = inference_graph.InferenceGraph(
       cfg, role, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.top_k,
@@ -181,7 +183,7 @@ def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None
         progress.add(len(video_ids))
   print("%d segments, %.1f segments/s; writing %s" % (progress.done, progress.rate(),
                                                      output_file), flush=True)
-  with utils.atomic_output(output_file) as output:
+  with file_io.atomic_output(output_file) as output:
     ranking.write(output)
   return progress.done
 
@@ -190,20 +192,20 @@ def predict_from_saved_model(export_dir, files, output):
   """Runs a SavedModel's serving signature over `files` (the readers.DataFiles of
   --input_data_pattern)."""
   if not tf.io.gfile.isdir(export_dir):
-    raise utils.UsageError("--saved_model=%s does not exist" % export_dir)
+    raise cli.UsageError("--saved_model=%s does not exist" % export_dir)
   graph = tf.Graph()
   with graph.as_default():
     records = tf.data.Dataset.from_tensor_slices(list(files.paths)).flat_map(
         readers.traced(readers.record_dataset))
     records = records.batch(FLAGS.batch_size).prefetch(2)
     serialized = tf1.data.make_one_shot_iterator(records).get_next()
-    with tf1.Session(graph=graph, config=utils.session_config(FLAGS.bf16)) as sess:
+    with tf1.Session(graph=graph, config=sessions.session_config(FLAGS.bf16)) as sess:
       try:
         meta_graph = tf1.saved_model.load(sess, [tf1.saved_model.tag_constants.SERVING],
                                           export_dir)
       except (IOError, RuntimeError, tf.errors.OpError) as e:
-        raise utils.UsageError("--saved_model=%s cannot be loaded: %s"
-                               % (export_dir, str(e).splitlines()[0]))
+        raise cli.UsageError("--saved_model=%s cannot be loaded: %s"
+                             % (export_dir, str(e).splitlines()[0]))
       signature = meta_graph.signature_def["serving_default"]
       input_name = list(signature.inputs.values())[0].name
       fetches = [graph.get_tensor_by_name(signature.outputs[key].name)
@@ -212,7 +214,7 @@ def predict_from_saved_model(export_dir, files, output):
       # Records are parsed inside the SavedModel: a bad one is named by scanning the
       # files as a (label-free) reader of the features it records would read them.
       extra = os.path.join(export_dir, "assets.extra", run_dir.MODEL_FLAGS_FILE)
-      cfg = (config.from_json(utils.read_json(extra), extra)
+      cfg = (config.from_json(file_io.read_json(extra), extra)
              if tf.io.gfile.exists(extra) else config.from_flags())
       reader = readers.get_reader(cfg, require_labels=False)
       with readers.data_errors_named(reader, files):
@@ -258,7 +260,7 @@ def pack_model(model_dir, tgz_path, checkpoint=None):
   """
   checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir)
   prefix = os.path.basename(checkpoint)
-  with utils.atomic_output(tgz_path, "wb") as raw, \
+  with file_io.atomic_output(tgz_path, "wb") as raw, \
       tarfile.open(fileobj=raw, mode="w:gz") as tar:
     _add_file(tar, run_dir.flags_path(model_dir),
               "%s/%s" % (PACKED_DIR, run_dir.MODEL_FLAGS_FILE))
@@ -296,23 +298,23 @@ def safe_untar(tgz_path, target_dir):
     tar = tarfile.open(fileobj=raw, mode="r:*")
   except (OSError, tarfile.TarError, tf.errors.OpError) as e:
     raw.close()
-    raise utils.UsageError("--input_model_tgz=%s cannot be opened: %s"
-                           % (tgz_path, str(e).splitlines()[0] if str(e) else e))
+    raise cli.UsageError("--input_model_tgz=%s cannot be opened: %s"
+                         % (tgz_path, str(e).splitlines()[0] if str(e) else e))
   with raw, tar:
     members = tar.getmembers()
     root = _real_path(target_dir)
     for member in members:
       path = pathlib.PurePosixPath(member.name)
       if path.is_absolute() or ".." in path.parts or member.name.startswith("\\"):
-        raise utils.UsageError("--input_model_tgz=%s: member %r would land outside "
-                               "--untar_model_dir; refused" % (tgz_path, member.name))
+        raise cli.UsageError("--input_model_tgz=%s: member %r would land outside "
+                             "--untar_model_dir; refused" % (tgz_path, member.name))
       if not (member.isfile() or member.isdir()):
-        raise utils.UsageError("--input_model_tgz=%s: member %r is a link or special "
-                               "file; refused" % (tgz_path, member.name))
+        raise cli.UsageError("--input_model_tgz=%s: member %r is a link or special "
+                             "file; refused" % (tgz_path, member.name))
       destination = _real_path(os.path.join(root, *path.parts))
       if destination != root and not destination.startswith(root + "/"):
-        raise utils.UsageError("--input_model_tgz=%s: member %r would land outside "
-                               "--untar_model_dir; refused" % (tgz_path, member.name))
+        raise cli.UsageError("--input_model_tgz=%s: member %r would land outside "
+                             "--untar_model_dir; refused" % (tgz_path, member.name))
     tf.io.gfile.makedirs(root)
     for member in members:
       destination = os.path.join(root, *pathlib.PurePosixPath(member.name).parts)
@@ -326,15 +328,15 @@ def safe_untar(tgz_path, target_dir):
   model_dirs = [d for d, _, files in tf.io.gfile.walk(root)
                 if run_dir.MODEL_FLAGS_FILE in files]
   if len(model_dirs) != 1:
-    raise utils.UsageError("--input_model_tgz=%s holds %d model directories (with %s); "
-                           "expected one" % (tgz_path, len(model_dirs),
-                                             run_dir.MODEL_FLAGS_FILE))
+    raise cli.UsageError("--input_model_tgz=%s holds %d model directories (with %s); "
+                         "expected one" % (tgz_path, len(model_dirs),
+                                           run_dir.MODEL_FLAGS_FILE))
   return model_dirs[0]
 
 
 def _real_path(path):
   """A local path with every link resolved; a URL normalised (no links there)."""
-  if utils.is_local(path):
+  if file_io.is_local(path):
     return os.path.realpath(path)
   scheme, rest = path.split("://", 1)
   return scheme + "://" + posixpath.normpath(rest)
@@ -353,33 +355,33 @@ def validate_flags():
   sources = [name for name in ("train_dir", "input_model_tgz", "saved_model")
              if FLAGS[name].value]
   if len(sources) != 1:
-    raise utils.UsageError("give exactly one of --train_dir, --input_model_tgz, "
-                           "--saved_model (got %s)" % (", ".join(sources) or "none"))
+    raise cli.UsageError("give exactly one of --train_dir, --input_model_tgz, "
+                         "--saved_model (got %s)" % (", ".join(sources) or "none"))
   if FLAGS.output_model_tgz and FLAGS.saved_model:
-    raise utils.UsageError("--output_model_tgz packs a checkpoint: use it with "
-                           "--train_dir or --input_model_tgz")
+    raise cli.UsageError("--output_model_tgz packs a checkpoint: use it with "
+                         "--train_dir or --input_model_tgz")
   if not FLAGS.output_file and not FLAGS.output_model_tgz:
-    raise utils.UsageError("--output_file is required")
+    raise cli.UsageError("--output_file is required")
   if FLAGS.output_file and not FLAGS.input_data_pattern:
-    raise utils.UsageError("--input_data_pattern is required with --output_file")
+    raise cli.UsageError("--input_data_pattern is required with --output_file")
   if FLAGS.skip_corrupt_records:
-    raise utils.UsageError("--skip_corrupt_records is for train.py and eval.py: "
-                           "inference never drops a video")
-  utils.check_file_systems({
+    raise cli.UsageError("--skip_corrupt_records is for train.py and eval.py: "
+                         "inference never drops a video")
+  file_io.check_file_systems({
       "--train_dir": FLAGS.train_dir, "--input_model_tgz": FLAGS.input_model_tgz,
       "--untar_model_dir": FLAGS.untar_model_dir, "--saved_model": FLAGS.saved_model,
       "--output_model_tgz": FLAGS.output_model_tgz, "--output_file": FLAGS.output_file,
       "--vocabulary": FLAGS.vocabulary, "--input_data_pattern": FLAGS.input_data_pattern})
   if FLAGS.segment_labels and FLAGS.saved_model:
-    raise utils.UsageError("--segment_labels ranks segments per rated class: use "
-                           "--train_dir or --input_model_tgz (a SavedModel serves each "
-                           "segment's top classes over all classes)")
+    raise cli.UsageError("--segment_labels ranks segments per rated class: use "
+                         "--train_dir or --input_model_tgz (a SavedModel serves each "
+                         "segment's top classes over all classes)")
   if FLAGS.segment_labels and FLAGS.vocabulary:
-    raise utils.UsageError("--vocabulary names a video's classes; the Class,Segments "
-                           "CSV of --segment_labels lists segments per class")
+    raise cli.UsageError("--vocabulary names a video's classes; the Class,Segments "
+                         "CSV of --segment_labels lists segments per class")
   tgz = FLAGS.input_model_tgz
   if tgz and (not tf.io.gfile.exists(tgz) or tf.io.gfile.isdir(tgz)):
-    raise utils.UsageError("--input_model_tgz=%s does not exist" % FLAGS.input_model_tgz)
+    raise cli.UsageError("--input_model_tgz=%s does not exist" % FLAGS.input_model_tgz)
 
 
 def main(unused_argv):
@@ -403,9 +405,9 @@ def main(unused_argv):
                                                                  FLAGS.output_file))
     return 0
   with contextlib.ExitStack() as outputs:
-    output = outputs.enter_context(utils.atomic_output(FLAGS.output_file))
+    output = outputs.enter_context(file_io.atomic_output(FLAGS.output_file))
     names_output = (outputs.enter_context(
-        utils.atomic_output(names_path(FLAGS.output_file))) if names else None)
+        file_io.atomic_output(names_path(FLAGS.output_file))) if names else None)
     writer = PredictionWriter(output, names_output, names)
     if FLAGS.saved_model:
       count = predict_from_saved_model(FLAGS.saved_model, files, writer)
@@ -419,4 +421,4 @@ def main(unused_argv):
 
 if __name__ == "__main__":
   tf1.disable_eager_execution()
-  utils.run_main(main)
+  cli.run_main(main)

@@ -12,13 +12,16 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import cli
 import eval_util
+import file_io
 import kd_model
 import losses
 import model_utils
 import readers
 import run_dir
-import utils
+import sessions
+import summaries
 
 tf1 = tf.compat.v1
 METRIC_KEYS = ("gap", "map_all_classes", "map_labelled_classes", "hit_at_one", "perr",
@@ -108,7 +111,7 @@ def restore_checked(session, saver, variables, checkpoint, what="checkpoint"):
     deleted while being read.
   """
   run_dir.check_checkpoint_matches(variables, checkpoint, what)
-  utils.restore_checkpoint(saver, session, checkpoint)
+  run_dir.restore_checkpoint(saver, session, checkpoint)
 
 
 def role_outputs(cfg, batch, role, reuse=False):
@@ -210,7 +213,7 @@ class InferenceGraph(object):
   def session(self, checkpoint, bf16=False, what="checkpoint"):
     """A session with `checkpoint` restored (checked) and, reading a data pattern, the
     data at its start."""
-    with tf1.Session(graph=self.graph, config=utils.session_config(bf16)) as sess:
+    with tf1.Session(graph=self.graph, config=sessions.session_config(bf16)) as sess:
       restore_checked(sess, self._saver, self._variables, checkpoint, what)
       sess.run(self._local_init)
       if not self._reads_files:
@@ -252,8 +255,8 @@ def evaluate(session, fetches, num_classes, top_k, initializer=None, skipped=Non
     except tf.errors.OutOfRangeError:
       break
     if np.isnan(out["top_scores"]).any():  # a broken checkpoint, not a data problem
-      raise utils.UsageError("%s predicts NaN (after %d videos): unusable weights or "
-                             "batch-norm statistics" % (what, metrics.num_examples))
+      raise cli.UsageError("%s predicts NaN (after %d videos): unusable weights or "
+                           "batch-norm statistics" % (what, metrics.num_examples))
     metrics.accumulate_top_k(out["top_scores"], out["top_indices"],
                              out["top_is_positive"], out["num_positives"],
                              out["class_positive_counts"], out["loss"])
@@ -285,15 +288,15 @@ def report_metrics(split, step, metrics, writer, jsonl_path, **extra):
             "examples_per_second": float(metrics["examples_per_second"]),
             "skipped_records": metrics.get("skipped_records")}
   record.update(extra)
-  print("%s: %s" % (split, utils.FormatEvalInfo(step, metrics,
-                                                metrics["examples_per_second"])),
+  print("%s: %s" % (split, summaries.FormatEvalInfo(step, metrics,
+                                                    metrics["examples_per_second"])),
         flush=True)
   if "skipped_records" in metrics:
     print("--skip_corrupt_records: %d corrupt records and the unreadable rest of %d "
           "damaged shards are not in these metrics" % (metrics["skipped_records"],
                                                        metrics["cut_shards"]), flush=True)
   if writer is not None:
-    utils.AddScalarSummaries(writer, {"%s/%s" % (split, key): record[key]
-                                      for key in METRIC_KEYS}, step)
-  utils.append_jsonl(jsonl_path, record)
+    summaries.AddScalarSummaries(writer, {"%s/%s" % (split, key): record[key]
+                                          for key in METRIC_KEYS}, step)
+  file_io.append_jsonl(jsonl_path, record)
   return record

@@ -11,7 +11,8 @@ import dataclasses
 
 import tensorflow as tf
 
-import utils
+import cli
+import file_io
 
 tf1 = tf.compat.v1
 
@@ -38,7 +39,7 @@ def list_data_files(data_pattern, flag_name="data pattern"):
   for pattern in [p for p in data_pattern.split(",") if p.strip()]:
     files.extend(tf.io.gfile.glob(pattern.strip()))
   if not files:
-    raise utils.UsageError("%s %r matches no file" % (flag_name, data_pattern))
+    raise cli.UsageError("%s %r matches no file" % (flag_name, data_pattern))
   return DataFiles(data_pattern, flag_name, tuple(sorted(set(files))))
 
 
@@ -71,7 +72,7 @@ def record_dataset(path):
   """tf.data.TFRecordDataset of the serialized records of one file (`path`: a string
   or a scalar string tensor).
 
-  A file on the local disk (no scheme://, the rule of utils.is_local) is read
+  A file on the local disk (no scheme://, the rule of file_io.is_local) is read
   unbuffered: a record then goes from the page cache into its tensor in one copy
   instead of two through TensorFlow's 256 KB read buffer (a full-length video's record
   is ~350 KB): reading the records alone measured 0.14 CPU s per 1000 videos against
@@ -137,7 +138,7 @@ def make_dataset(reader, files, batch_size=1024, num_readers=1, num_epochs=None,
     shard).
   """
   if batch_size <= 0:
-    raise utils.UsageError("--batch_size must be positive, got %d" % batch_size)
+    raise cli.UsageError("--batch_size must be positive, got %d" % batch_size)
   if drop_remainder is None:
     drop_remainder = shuffle
   deterministic = not shuffle or seed is not None
@@ -169,7 +170,7 @@ def _records(reader, files, num_readers, num_epochs, shuffle, seed, deterministi
   if teacher_cache_shards is None:
     read_file = read_records
   else:
-    columns.append([teacher_cache_shards[utils.absolute(f)] for f in files.paths])
+    columns.append([teacher_cache_shards[file_io.absolute(f)] for f in files.paths])
 
     def read_file(*column_values):
       entries = record_dataset(column_values[-1]).concatenate(

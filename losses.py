@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
+import cli
 import registry
-import utils
 
 tf1 = tf.compat.v1
 
@@ -93,7 +93,7 @@ def get_label_loss(name):
 
 def _reduce(per_example, reduction):
   if reduction not in REDUCTIONS:
-    raise utils.UsageError("--kd_reduction must be sum or mean, got %r" % reduction)
+    raise cli.UsageError("--kd_reduction must be sum or mean, got %r" % reduction)
   return tf.reduce_sum(per_example) if reduction == "sum" else tf.reduce_mean(per_example)
 
 
@@ -124,5 +124,5 @@ def prediction_loss(teacher, student, kind="mse", reduction="sum"):
     per_example = tf.reduce_sum(t * tf.math.log(t / s) + t_c * tf.math.log(t_c / s_c),
                                 axis=1)
   else:
-    raise utils.UsageError("--kd_pred_loss must be mse or kl, got %r" % kind)
+    raise cli.UsageError("--kd_pred_loss must be mse or kl, got %r" % kind)
   return _reduce(per_example, reduction)

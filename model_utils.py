@@ -11,7 +11,7 @@ import hashlib
 
 import tensorflow as tf
 
-import utils
+import cli
 
 tf1 = tf.compat.v1
 PACK_ABOVE_FRAMES = 32
@@ -266,8 +266,8 @@ def packing_enabled(frame_packing, max_frames):
   max_frames: the static frame-axis length, or None when unknown.
   """
   if frame_packing not in FRAME_PACKINGS:
-    raise utils.UsageError("--frame_packing must be auto, always or never, got %r"
-                           % frame_packing)
+    raise cli.UsageError("--frame_packing must be auto, always or never, got %r"
+                         % frame_packing)
   if frame_packing != "auto":
     return frame_packing == "always"
   return max_frames is None or max_frames > PACK_ABOVE_FRAMES

@@ -13,9 +13,9 @@ per-video weights, trained with an on-the-fly distillation of the mixture into e
 
 import tensorflow as tf
 
+import cli
 import model_utils
 import registry
-import utils
 import video_level_models
 
 tf1 = tf.compat.v1
@@ -44,8 +44,8 @@ class NeXtVLAD(object):
       groups: G; lambda * N must be divisible by G.
     """
     if (expansion * feature_size) % groups:
-      raise utils.UsageError("--expansion * feature size (%d * %d) is not divisible by "
-                             "--groups=%d" % (expansion, feature_size, groups))
+      raise cli.UsageError("--expansion * feature size (%d * %d) is not divisible by "
+                           "--groups=%d" % (expansion, feature_size, groups))
     self.feature_size = feature_size
     self.cluster_size = cluster_size
     self.is_training = is_training
@@ -221,9 +221,9 @@ class MixNeXtVladModel(model_utils.BaseModel):
             model_input, vocab_size, num_frames, is_training, classifier=classifier,
             **nextvlad_params))
     if any("logits" not in branch for branch in branches):
-      raise utils.UsageError("--model=MixNeXtVladModel needs a classifier with logits "
-                             "(--video_level_classifier_model=LogisticModel), not %s"
-                             % classifier)
+      raise cli.UsageError("--model=MixNeXtVladModel needs a classifier with logits "
+                           "(--video_level_classifier_model=LogisticModel), not %s"
+                           % classifier)
     branch_logits = tf.stack([b["logits"] for b in branches], axis=1)  # [B, M, C]
     logits = tf.reduce_sum(mix_weights[:, :, None] * branch_logits, axis=1)
     representation = tf.reduce_sum(

@@ -16,7 +16,8 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-import utils
+import cli
+import file_io
 
 tf1 = tf.compat.v1
 DEFAULT_EIGENVALS = "yt8m_pca/eigenvals.npy"  # the --pca_eigenvals default
@@ -35,21 +36,21 @@ def load_rgb_scale(path, rgb_size=RGB_SIZE):
   Raises:
     UsageError naming --pca_eigenvals for a missing or malformed file.
   """
-  resolved = utils.shipped_path(path)
+  resolved = file_io.shipped_path(path)
   if not tf.io.gfile.exists(resolved):
-    raise utils.UsageError("--pca_eigenvals=%s does not exist" % path)
+    raise cli.UsageError("--pca_eigenvals=%s does not exist" % path)
   try:
     with tf.io.gfile.GFile(resolved, "rb") as f:
       eigenvalues = np.load(f).astype(np.float64).reshape(-1)
   except Exception as e:  # numpy raises several types for a bad file
-    raise utils.UsageError("--pca_eigenvals=%s is not a .npy array: %s" % (path, e))
+    raise cli.UsageError("--pca_eigenvals=%s is not a .npy array: %s" % (path, e))
   if eigenvalues.size < rgb_size:
-    raise utils.UsageError("--pca_eigenvals=%s needs at least %d values, has %d"
-                           % (path, rgb_size, eigenvalues.size))
+    raise cli.UsageError("--pca_eigenvals=%s needs at least %d values, has %d"
+                         % (path, rgb_size, eigenvalues.size))
   if not np.isfinite(eigenvalues[:rgb_size]).all():
-    raise utils.UsageError("--pca_eigenvals=%s holds NaN or Inf values" % path)
+    raise cli.UsageError("--pca_eigenvals=%s holds NaN or Inf values" % path)
   if (eigenvalues[:rgb_size] < 0).any():
-    raise utils.UsageError("--pca_eigenvals=%s holds negative eigenvalues" % path)
+    raise cli.UsageError("--pca_eigenvals=%s holds negative eigenvalues" % path)
   return (np.sqrt(eigenvalues[:rgb_size]) + 1e-4).astype(np.float32)
 
 
@@ -77,7 +78,7 @@ class Preprocessing(object):
 
   def __post_init__(self):
     if self.kind not in (PCA, NONE):
-      raise utils.UsageError("%sunknown preprocessing %r" % (
+      raise cli.UsageError("%sunknown preprocessing %r" % (
           self.source + ": " if self.source else "", self.kind))
 
   @classmethod

@@ -5,7 +5,7 @@
 import time
 
 import eval_util
-import utils
+import summaries
 
 
 def duration(seconds):
@@ -109,7 +109,7 @@ class StepLogger(object):
     line += self.time_left(step, rate)
     print(line, flush=True)
     if self.writer:
-      utils.AddScalarSummaries(self.writer, scalars, step)
+      summaries.AddScalarSummaries(self.writer, scalars, step)
 
   def time_left(self, step, rate):
     """' | H:MM:SS left to step N' (or '' when the end is unknown)."""

@@ -19,6 +19,7 @@ import os
 
 import tensorflow as tf
 
+import cli
 import frame_selection
 import record_checks
 import record_layout
@@ -63,8 +64,8 @@ def _labels_to_dense(sparse_labels, num_classes):
 
 def _check_feature_lists(feature_names, feature_sizes):
   if len(feature_names) != len(feature_sizes):
-    raise utils.UsageError("--feature_names has %d entries but --feature_sizes has %d"
-                           % (len(feature_names), len(feature_sizes)))
+    raise cli.UsageError("--feature_names has %d entries but --feature_sizes has %d"
+                         % (len(feature_names), len(feature_sizes)))
 
 
 class YT8MAggregatedFeatureReader(object):

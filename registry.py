@@ -11,7 +11,7 @@ it to create_model.
 import dataclasses
 import inspect
 
-import utils
+import cli
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Registry(object):
   def get(self, name):
     """The class called `name`; UsageError naming the flag and the choices otherwise."""
     if name not in self._classes:
-      raise utils.UsageError("%s=%s is not a %s (choose from: %s)"
+      raise cli.UsageError("%s=%s is not a %s (choose from: %s)"
                            % (self.flag, name, self.kind, ", ".join(self.names())))
     return self._classes[name]
 

@@ -16,9 +16,10 @@ import re
 
 import tensorflow as tf
 
+import cli
 import config
+import file_io
 import kd_model
-import utils
 
 tf1 = tf.compat.v1
 MODEL_FLAGS_FILE = "model_flags.json"
@@ -39,7 +40,7 @@ def lock(run_dir):
   Raises:
     UsageError when another process holds it.
   """
-  if not utils.is_local(run_dir):
+  if not file_io.is_local(run_dir):
     print("note: %s is not on a local disk: no lock keeps a second train.py out of it "
           "(docs/operations.md)" % run_dir, flush=True)
     return None
@@ -52,8 +53,8 @@ def lock(run_dir):
     handle.seek(0)
     holder = handle.read().strip() or "another process"
     handle.close()
-    raise utils.UsageError("%s is in use by another train.py (%s); wait for it to end "
-                           "or use another --train_dir" % (run_dir, holder))
+    raise cli.UsageError("%s is in use by another train.py (%s); wait for it to end "
+                         "or use another --train_dir" % (run_dir, holder))
   handle.seek(0)
   handle.truncate()
   handle.write("pid %d" % os.getpid())
@@ -70,18 +71,18 @@ def prepare(run_dir, cfg, start_new_model):
   """
   if start_new_model and tf.io.gfile.exists(run_dir):
     print("--start_new_model: removing %s" % run_dir)
-    utils.remove_tree(run_dir)
+    file_io.remove_tree(run_dir)
   tf.io.gfile.makedirs(run_dir)
   recorded = read_recorded(run_dir)
   if recorded is None:
-    utils.write_json(flags_path(run_dir), cfg.to_json())
+    file_io.write_json(flags_path(run_dir), cfg.to_json())
     return
   # Read back through GraphConfig: fields an older version did not record compare as
   # the defaults they had.
   recorded = config.from_json(recorded, flags_path(run_dir)).to_json()
   conflicts = config.conflicts(recorded, cfg.to_json())
   if conflicts:
-    raise utils.UsageError(
+    raise cli.UsageError(
         "%s was trained with other model flags (%s); resume with the same flags or "
         "pass --start_new_model=True" % (run_dir, "; ".join(conflicts)))
 
@@ -94,7 +95,7 @@ def flags_path(run_dir):
 def read_recorded(run_dir):
   """The raw model_flags.json dict of run_dir, or None when it has none."""
   path = flags_path(run_dir)
-  return utils.read_json(path) if tf.io.gfile.exists(path) else None
+  return file_io.read_json(path) if tf.io.gfile.exists(path) else None
 
 
 def load(run_dir, flag_name="--train_dir"):
@@ -105,10 +106,10 @@ def load(run_dir, flag_name="--train_dir"):
     or holds something this version cannot build.
   """
   if not tf.io.gfile.isdir(run_dir):
-    raise utils.UsageError("%s=%s does not exist" % (flag_name, run_dir))
+    raise cli.UsageError("%s=%s does not exist" % (flag_name, run_dir))
   recorded = read_recorded(run_dir)
   if recorded is None:
-    raise utils.UsageError(
+    raise cli.UsageError(
         "%s=%s has no %s: pass a run directory written by train.py (<train_dir>_teacher, "
         "<train_dir>_student_k_<k> or <train_dir>_KD_k_<k>)"
         % (flag_name, run_dir, MODEL_FLAGS_FILE))
@@ -235,7 +236,7 @@ def latest_checkpoint(run_dir, flag_name="--train_dir"):
   none."""
   checkpoint = find_checkpoint(run_dir)
   if not checkpoint:
-    raise utils.UsageError("%s=%s has no checkpoint yet" % (flag_name, run_dir))
+    raise cli.UsageError("%s=%s has no checkpoint yet" % (flag_name, run_dir))
   return checkpoint
 
 
@@ -244,7 +245,7 @@ def chosen_checkpoint(run_dir, checkpoint="", flag_name="--train_dir"):
   if not checkpoint:
     return latest_checkpoint(run_dir, flag_name)
   if not checkpoint_exists(checkpoint):
-    raise utils.UsageError("--checkpoint=%s does not exist" % checkpoint)
+    raise cli.UsageError("--checkpoint=%s does not exist" % checkpoint)
   return checkpoint
 
 
@@ -283,8 +284,8 @@ def check_checkpoint_matches(variables, checkpoint, what):
   try:
     stored = checkpoint_variables(checkpoint)
   except (tf.errors.OpError, ValueError) as e:
-    raise utils.UsageError("%s %s cannot be read: %s" % (what, checkpoint,
-                                                         str(e).splitlines()[0]))
+    raise cli.UsageError("%s %s cannot be read: %s" % (what, checkpoint,
+                                                       str(e).splitlines()[0]))
   if not isinstance(variables, dict):
     variables = {v.op.name: v for v in variables}
   missing = [name for name in variables if name not in stored]
@@ -293,13 +294,30 @@ def check_checkpoint_matches(variables, checkpoint, what):
                 for name, v in variables.items()
                 if name in stored and v.shape.as_list() != list(stored[name])]
   if mismatched:
-    raise utils.UsageError("%s %s was written for another model config: %d variables "
-                           "differ in shape, e.g. %s" % (
+    raise cli.UsageError("%s %s was written for another model config: %d variables "
+                         "differ in shape, e.g. %s" % (
                                what, checkpoint, len(mismatched),
                                "; ".join(mismatched[:3])))
   if missing:
-    raise utils.UsageError("%s %s lacks %d variables of this graph, e.g. %s" % (
+    raise cli.UsageError("%s %s lacks %d variables of this graph, e.g. %s" % (
         what, checkpoint, len(missing), ", ".join(missing[:3])))
+
+
+def restore_checkpoint(saver, session, checkpoint):
+  """saver.restore; a checkpoint deleted meanwhile is a UsageError naming it.
+
+  A running training's Saver deletes all but its newest checkpoints, possibly between
+  choosing `checkpoint` and restoring it (tf.train.Saver then raises ValueError or
+  NotFoundError).
+  """
+  try:
+    saver.restore(session, checkpoint)
+  except (ValueError, tf.errors.NotFoundError):
+    if tf.io.gfile.exists(checkpoint + ".index"):
+      raise
+    raise cli.UsageError(
+        "checkpoint %s was deleted while being read (a running training "
+        "keeps only its newest checkpoints); try again" % checkpoint)
 
 
 def teacher_checkpoint(flag_value, teacher_dir, max_frames):
@@ -313,7 +331,7 @@ def teacher_checkpoint(flag_value, teacher_dir, max_frames):
   if not flag_value:
     checkpoint = find_checkpoint(teacher_dir)
     if not checkpoint:
-      raise utils.UsageError(
+      raise cli.UsageError(
           "KD needs a trained teacher: no checkpoint in %s (train it first with "
           "--model_type=teacher --k_frame=%d, or pass --teacher_checkpoint)"
           % (teacher_dir, max_frames))
@@ -322,11 +340,11 @@ def teacher_checkpoint(flag_value, teacher_dir, max_frames):
   if checkpoint_exists(flag_value):
     return flag_value
   if not tf.io.gfile.isdir(flag_value):
-    raise utils.UsageError("--teacher_checkpoint=%s does not exist" % flag_value)
+    raise cli.UsageError("--teacher_checkpoint=%s does not exist" % flag_value)
   checkpoint = find_checkpoint(flag_value)
   if not checkpoint:
-    raise utils.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
-                           % flag_value)
+    raise cli.UsageError("--teacher_checkpoint=%s: no checkpoint in that directory"
+                         % flag_value)
   return checkpoint
 
 
@@ -359,11 +377,11 @@ def teacher_of(checkpoint, cfg):
     if theirs != ours:
       spell = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v
       if name == "num_classes":
-        raise utils.UsageError(
+        raise cli.UsageError(
             "the teacher %s predicts %d classes but --num_classes=%d: L_pred compares "
             "the two models' class probabilities, so they need the same class space"
             % (checkpoint, theirs, ours))
-      raise utils.UsageError(
+      raise cli.UsageError(
           "the teacher %s was trained with --%s=%s, this run reads --%s=%s: teacher "
           "and student read the same records" % (checkpoint, name, spell(theirs), name,
                                                  spell(ours)))

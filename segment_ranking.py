@@ -16,7 +16,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-import utils
+import cli
 
 HEADER = "Class,Segments\n"
 
@@ -55,18 +55,18 @@ class SegmentRanking(object):
     pending entries allowed before a compaction. Raises UsageError for bad values."""
     classes = np.asarray(rated_classes)
     if classes.size == 0:
-      raise utils.UsageError("segment_label_ids names no class to rank")
+      raise cli.UsageError("segment_label_ids names no class to rank")
     if classes.ndim != 1 or classes.dtype.kind not in "iu" or classes.min() < 0:
-      raise utils.UsageError("rated classes must be non-negative int class ids, got %r"
-                             % (rated_classes,))
+      raise cli.UsageError("rated classes must be non-negative int class ids, got %r"
+                           % (rated_classes,))
     unique, counts = np.unique(classes, return_counts=True)
     if (counts > 1).any():
-      raise utils.UsageError("segment_label_ids names class %d more than once"
-                             % unique[counts > 1][0])
+      raise cli.UsageError("segment_label_ids names class %d more than once"
+                           % unique[counts > 1][0])
     for name, value in (("max_pred", max_pred), ("top_k", top_k),
                         ("compact_every", compact_every)):
       if value < 1:
-        raise utils.UsageError("%s must be at least 1, got %d" % (name, value))
+        raise cli.UsageError("%s must be at least 1, got %d" % (name, value))
     self.rated_classes = unique.astype(np.int64)
     self.max_pred = int(max_pred)
     self.top_k = min(int(top_k), len(unique))
@@ -87,14 +87,14 @@ class SegmentRanking(object):
     ids = _id_array(segment_ids)
     predictions = np.asarray(predictions)
     if predictions.ndim != 2:
-      raise utils.UsageError("predictions must be [segments, classes], got shape %s"
-                             % (predictions.shape,))
+      raise cli.UsageError("predictions must be [segments, classes], got shape %s"
+                           % (predictions.shape,))
     if predictions.shape[1] <= self.rated_classes[-1]:
-      raise utils.UsageError("predictions have %d classes but segment_label_ids names "
-                             "class %d" % (predictions.shape[1], self.rated_classes[-1]))
+      raise cli.UsageError("predictions have %d classes but segment_label_ids names "
+                           "class %d" % (predictions.shape[1], self.rated_classes[-1]))
     if predictions.shape[0] != len(ids):
-      raise utils.UsageError("predictions have %d rows for %d segment ids"
-                             % (predictions.shape[0], len(ids)))
+      raise cli.UsageError("predictions have %d rows for %d segment ids"
+                           % (predictions.shape[0], len(ids)))
     scores = predictions[:, self.rated_classes].astype(np.float32, copy=False)
     if self.top_k < scores.shape[1]:
       top = np.argpartition(scores, -self.top_k, axis=1)[:, -self.top_k:]
@@ -113,22 +113,22 @@ class SegmentRanking(object):
     class_ids = np.asarray(class_ids)
     scores = np.asarray(scores, np.float32)
     if class_ids.ndim != 2 or class_ids.shape != scores.shape:
-      raise utils.UsageError("class ids %s and scores %s must be [segments, K] alike"
-                             % (class_ids.shape, scores.shape))
+      raise cli.UsageError("class ids %s and scores %s must be [segments, K] alike"
+                           % (class_ids.shape, scores.shape))
     if class_ids.shape[0] != len(ids):
-      raise utils.UsageError("class ids have %d rows for %d segment ids"
-                             % (class_ids.shape[0], len(ids)))
+      raise cli.UsageError("class ids have %d rows for %d segment ids"
+                           % (class_ids.shape[0], len(ids)))
     if class_ids.shape[1] > self.top_k:
-      raise utils.UsageError("%d classes per segment, more than top_k=%d"
-                             % (class_ids.shape[1], self.top_k))
+      raise cli.UsageError("%d classes per segment, more than top_k=%d"
+                           % (class_ids.shape[1], self.top_k))
     positions = np.searchsorted(self.rated_classes, class_ids)
     positions = np.minimum(positions, len(self.rated_classes) - 1)
     unrated = self.rated_classes[positions] != class_ids
     if unrated.any():
-      raise utils.UsageError("class %d is not among the %d rated classes"
-                             % (class_ids[unrated][0], len(self.rated_classes)))
+      raise cli.UsageError("class %d is not among the %d rated classes"
+                           % (class_ids[unrated][0], len(self.rated_classes)))
     if (np.diff(np.sort(positions, axis=1), axis=1) == 0).any():
-      raise utils.UsageError("a segment lists the same class twice")
+      raise cli.UsageError("a segment lists the same class twice")
     self._append(ids, positions, scores)
 
   def _append(self, ids, positions, scores):
@@ -138,8 +138,8 @@ class SegmentRanking(object):
     # NaN sorts last in np.argpartition, so add() has picked any NaN of a row.
     nan = np.isnan(scores)
     if nan.any():
-      raise utils.UsageError("predictions hold NaN (segment %s)"
-                             % ids[nan.any(axis=1)][0].decode("utf-8", "replace"))
+      raise cli.UsageError("predictions hold NaN (segment %s)"
+                           % ids[nan.any(axis=1)][0].decode("utf-8", "replace"))
     # Row-major flattening keeps the entries in arrival order (row by row).
     # Adding 0 turns -0.0 into 0.0, which the sort key would tell apart.
     top_scores = scores.ravel() + np.float32(0)
@@ -220,8 +220,8 @@ def segment_ids(video_ids, start_times):
   start_times = np.asarray(start_times)
   if start_times.shape != video_ids.shape or (
       start_times.size and start_times.dtype.kind not in "iu"):
-    raise utils.UsageError("start times %s must be ints, one per video id %s"
-                           % (start_times.shape, video_ids.shape))
+    raise cli.UsageError("start times %s must be ints, one per video id %s"
+                         % (start_times.shape, video_ids.shape))
   return np.char.add(np.char.add(video_ids, b":"), start_times.astype("S"))
 
 
@@ -229,8 +229,8 @@ def _id_array(segment_ids):
   """[S] ids (list or array of bytes or str) as a numpy 'S' array (str as UTF-8)."""
   ids = np.asarray(segment_ids)
   if ids.ndim != 1:
-    raise utils.UsageError("segment ids must be one-dimensional, got shape %s"
-                           % (ids.shape,))
+    raise cli.UsageError("segment ids must be one-dimensional, got shape %s"
+                         % (ids.shape,))
   if ids.size == 0:
     return np.zeros(0, "S1")
   if ids.dtype.kind == "S":
@@ -243,7 +243,7 @@ def _id_array(segment_ids):
     except UnicodeEncodeError:  # non-ASCII str
       return np.array([i.encode("utf-8") if isinstance(i, str) else i for i in ids],
                       dtype="S")
-  raise utils.UsageError("segment ids must be bytes or str, got %s" % ids.dtype)
+  raise cli.UsageError("segment ids must be bytes or str, got %s" % ids.dtype)
 
 
 def _sort_key(positions, scores):
@@ -278,26 +278,26 @@ def read_rated_classes(path):
   missing file, a line that is not a class id, a class listed twice or no class."""
   try:
     if tf.io.gfile.isdir(path):
-      raise utils.UsageError("%s is a directory, not a segment label ids file" % path)
+      raise cli.UsageError("%s is a directory, not a segment label ids file" % path)
     with tf.io.gfile.GFile(path, "rb") as f:
       text = f.read().decode("utf-8-sig")
   except (FileNotFoundError, tf.errors.NotFoundError):
-    raise utils.UsageError("%s does not exist" % path)
+    raise cli.UsageError("%s does not exist" % path)
   except UnicodeDecodeError:
-    raise utils.UsageError("%s is not a text file of class ids" % path)
+    raise cli.UsageError("%s is not a text file of class ids" % path)
   lines = {}
   for number, line in enumerate(text.splitlines(), 1):
     line = line.strip()
     if not line or (number == 1 and line == "Index"):
       continue
     if not re.fullmatch(r"[0-9]+", line):
-      raise utils.UsageError("%s line %d: %r is not a class id (a non-negative integer)"
-                             % (path, number, line))
+      raise cli.UsageError("%s line %d: %r is not a class id (a non-negative integer)"
+                           % (path, number, line))
     class_id = int(line)
     if class_id in lines:
-      raise utils.UsageError("%s line %d: class %d is listed twice (also line %d)"
-                             % (path, number, class_id, lines[class_id]))
+      raise cli.UsageError("%s line %d: class %d is listed twice (also line %d)"
+                           % (path, number, class_id, lines[class_id]))
     lines[class_id] = number
   if not lines:
-    raise utils.UsageError("%s names no classes" % path)
+    raise cli.UsageError("%s names no classes" % path)
   return sorted(lines)

@@ -29,11 +29,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
+import cli
+import file_io
 import inference_graph
 import kd_model
 import progress
 import readers
-import utils
 
 tf1 = tf.compat.v1
 FINGERPRINT_FILE = "fingerprint.json"
@@ -73,12 +74,12 @@ def fingerprint(cfg, teacher, files, dtype):
     described.update(segment_labels=True, segment_size=cfg.segment_size)
   return {
       "format": FORMAT,
-      "teacher_checkpoint": utils.absolute(teacher.checkpoint),
+      "teacher_checkpoint": file_io.absolute(teacher.checkpoint),
       "teacher_checkpoint_sha256": _sha256_of_file(teacher.checkpoint + ".index"),
       "teacher_scope": teacher.scope,
       "teacher": described,
       "rgb_scale_sha256": cfg.preprocessing.scale_sha256,
-      "files": [[utils.absolute(f)] + list(utils.file_signature(f)) for f in files],
+      "files": [[file_io.absolute(f)] + list(file_io.file_signature(f)) for f in files],
       "dtype": dtype,
   }
 
@@ -154,18 +155,18 @@ class TeacherCache(object):
     """
     path = os.path.join(self.directory, FINGERPRINT_FILE)
     if tf.io.gfile.exists(path):
-      stored = utils.read_json(path)
+      stored = file_io.read_json(path)
       problem = _mismatch(stored.get("fingerprint", {}), self.fingerprint)
       if problem:
-        raise utils.UsageError("--teacher_cache=%s holds teacher outputs computed %s; "
-                               "use another directory or delete it"
-                               % (self.directory, problem))
+        raise cli.UsageError("--teacher_cache=%s holds teacher outputs computed %s; "
+                             "use another directory or delete it"
+                             % (self.directory, problem))
       self.representation_width = stored["representation_width"]
       return
     if tf.io.gfile.isdir(self.directory) and any(
         not n.startswith(".") for n in tf.io.gfile.listdir(self.directory)):
-      raise utils.UsageError("--teacher_cache=%s is not empty and holds no %s: not a "
-                             "teacher cache" % (self.directory, FINGERPRINT_FILE))
+      raise cli.UsageError("--teacher_cache=%s is not empty and holds no %s: not a "
+                           "teacher cache" % (self.directory, FINGERPRINT_FILE))
     self.representation_width = 0
 
   def build(self, cfg, batch_size, skip_corrupt_records, bf16, progress_every_secs=30):
@@ -190,7 +191,7 @@ class TeacherCache(object):
         require_labels=True, skip_corrupt_records=skip_corrupt_records,
         checkpoint_scope=self.teacher.scope)
     self.representation_width = int(model.fetches["representation"].shape[-1])
-    utils.write_json(os.path.join(self.directory, FINGERPRINT_FILE), {
+    file_io.write_json(os.path.join(self.directory, FINGERPRINT_FILE), {
         "fingerprint": self.fingerprint, "digest": digest(self.fingerprint),
         "representation_width": self.representation_width, "bf16": bool(bf16)})
     print("Teacher cache: computing %d of %d shards into %s"
@@ -200,7 +201,7 @@ class TeacherCache(object):
       for done, index in enumerate(missing):
         final = self.shard(index)
         # A name of its own: two students starting together may build the same shard.
-        temporary = utils.temporary_name(final)
+        temporary = file_io.temporary_name(final)
         model.start_file(sess, files[index], self.fingerprint["files"][index][1])
         count.prefix = "Teacher cache: shard %d of %d, " % (done + 1, len(missing))
         one_file = readers.DataFiles(files[index], "--train_data_pattern",
@@ -211,7 +212,7 @@ class TeacherCache(object):
             for entry in _entries(out, dtype):
               writer.write(entry)
             count.add(len(out.get("record_ids", out["video_ids"])))
-        utils.replace_file(temporary, final)
+        file_io.replace_file(temporary, final)
     print("Teacher cache: %d videos in %d shards, %.1f videos/s"
           % (count.done, len(missing), count.rate()), flush=True)
 

@@ -23,8 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import tensorflow as tf  # noqa: E402
 
+import cli  # noqa: E402
 import cluster  # noqa: E402
 import config  # noqa: E402
+import file_io  # noqa: E402
 import inference_graph  # noqa: E402
 import kd_model  # noqa: E402
 import progress  # noqa: E402
@@ -33,7 +35,6 @@ import run_dir  # noqa: E402
 import teacher_cache  # noqa: E402
 import train_graph  # noqa: E402
 import training_run  # noqa: E402
-import utils  # noqa: E402
 
 tf1 = tf.compat.v1
 flags = tf1.flags
@@ -98,8 +99,8 @@ def max_steps(flag_values=FLAGS):
   """--max_steps or --max_step (they must agree when both are given); None: no cap."""
   steps, step = flag_values.max_steps, flag_values.max_step
   if steps is not None and step is not None and steps != step:
-    raise utils.UsageError("--max_steps=%d and --max_step=%d disagree; give one"
-                           % (steps, step))
+    raise cli.UsageError("--max_steps=%d and --max_step=%d disagree; give one"
+                         % (steps, step))
   return steps if steps is not None else step
 
 
@@ -130,8 +131,8 @@ def validate_flags():
     UsageError naming a flag.
   """
   if not FLAGS.train_data_pattern:
-    raise utils.UsageError("--train_data_pattern is required")
-  utils.check_file_systems({
+    raise cli.UsageError("--train_data_pattern is required")
+  file_io.check_file_systems({
       "--train_dir": FLAGS.train_dir, "--train_data_pattern": FLAGS.train_data_pattern,
       "--eval_data_pattern": FLAGS.eval_data_pattern,
       "--teacher_checkpoint": FLAGS.teacher_checkpoint,
@@ -139,13 +140,13 @@ def validate_flags():
   train_cfg = train_config()
   cfg = config.from_flags()
   if FLAGS.teacher_cache and cfg.model_type != "KD":
-    raise utils.UsageError("--teacher_cache holds a teacher's outputs for KD: it needs "
-                           "--model_type=KD")
+    raise cli.UsageError("--teacher_cache holds a teacher's outputs for KD: it needs "
+                         "--model_type=KD")
   if FLAGS.teacher_cache and cfg.kd_mode == "parallel":
-    raise utils.UsageError("--teacher_cache cannot serve --kd_mode=parallel: there the "
-                           "teacher trains, so its outputs change at every step")
+    raise cli.UsageError("--teacher_cache cannot serve --kd_mode=parallel: there the "
+                         "teacher trains, so its outputs change at every step")
   if FLAGS.build_teacher_cache_only and not FLAGS.teacher_cache:
-    raise utils.UsageError("--build_teacher_cache_only needs --teacher_cache")
+    raise cli.UsageError("--build_teacher_cache_only needs --teacher_cache")
   train_files = readers.list_data_files(FLAGS.train_data_pattern,
                                         "--train_data_pattern")
   if FLAGS.eval_data_pattern:
@@ -168,7 +169,7 @@ class FiniteWeightsBeforeSave(tf1.train.CheckpointSaverListener):
 
   def before_save(self, session, global_step_value):
     if not session.run(self.weights_finite):
-      raise utils.UsageError(
+      raise cli.UsageError(
           "training stopped at step %d: the updated weights are not finite (diverged); "
           "the last good checkpoint in %s is kept" % (global_step_value, self.train_dir))
 
@@ -308,19 +309,19 @@ def graph_failures_named(current_step, train_dir, cache_dir=""):
   except tf.errors.OpError as e:
     reason = _write_failure(e)
     if reason:
-      raise utils.UsageError(
+      raise cli.UsageError(
           "training stopped at step %d: cannot write to %s (%s); the last complete "
           "checkpoint there is kept" % (current_step() or 0, train_dir, reason))
     if not isinstance(e, tf.errors.InvalidArgumentError):
       raise
     if teacher_cache.NO_ENTRY_MARKER in str(e):
-      raise utils.UsageError(
+      raise cli.UsageError(
           "--teacher_cache=%s has no entry for a record of --train_data_pattern (the "
           "files changed after it was built?); build the cache again in another "
           "directory" % cache_dir)
     if train_graph.NON_FINITE_MARKER not in str(e):
       raise
-    raise utils.UsageError(
+    raise cli.UsageError(
         "training stopped at step %d: the loss or its gradient is not finite "
         "(diverged, or NaN/Inf in the input); the last good checkpoint in %s is "
         "kept" % ((current_step() or 0) + 1, train_dir))
@@ -358,4 +359,4 @@ def main(unused_argv):
 
 if __name__ == "__main__":
   tf1.disable_eager_execution()
-  utils.run_main(main)
+  cli.run_main(main)

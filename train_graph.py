@@ -9,10 +9,10 @@ the tower devices and the cluster task.
 import tensorflow as tf
 
 import cluster
+import gradients
 import inference_graph
 import readers
 import run_dir
-import utils
 
 tf1 = tf.compat.v1
 VALIDATION_TOP_K = 20  # eval.py's --top_k default
@@ -127,9 +127,10 @@ class TrainGraph(object):
       with tf1.device(device):
         tower_grads.append(optimizer.compute_gradients(
             terms["total"], var_list=train_vars, colocate_gradients_with_ops=True))
-    grads = utils.combine_gradients(tower_grads)
+    grads = gradients.combine_gradients(tower_grads)
     if self.train_cfg.clip_gradient_norm > 0:
-      grads, norms = utils.clip_gradient_norms(grads, self.train_cfg.clip_gradient_norm)
+      grads, norms = gradients.clip_gradient_norms(grads,
+                                                   self.train_cfg.clip_gradient_norm)
       return grads, tf.add_n(norms)  # sum of per-tensor norms: finite iff every one is
     return grads, tf.linalg.global_norm([g for g, _ in grads])
 

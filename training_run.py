@@ -13,13 +13,13 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+import cli
 import config
 import kd_model
 import preprocessing
 import readers
 import run_dir
 import teacher_cache
-import utils
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,13 +158,13 @@ def _check_teacher_preprocessing(checkpoint, prep, pca_eigenvals):
   stored = preprocessing.SCALE_VARIABLE in run_dir.checkpoint_variables(checkpoint)
   scaled = prep.kind == preprocessing.PCA
   if stored != scaled:
-    raise utils.UsageError(
+    raise cli.UsageError(
         "the teacher %s was trained %s --pca_eigenvals but this run is %s it"
         % (checkpoint, "with" if stored else "without", "with" if scaled else "without"))
   if scaled and not np.allclose(run_dir.checkpoint_reader(checkpoint).get_tensor(
       preprocessing.SCALE_VARIABLE), prep.rgb_scale):
-    raise utils.UsageError("the teacher %s was trained with other --pca_eigenvals "
-                           "values than %s" % (checkpoint, pca_eigenvals))
+    raise cli.UsageError("the teacher %s was trained with other --pca_eigenvals "
+                         "values than %s" % (checkpoint, pca_eigenvals))
 
 
 def epoch_examples(run):

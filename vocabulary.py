@@ -11,7 +11,8 @@ import io
 
 import tensorflow as tf
 
-import utils
+import cli
+import file_io
 
 DEFAULT = "vocabulary.csv"
 
@@ -24,18 +25,18 @@ def load(path, flag_name="--vocabulary"):
   Raises:
     UsageError naming the flag for a missing or malformed file.
   """
-  resolved = utils.shipped_path(path)
+  resolved = file_io.shipped_path(path)
   if not tf.io.gfile.exists(resolved):
-    raise utils.UsageError("%s=%s does not exist" % (flag_name, path))
+    raise cli.UsageError("%s=%s does not exist" % (flag_name, path))
   try:
     with tf.io.gfile.GFile(resolved, "rb") as f:
       text = io.StringIO(f.read().decode("utf-8"), newline="")
     names = {int(row["Index"]): row["Name"] for row in csv.DictReader(text)}
   except (KeyError, ValueError, TypeError, csv.Error, tf.errors.OpError) as e:
-    raise utils.UsageError("%s=%s is not a vocabulary CSV with Index and Name columns "
-                           "(%s)" % (flag_name, path, e))
+    raise cli.UsageError("%s=%s is not a vocabulary CSV with Index and Name columns "
+                         "(%s)" % (flag_name, path, e))
   if not names:
-    raise utils.UsageError("%s=%s holds no classes" % (flag_name, path))
+    raise cli.UsageError("%s=%s holds no classes" % (flag_name, path))
   return names
 
 

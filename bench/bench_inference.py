@@ -39,7 +39,7 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
   import inference_graph
   import kd_model
   import readers
-  import utils
+  import sessions
   from bench_train import DOCUMENTED, random_input
   # The documented command's graph flags; its training flags mean nothing here.
   cfg = config.from_flags(config.private_flags(DOCUMENTED + CASES[case] + extra_flags))
@@ -73,7 +73,7 @@ def run_case(case, source, batch_size, batches, data_pattern, extra_flags):
         build(cfg.replace(frame_packing="never"))[0]) / batch_size
   graph, fetch, init = build(cfg)
   with graph.as_default():
-    with tf1.Session(config=utils.session_config(cfg.bf16)) as sess:
+    with tf1.Session(config=sessions.session_config(cfg.bf16)) as sess:
       sess.run(init)
       seconds = common.time_runs(sess, fetch, batches)
   result["videos_per_second"] = batch_size / seconds

@@ -37,9 +37,9 @@ def run_case(mode, frames, steps, data_pattern, extra_flags):
   import inference_graph
   import kd_model
   import readers
+  import sessions
   import train
   import train_graph
-  import utils
   cfg, train_cfg = train.configs_of(DBOF + ["--iterations=%d" % frames,
                                             "--train_data_pattern=" + data_pattern] +
                                     list(extra_flags))
@@ -58,7 +58,7 @@ def run_case(mode, frames, steps, data_pattern, extra_flags):
                                             with_labels=False)["top_indices"]
   with graph.as_default():
     init = tf1.global_variables_initializer()
-    with tf1.Session(config=utils.session_config(cfg.bf16)) as sess:
+    with tf1.Session(config=sessions.session_config(cfg.bf16)) as sess:
       sess.run(init)
       seconds = common.time_runs(sess, fetch, steps)
   return {"mode": mode, "frames": frames, "videos_per_second": 80 / seconds,

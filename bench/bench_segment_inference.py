@@ -68,16 +68,17 @@ def model_only(run, mode, batch_size, seconds=20.0):
   segments ranked over the rated classes), run for about `seconds`."""
   import numpy as np
   import tensorflow as tf
+  import file_io
   import inference_graph
   import model_utils
   import run_dir
   import segment_ranking
-  import utils
+  import sessions
   tf1 = tf.compat.v1
   tf1.disable_eager_execution()
   cfg = run_dir.load(run).replace(segment_labels=mode == "segment")
   frames = cfg.example_frames()
-  classes = (segment_ranking.read_rated_classes(utils.shipped_path(
+  classes = (segment_ranking.read_rated_classes(file_io.shipped_path(
       "segment_label_ids.csv")) if mode == "segment" else None)
   with tf.Graph().as_default():
     rng = np.random.RandomState(0)
@@ -89,7 +90,7 @@ def model_only(run, mode, batch_size, seconds=20.0):
     outputs = inference_graph.top_k_outputs(cfg, batch, cfg.role(), 20, False,
                                             classes=classes)
     fetch = [outputs["top_scores"], outputs["top_indices"]]
-    with tf1.Session(config=utils.session_config(False)) as sess:
+    with tf1.Session(config=sessions.session_config(False)) as sess:
       sess.run(tf1.global_variables_initializer())
       sess.run(model_utils.column_caches_initializer())
       once = common.time_runs(sess, fetch, 1, warmup=2)

@@ -109,9 +109,9 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
   """Builds and times one case in this process; returns a dict of measurements."""
   import kd_model
   import readers
+  import sessions
   import train
   import train_graph
-  import utils
   cfg, train_cfg = train.configs_of(DOCUMENTED + CASES[case] +
                                     ["--train_data_pattern=" + data_pattern] +
                                     list(extra_flags))
@@ -153,7 +153,7 @@ def run_case(case, source, steps, data_pattern, extra_flags=()):
         build(cfg.replace(frame_packing="never"))[0])
   graph, fetch, init = build(cfg)
   with graph.as_default():
-    with tf1.Session(config=utils.session_config(cfg.bf16)) as sess:
+    with tf1.Session(config=sessions.session_config(cfg.bf16)) as sess:
       sess.run(init)
       result["seconds_per_step"] = common.time_runs(sess, fetch, steps)
   result["videos_per_second"] = 80 / result["seconds_per_step"]

@@ -30,8 +30,8 @@ if ROOT not in sys.path:
 
 import tensorflow as tf  # noqa: E402
 
+import cli  # noqa: E402
 import config  # noqa: E402,F401  (the shared flags, defined once for every step)
-import utils  # noqa: E402
 
 tf1 = tf.compat.v1
 FLAGS = tf1.flags.FLAGS
@@ -54,7 +54,7 @@ def entry_point(script):
 
 
 def run_cli(script, args):
-  """Runs `script args` through utils.run_main; returns code, stdout, stderr, seconds."""
+  """Runs `script args` through cli.run_main; returns code, stdout, stderr, seconds."""
   module = entry_point(script)
   FLAGS.unparse_flags()
   start = time.time()
@@ -65,7 +65,7 @@ def run_cli(script, args):
     os.dup2(out.fileno(), 1)
     os.dup2(err.fileno(), 2)
     try:
-      utils.run_main(module.main, [script] + list(args))
+      cli.run_main(module.main, [script] + list(args))
       code = 0
     except SystemExit as e:
       code = e.code

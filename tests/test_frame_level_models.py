@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import frame_level_models
 import model_utils
-import utils
 
 tf1 = tf.compat.v1
 FEATURE_SIZES = [16, 8]
@@ -291,17 +291,17 @@ def test_frame_level_model_registry():
   for name in NAMES:
     assert type(frame_level_models.MODELS.create(name)).__name__ == name
   assert frame_level_models.NeXtVLADModel is frame_level_models.MODELS.get("NeXtVLADModel")
-  with pytest.raises(utils.UsageError, match=r"--model=Nope is not a frame-level model "
-                                             r"\(choose from: .*DbofModel"):
+  with pytest.raises(cli.UsageError, match=r"--model=Nope is not a frame-level model "
+                                           r"\(choose from: .*DbofModel"):
     frame_level_models.MODELS.get("Nope")
 
 
 def test_bad_hyper_parameters_are_usage_errors():
   with tf.Graph().as_default():
     x, n = _placeholders(T)
-    with pytest.raises(utils.UsageError, match="--dbof_pooling_method"):
+    with pytest.raises(cli.UsageError, match="--dbof_pooling_method"):
       _build("DbofModel", x, n, False, pooling_method="median")
-    with pytest.raises(utils.UsageError, match="--hrnn_block_size"):
+    with pytest.raises(cli.UsageError, match="--hrnn_block_size"):
       _build("HRNNModel", x, n, False, block_size=0)
 
 

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import config
+import file_io
 import kd_model
 import losses
 import preprocessing
@@ -317,7 +319,7 @@ def _teacher_shapes_of_kd_graph():
 
 def _checkpoint_error(teacher_checkpoint_path):
   with _build_tower().graph.as_default():
-    with pytest.raises(utils.UsageError) as error:
+    with pytest.raises(cli.UsageError) as error:
       run_dir.check_checkpoint_matches(kd_model.teacher_variables(),
                                         teacher_checkpoint_path, "the teacher checkpoint")
     return str(error.value)
@@ -452,7 +454,7 @@ def test_config_names_the_bad_flag(set_flags, name, value):
   set_flags(max_frames=300, model="NeXtVLADModel", frame_features=True)
   config.from_flags()  # the defaults are valid
   set_flags(**{name: value})
-  with pytest.raises(utils.UsageError) as error:
+  with pytest.raises(cli.UsageError) as error:
     config.from_flags()
   assert "--%s" % name in str(error.value)
   assert str(value) in str(error.value)
@@ -579,7 +581,7 @@ def _teacher_run(directory, **flag_values):
   """A run directory holding only the model_flags.json of the tiny config."""
   with _flag_values(**dict(TINY, **flag_values)):
     directory.mkdir()
-    utils.write_json(str(directory / "model_flags.json"), _cfg().to_json())
+    file_io.write_json(str(directory / "model_flags.json"), _cfg().to_json())
   return str(directory / "model.ckpt-1")
 
 
@@ -614,5 +616,5 @@ def test_a_teacher_of_other_inputs_or_classes_is_refused(tiny, tmp_path, field, 
   tiny(model_type="KD", k_frame=4)
   checkpoint = _teacher_run(tmp_path / "t", model_type="teacher", k_frame=T,
                             **{field: value})
-  with pytest.raises(utils.UsageError, match=re.escape(message)):
+  with pytest.raises(cli.UsageError, match=re.escape(message)):
     run_dir.teacher_of(checkpoint, _cfg())

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import config
 import kd_model
 import losses
 import nextvlad
-import utils
 
 tf1 = tf.compat.v1
 FEATURE_SIZES = [16, 8]
@@ -167,7 +167,7 @@ def test_training_a_mixture_adds_every_branchs_label_loss_and_the_kl(monkeypatch
 
 
 def test_a_mixture_needs_a_classifier_with_logits():
-  with pytest.raises(utils.UsageError,
+  with pytest.raises(cli.UsageError,
                      match="--video_level_classifier_model=LogisticModel or "
                            "StarterLogisticModel, not MoeModel"):
     _tiny_mixture_config(video_level_classifier_model="MoeModel")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import losses
 import model_utils
 import nextvlad
-import utils
 import video_level_models
 
 tf1 = tf.compat.v1
@@ -245,10 +245,10 @@ def test_video_level_class_ids_compute_those_columns(name):
 
 
 def test_classifier_and_loss_lookup_errors_name_the_flag():
-  with pytest.raises(utils.UsageError, match="--video_level_classifier_model=Nope is not a "
-                                             "video-level classifier"):
+  with pytest.raises(cli.UsageError, match="--video_level_classifier_model=Nope is not a "
+                                           "video-level classifier"):
     video_level_models.CLASSIFIERS.get("Nope")
-  with pytest.raises(utils.UsageError, match="--label_loss"):
+  with pytest.raises(cli.UsageError, match="--label_loss"):
     losses.get_label_loss("BaseLoss")
 
 
@@ -313,13 +313,13 @@ def test_probability_losses_stay_finite_at_bf16_rounding():
 
 
 def test_gradient_clipping_per_tensor_returns_the_norms_before_clipping():
-  import utils
+  import gradients
   with tf.Graph().as_default():
     big, small = tf.constant([3.0, 4.0]), tf.constant([0.3, 0.4])
     sparse = tf.IndexedSlices(tf.constant([[6.0, 8.0]]), tf.constant([1]),
                               tf.constant([3, 2]))
     nan = tf.constant([np.nan, 1.0])
-    clipped, norms = utils.clip_gradient_norms(
+    clipped, norms = gradients.clip_gradient_norms(
         [(big, "a"), (small, "b"), (sparse, "c"), (None, "d"), (nan, "e")], 1.0)
     values = _run([clipped[0][0], clipped[1][0], clipped[2][0].values] + norms)
   assert [v for _, v in clipped] == ["a", "b", "c", "d", "e"] and clipped[3][0] is None
@@ -336,5 +336,5 @@ def test_packing_choice_follows_the_flag_and_the_frame_axis():
   assert not model_utils.packing_enabled("auto", 30)
   assert not model_utils.packing_enabled("never", 300)
   assert model_utils.packing_enabled("always", 30)
-  with pytest.raises(utils.UsageError, match="--frame_packing"):
+  with pytest.raises(cli.UsageError, match="--frame_packing"):
     model_utils.packing_enabled("sometimes", 300)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import input_pipeline
 import readers
 import utils
@@ -199,15 +200,15 @@ def test_video_level_reader_round_trip(tmp_path):
 def test_empty_pattern_is_a_usage_error_naming_it(tmp_path):
   reader = readers.YT8MFrameFeatureReader()
   with tf.Graph().as_default():
-    with pytest.raises(utils.UsageError, match="nothing.tfrecord.*matches no file"):
+    with pytest.raises(cli.UsageError, match="nothing.tfrecord.*matches no file"):
       readers.get_input_data_tensors(
           reader, readers.list_data_files(str(tmp_path / "nothing.tfrecord")), 2)
 
 
 def test_feature_lists_of_different_lengths_are_a_usage_error():
-  with pytest.raises(utils.UsageError, match="--feature_names.*--feature_sizes"):
+  with pytest.raises(cli.UsageError, match="--feature_names.*--feature_sizes"):
     utils.GetListOfFeatureNamesAndSizes("rgb,audio", "1024")
-  with pytest.raises(utils.UsageError, match="--feature_sizes"):
+  with pytest.raises(cli.UsageError, match="--feature_sizes"):
     utils.GetListOfFeatureNamesAndSizes("rgb", "x")
   assert utils.GetListOfFeatureNamesAndSizes("rgb, audio", "1024,128") == (
       ["rgb", "audio"], [1024, 128])

@@ -1,7 +1,7 @@
 """Reliability: bad inputs, crashes and hostile files never lose work or mislead.
 
 The one-line-error cases run through a *driver*: one Python process per entry point that
-imports the script once and calls `utils.run_main(main, argv)` for many argv lists, as
+imports the script once and calls `cli.run_main(main, argv)` for many argv lists, as
 the script's `__main__` does, with stdout and stderr captured at the file-descriptor
 level (C++ log lines count as output too). That saves a TensorFlow import (~4 s) per
 case; the three drivers start early and run while the crash tests run. Crash tests run
@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
+import file_io
 import readers
-import utils
 from tests import helpers
 from tools import make_synthetic_yt8m as synth
 
@@ -43,7 +44,7 @@ tf1 = tf.compat.v1
 tf1.disable_eager_execution()
 script, cases = sys.argv[1], json.load(open(sys.argv[2]))
 module = importlib.import_module(script[:-3])
-import utils
+import cli
 FLAGS = tf1.flags.FLAGS
 
 graphs_built = [0]
@@ -110,7 +111,7 @@ for case in cases:
     sys.stdout.flush(); sys.stderr.flush()
     os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
     try:
-      utils.run_main(module.main, [script] + case["args"])
+      cli.run_main(module.main, [script] + case["args"])
       code = 0
     except SystemExit as e:
       code = e.code
@@ -572,7 +573,7 @@ def test_bad_data_fails_the_pipeline_with_one_line_naming_file_and_record(data, 
           sess.run(batch)
   error = readers.data_error(e.value, reader,
                              readers.list_data_files(pattern, "--train_data_pattern"))
-  assert isinstance(error, utils.UsageError)
+  assert isinstance(error, cli.UsageError)
   assert str(error).startswith(expected) and "\n" not in str(error), str(error)
 
 
@@ -691,7 +692,7 @@ import tensorflow as tf
 tf.compat.v1.disable_eager_execution()
 script, target, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 module = importlib.import_module(script[:-3])
-import utils
+import cli
 owner_name, attribute = target.rsplit(".", 1)
 owner = importlib.import_module(owner_name)
 original, calls = getattr(owner, attribute), [0]
@@ -702,7 +703,7 @@ def killing(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
   return original(*args, **kwargs)
 setattr(owner, attribute, killing)
-utils.run_main(module.main, [script] + sys.argv[4:])
+cli.run_main(module.main, [script] + sys.argv[4:])
 '''
 
 
@@ -808,7 +809,7 @@ def test_skip_corrupt_records_in_train_and_eval_reports_what_it_skipped(drivers)
   assert "GAP:" in evaluation["stdout"]
   assert ("--skip_corrupt_records: 1 corrupt records and the unreadable rest of 1 "
           "damaged shards are not in these metrics") in evaluation["stdout"]
-  records = utils.read_jsonl(os.path.join(drivers["teacher"], "eval.jsonl"))
+  records = file_io.read_jsonl(os.path.join(drivers["teacher"], "eval.jsonl"))
   skipping = [r for r in records if r["data"] == drivers["bad"]["mixed"][0]]
   # 8 + 8 + 8 records: one spoiled, and the truncated shard keeps 7 of its 8.
   assert [(r["skipped_records"], r["num_examples"]) for r in skipping] == [(1, 22)]
@@ -819,7 +820,7 @@ def test_skip_corrupt_records_in_train_and_eval_reports_what_it_skipped(drivers)
   assert resumed["code"] == 0 and "Starting at step 2 (resumed)" in resumed["stdout"], \
       resumed
   flags_file = os.path.join(drivers["root"], "runs", "good_teacher", "model_flags.json")
-  assert "skip_corrupt_records" not in utils.read_json(flags_file)
+  assert "skip_corrupt_records" not in file_io.read_json(flags_file)
 
 
 def test_inference_never_drops_a_video(drivers):
@@ -899,7 +900,7 @@ def test_eval_retries_when_training_deletes_the_checkpoint_before_restore(driver
   result = drivers["eval.py"]["checkpoint_deleted_before_restore"]
   assert result["code"] == 0, result
   assert "global_step 2 | Avg_Hit@1:" in result["stdout"]
-  record = utils.read_jsonl(os.path.join(drivers["race_dir"], "eval.jsonl"))[-1]
+  record = file_io.read_jsonl(os.path.join(drivers["race_dir"], "eval.jsonl"))[-1]
   assert record["checkpoint"] == "model.ckpt-1000"
 
 

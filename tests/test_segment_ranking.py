@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
+import cli
 import segment_ranking
-import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,7 +138,7 @@ def test_classes_without_candidates_are_absent():
     (dict(rated_classes=[1], compact_every=0), "compact_every must be at least 1, got 0"),
 ])
 def test_bad_arguments(kwargs, message):
-  with pytest.raises(utils.UsageError, match="^" + message):
+  with pytest.raises(cli.UsageError, match="^" + message):
     segment_ranking.SegmentRanking(**kwargs)
 
 
@@ -154,7 +154,7 @@ def test_bad_arguments(kwargs, message):
 ])
 def test_bad_batches(ids, predictions, message):
   ranking = segment_ranking.SegmentRanking([2, 4])
-  with pytest.raises(utils.UsageError, match=message):
+  with pytest.raises(cli.UsageError, match=message):
     ranking.add(ids, predictions)
   assert ranking.num_segments() == 0
 
@@ -176,7 +176,7 @@ def test_the_shipped_segment_label_ids():
 def test_bad_segment_label_ids(tmp_path, text, message):
   path = tmp_path / "ids.csv"
   path.write_text(text)
-  with pytest.raises(utils.UsageError, match="^%s %s" % (re.escape(str(path)), message)):
+  with pytest.raises(cli.UsageError, match="^%s %s" % (re.escape(str(path)), message)):
     segment_ranking.read_rated_classes(str(path))
 
 
@@ -185,7 +185,7 @@ def test_segment_label_ids_without_header_or_missing(tmp_path):
   path.write_text("11\n3\n")
   assert segment_ranking.read_rated_classes(str(path)) == [3, 11]
   missing = str(tmp_path / "nowhere.csv")
-  with pytest.raises(utils.UsageError, match="^%s does not exist$" % re.escape(missing)):
+  with pytest.raises(cli.UsageError, match="^%s does not exist$" % re.escape(missing)):
     segment_ranking.read_rated_classes(missing)
 
 
@@ -255,7 +255,7 @@ def test_add_top_ranks_as_add_does():
 ])
 def test_bad_top_classes(class_ids, scores, message):
   ranking = segment_ranking.SegmentRanking([1, 4, 6], top_k=2)
-  with pytest.raises(utils.UsageError, match=message):
+  with pytest.raises(cli.UsageError, match=message):
     ranking.add_top(["a:0"], np.array(class_ids), np.array(scores, np.float32))
   assert ranking.num_segments() == 0
 
@@ -264,7 +264,7 @@ def test_nan_among_many_rated_classes_is_caught():
   predictions = np.full((3, 8), .5, np.float32)
   predictions[2, 5] = np.nan
   ranking = segment_ranking.SegmentRanking(list(range(8)), top_k=2)
-  with pytest.raises(utils.UsageError, match=r"NaN \(segment c:10\)$"):
+  with pytest.raises(cli.UsageError, match=r"NaN \(segment c:10\)$"):
     ranking.add(["a:0", "b:5", "c:10"], predictions)
 
 
@@ -273,5 +273,5 @@ def test_segment_ids():
                                     np.array([35, 0], np.int32))
   assert ids.tolist() == [b"Ab1d:35", b"x:0"]
   assert segment_ranking.segment_ids(["é"], [295]).tolist() == ["é:295".encode()]
-  with pytest.raises(utils.UsageError, match="start times"):
+  with pytest.raises(cli.UsageError, match="start times"):
     segment_ranking.segment_ids([b"a", b"b"], [0])

@@ -207,9 +207,9 @@ def test_skip_corrupt_records_drops_a_record_with_bad_ratings(tmp_path):
     (dict(segment_size=301), "--segment_size=301 exceeds --max_frames=300"),
 ])
 def test_segment_flags_are_checked_in_one_line(changes, message):
+  import cli
   import config
-  import utils
-  with pytest.raises(utils.UsageError) as error:
+  with pytest.raises(cli.UsageError) as error:
     config.defaults().replace(segment_labels=True, **changes)
   assert str(error.value) == message
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import frame_selection
-import utils
 
 T = 300
 
@@ -104,9 +104,9 @@ def test_every_num_frames_and_k_stays_inside_real_frames(strategy):
 def test_bad_strategy_and_k_are_usage_errors():
   x = tf.zeros([2, T, 3])
   n = tf.constant([3, 4])
-  with pytest.raises(utils.UsageError, match="--frame_sampling"):
+  with pytest.raises(cli.UsageError, match="--frame_sampling"):
     frame_selection.select_frames(x, n, 6, "sometimes")
-  with pytest.raises(utils.UsageError, match="--k_frame"):
+  with pytest.raises(cli.UsageError, match="--k_frame"):
     frame_selection.select_frames(x, n, 301)
-  with pytest.raises(utils.UsageError, match="--k_frame"):
+  with pytest.raises(cli.UsageError, match="--k_frame"):
     frame_selection.select_frames(x, n, 0)

@@ -112,10 +112,10 @@ def test_bf16_trains_float32_variables_and_resumes_without_it(data, tmp_path):
 def test_bf16_session_config_turns_on_the_onednn_rewrite(monkeypatch):
   monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # see test_utils for the limit
   from tensorflow.core.protobuf import rewriter_config_pb2
-  import utils
-  rewrites = utils.session_config().graph_options.rewrite_options
+  import sessions
+  rewrites = sessions.session_config().graph_options.rewrite_options
   assert rewrites.auto_mixed_precision_onednn_bfloat16 != rewriter_config_pb2.RewriterConfig.ON
-  rewrites = utils.session_config(bf16=True).graph_options.rewrite_options
+  rewrites = sessions.session_config(bf16=True).graph_options.rewrite_options
   assert rewrites.auto_mixed_precision_onednn_bfloat16 == rewriter_config_pb2.RewriterConfig.ON
 
 

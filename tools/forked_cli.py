@@ -160,13 +160,18 @@ def _preload():
   if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
   import tensorflow  # noqa: F401
+  import cli  # noqa: F401
   import cluster  # noqa: F401
   import config  # noqa: F401
   import eval_util  # noqa: F401
+  import file_io  # noqa: F401
+  import gradients  # noqa: F401
   import inference_graph  # noqa: F401
   import kd_model  # noqa: F401
   import readers  # noqa: F401
   import run_dir  # noqa: F401
+  import sessions  # noqa: F401
+  import summaries  # noqa: F401
   import teacher_cache  # noqa: F401
   import train_graph  # noqa: F401
   import utils  # noqa: F401

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-import utils  # noqa: E402
+import cli  # noqa: E402
 
 tf1 = tf.compat.v1
 
@@ -53,7 +53,7 @@ def rated_segments(data_pattern, num_classes=3862, segment_size=5):
   paths = [p for pattern in data_pattern.split(",") if pattern.strip()
            for p in sorted(tf.io.gfile.glob(pattern.strip()))]
   if not paths:
-    raise utils.UsageError("--eval_data_pattern=%s matches no file" % data_pattern)
+    raise cli.UsageError("--eval_data_pattern=%s matches no file" % data_pattern)
   rated = {}
   for path in paths:
     for serialized in tf1.io.tf_record_iterator(path):
@@ -62,20 +62,20 @@ def rated_segments(data_pattern, num_classes=3862, segment_size=5):
       lists = example.feature_lists.feature_list
       frames = min((len(lists[name].feature) for name in lists), default=0)
       if not len(labels) == len(starts) == len(scores):
-        raise utils.UsageError(
+        raise cli.UsageError(
             "%s: video %s has %d segment_labels, %d segment_start_times and %d "
             "segment_scores; they must be as many" % (path, video_id, len(labels),
                                                        len(starts), len(scores)))
       for label, start, score in zip(labels, starts, scores):
         if score not in (0.0, 1.0):
-          raise utils.UsageError("%s: video %s rates class %d at %d with score %g; "
-                                 "segment_scores must be 0 or 1"
-                                 % (path, video_id, label, start, score))
+          raise cli.UsageError("%s: video %s rates class %d at %d with score %g; "
+                               "segment_scores must be 0 or 1"
+                               % (path, video_id, label, start, score))
         if not 0 <= label < num_classes:
-          raise utils.UsageError("%s: video %s rates class %d, outside the %d classes "
-                                 "(--num_classes)" % (path, video_id, label, num_classes))
+          raise cli.UsageError("%s: video %s rates class %d, outside the %d classes "
+                               "(--num_classes)" % (path, video_id, label, num_classes))
         if not 0 <= start <= frames - segment_size:
-          raise utils.UsageError(
+          raise cli.UsageError(
               "%s: video %s rates the segment at %d, but its %d frames hold %d-frame "
               "segments from 0 to %d" % (path, video_id, start, frames, segment_size,
                                          frames - segment_size))
@@ -87,7 +87,7 @@ def submission_rankings(path, rated, top_n=0):
   """{class: [segment ids]} of the CSV at `path`: each class's ranked segments, the
   first top_n (0: all), only those rated for that class."""
   if not tf.io.gfile.exists(path):
-    raise utils.UsageError("--submission_file=%s does not exist" % path)
+    raise cli.UsageError("--submission_file=%s does not exist" % path)
   rankings = {}
   with tf.io.gfile.GFile(path) as f:
     for number, line in enumerate(f, 1):
@@ -96,11 +96,11 @@ def submission_rankings(path, rated, top_n=0):
         continue
       fields = line.split(",")
       if len(fields) != 2 or not fields[0].strip().isdigit():
-        raise utils.UsageError("%s line %d: expected '<class>,<segment id> <segment id> "
-                               "...', got %r" % (path, number, line[:80]))
+        raise cli.UsageError("%s line %d: expected '<class>,<segment id> <segment id> "
+                             "...', got %r" % (path, number, line[:80]))
       label = int(fields[0])
       if label in rankings:
-        raise utils.UsageError("%s line %d: class %d appears twice" % (path, number,
+        raise cli.UsageError("%s line %d: class %d appears twice" % (path, number,
                                                                         label))
       segments = fields[1].split()
       if top_n:
@@ -151,10 +151,10 @@ def main(argv=None):
   tf1.logging.set_verbosity(tf1.logging.ERROR)  # no deprecation chatter
   try:
     if args.top_n < 0:
-      raise utils.UsageError("--top_n must be >= 0, got %d" % args.top_n)
+      raise cli.UsageError("--top_n must be >= 0, got %d" % args.top_n)
     rated = rated_segments(args.eval_data_pattern, args.num_classes, args.segment_size)
     rankings = submission_rankings(args.submission_file, rated, args.top_n)
-  except utils.UsageError as e:
+  except cli.UsageError as e:
     print("segment_eval_inference.py: error: %s" % e, file=sys.stderr)
     return 2
   mean, per_class, left_out = segment_map(rankings, rated)

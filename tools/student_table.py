@@ -86,7 +86,7 @@ def _measure_one(run_dir, data_pattern, batch_size, videos):
   import inference_graph
   import kd_model
   import readers
-  import utils
+  import sessions
   cfg, run_dirs = demo.run_config(run_dir)
   role = cfg.role()
   graph = tf.Graph()
@@ -100,7 +100,7 @@ def _measure_one(run_dir, data_pattern, batch_size, videos):
     fetches = [outputs["video_ids"], outputs["top_scores"], outputs["top_indices"]]
     parameters = sum(v.shape.num_elements() for v in tf1.trainable_variables())
     saver = tf1.train.Saver()
-  with tf1.Session(graph=graph, config=utils.session_config()) as sess:
+  with tf1.Session(graph=graph, config=sessions.session_config()) as sess:
     saver.restore(sess, run_dirs.latest_checkpoint(run_dir))
     runs = max(2, int(math.ceil(videos / float(batch_size))))
     for _ in range(2):

@@ -19,14 +19,14 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import utils  # noqa: E402
+import cli  # noqa: E402
 import vocabulary  # noqa: E402
 
 
 def from_csv(path, top):
   """[(video id, [(class, score)], None)] of a Kaggle predictions CSV."""
   if not os.path.exists(path):
-    raise utils.UsageError("--predictions=%s does not exist" % path)
+    raise cli.UsageError("--predictions=%s does not exist" % path)
   with open(path, newline="") as f:
     rows = list(csv.reader(f))[1:]
   videos = []
@@ -102,16 +102,16 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     if bool(args.predictions) == bool(args.train_dir):
-      raise utils.UsageError("give --predictions or --train_dir (with "
-                             "--input_data_pattern)")
+      raise cli.UsageError("give --predictions or --train_dir (with "
+                           "--input_data_pattern)")
     names = vocabulary.load(args.vocabulary)
     videos = (from_csv(args.predictions, args.top) if args.predictions else
               from_run(args.train_dir, args.input_data_pattern, args.top))
     if args.video_id:
       videos = [v for v in videos if v[0] == args.video_id]
       if not videos:
-        raise utils.UsageError("--video_id=%s is not among the videos" % args.video_id)
-  except utils.UsageError as e:
+        raise cli.UsageError("--video_id=%s is not among the videos" % args.video_id)
+  except cli.UsageError as e:
     print("top_classes.py: error: %s" % e, file=sys.stderr)
     return 2
   print("\n".join(show(videos, names)))
