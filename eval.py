@@ -52,12 +52,12 @@ def evaluate_checkpoint(model, cfg, checkpoint, num_records):
 
   num_records: how many records the data holds, for the progress lines.
   """
-  progress = (progress.Progress(FLAGS.progress_every_secs, what="segments")
+  counter = (progress.Progress(FLAGS.progress_every_secs, what="segments")
               if cfg.segment_labels else
-              progress.Progress(FLAGS.progress_every_secs, num_records))
+             progress.Progress(FLAGS.progress_every_secs, num_records))
   with model.session(checkpoint, FLAGS.bf16) as sess:
     metrics = inference_graph.evaluate(sess, model.fetches, cfg.num_classes, FLAGS.top_k,
-                                       skipped=model.skipped, progress=progress,
+                                       skipped=model.skipped, progress=counter,
                                        what="checkpoint " + checkpoint)
   if metrics is None:
     raise cli.UsageError("--eval_data_pattern=%s holds no records"

@@ -171,7 +171,7 @@ def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None
   ranking = segment_ranking.SegmentRanking(classes, FLAGS.segment_max_pred, FLAGS.top_k)
   fetches = [model.fetches[key] for key in ("video_ids", "segment_start_times",
                                             "top_indices", "top_scores")]
-  progress = progress.Progress(FLAGS.progress_every_secs, what="segments")
+  counter = progress.Progress(FLAGS.progress_every_secs, what="segments")
   with model.session(checkpoint, FLAGS.bf16) as sess:
     with readers.data_errors_named(model.reader, files):
       while True:
@@ -180,12 +180,12 @@ def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None
         except tf.errors.OutOfRangeError:
           break
         ranking.add_top(segment_ranking.segment_ids(video_ids, starts), indexes, scores)
-        progress.add(len(video_ids))
-  print("%d segments, %.1f segments/s; writing %s" % (progress.done, progress.rate(),
+        counter.add(len(video_ids))
+  print("%d segments, %.1f segments/s; writing %s" % (counter.done, counter.rate(),
                                                      output_file), flush=True)
   with file_io.atomic_output(output_file) as output:
     ranking.write(output)
-  return progress.done
+  return counter.done
 
 
 def predict_from_saved_model(export_dir, files, output):
@@ -229,7 +229,7 @@ def write_rows(sess, fetches, output, files, feed=None):
   feed: (tensor of serialized records, name of the model input to feed them to), for
   a SavedModel whose graph was imported without our reader.
   """
-  progress = progress.Progress(
+  counter = progress.Progress(
       FLAGS.progress_every_secs,
       readers.count_records(files.paths))
   while True:
@@ -242,9 +242,9 @@ def write_rows(sess, fetches, output, files, feed=None):
     except tf.errors.OutOfRangeError:
       break
     output.write(video_ids, indexes[:, :FLAGS.top_k], scores[:, :FLAGS.top_k])
-    progress.add(len(video_ids))
-  print("%d videos, %.1f videos/s" % (progress.done, progress.rate()), flush=True)
-  return progress.done
+    counter.add(len(video_ids))
+  print("%d videos, %.1f videos/s" % (counter.done, counter.rate()), flush=True)
+  return counter.done
 
 
 def model_flag_name():

@@ -88,7 +88,7 @@ def record_dataset(path):
 def get_input_data_tensors(reader, files, batch_size=1024, num_readers=1,
                            num_epochs=None, shuffle=True, seed=None,
                            drop_remainder=None, skipped=None, skip_batches=0,
-                           teacher_cache_shards=None):
+                           teacher_cache=None):
   """Builds the tf.data pipeline over `files` and returns one batch of tensors.
 
   Args:
@@ -108,13 +108,13 @@ def get_input_data_tensors(reader, files, batch_size=1024, num_readers=1,
       (TABLE_INITIALIZERS), which a MonitoredSession's local_init_op runs.
     skip_batches: leave out the first this many batches (read but not parsed); with a
       seed, a resumed training continues the record order where it stopped.
-    teacher_cache_shards: see make_dataset.
+    teacher_cache: see make_dataset.
   Returns:
     dict of batch tensors (see record_parsing).
   """
   dataset = make_dataset(reader, files, batch_size, num_readers, num_epochs, shuffle,
                          seed, drop_remainder, skipped, skip_batches,
-                         teacher_cache_shards)
+                         teacher_cache)
   if skipped is None:
     return tf1.data.make_one_shot_iterator(dataset).get_next()
   # A pipeline that counts into variables cannot be a one-shot iterator.
@@ -125,17 +125,18 @@ def get_input_data_tensors(reader, files, batch_size=1024, num_readers=1,
 
 def make_dataset(reader, files, batch_size=1024, num_readers=1, num_epochs=None,
                  shuffle=True, seed=None, drop_remainder=None, skipped=None,
-                 skip_batches=0, teacher_cache_shards=None):
+                 skip_batches=0, teacher_cache=None):
   """The tf.data.Dataset behind `get_input_data_tensors` (same arguments).
 
   skipped: a SkippedRecords to drop and count corrupt records instead of failing
     (--skip_corrupt_records; each record is then also validated on its own, which costs
     a second parse).
-  teacher_cache_shards: {data file (absolute path): its teacher-cache shard, a TFRecord
-    file with one entry per (valid) record of the data file, in the same order}. Each
-    record travels with its entry through shuffling and batching; the batch dict gets
-    them as `teacher_cache_entry` [B] string ("" for a record beyond the end of its
-    shard).
+  teacher_cache: offline KD's teacher_cache.TeacherCache, or None. Each data file is
+    read beside its cache shard (`teacher_cache.shard_of(file)`: one entry per valid
+    record, in the same order), and each record travels with its entry through
+    shuffling and batching; `teacher_cache.joined(batch)` then turns the batch's
+    entries (`teacher_cache_entry` [B] string, "" past the end of a shard) into the
+    teacher's outputs.
   """
   if batch_size <= 0:
     raise cli.UsageError("--batch_size must be positive, got %d" % batch_size)
@@ -143,21 +144,26 @@ def make_dataset(reader, files, batch_size=1024, num_readers=1, num_epochs=None,
     drop_remainder = shuffle
   deterministic = not shuffle or seed is not None
   dataset = _records(reader, files, min(num_readers, len(files.paths)), num_epochs,
-                     shuffle, seed, deterministic, skipped, teacher_cache_shards)
+                     shuffle, seed, deterministic, skipped, teacher_cache)
   if shuffle:
     dataset = dataset.shuffle(max(5 * batch_size, 256), seed=seed)
-  with_cache_entries = teacher_cache_shards is not None
+  with_cache_entries = teacher_cache is not None
   if getattr(reader, "emits_segments", False):
-    return _segment_batches(dataset, reader, batch_size, shuffle, seed, drop_remainder,
-                            deterministic, skip_batches, with_cache_entries)
-  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-  if skip_batches:
-    dataset = dataset.skip(skip_batches)
-  return _parsed(dataset, reader, deterministic, with_cache_entries).prefetch(2)
+    dataset = _segment_batches(dataset, reader, batch_size, shuffle, seed,
+                               drop_remainder, deterministic, skip_batches,
+                               with_cache_entries)
+  else:
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if skip_batches:
+      dataset = dataset.skip(skip_batches)
+    dataset = _parsed(dataset, reader, deterministic, with_cache_entries)
+  if with_cache_entries:
+    dataset = dataset.map(traced(teacher_cache.joined))
+  return dataset.prefetch(2)
 
 
 def _records(reader, files, num_readers, num_epochs, shuffle, seed, deterministic,
-             skipped, teacher_cache_shards):
+             skipped, teacher_cache):
   """The records of every file (a record and its teacher-cache entry with shards)."""
   num_readers = max(1, num_readers)
   columns = [list(files.paths)]
@@ -167,10 +173,10 @@ def _records(reader, files, num_readers, num_epochs, shuffle, seed, deterministi
     columns.append(tf.constant([tf.io.gfile.stat(f).length for f in files.paths],
                                tf.int64))
     read_records = lambda path, size, *rest: skipped.valid_records(reader, path, size)
-  if teacher_cache_shards is None:
+  if teacher_cache is None:
     read_file = read_records
   else:
-    columns.append([teacher_cache_shards[file_io.absolute(f)] for f in files.paths])
+    columns.append([teacher_cache.shard_of(f) for f in files.paths])
 
     def read_file(*column_values):
       entries = record_dataset(column_values[-1]).concatenate(
@@ -214,7 +220,7 @@ def _segment_batches(dataset, reader, batch_size, shuffle, seed, drop_remainder,
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   if skip_batches:
     dataset = dataset.skip(skip_batches)
-  return dataset.prefetch(2)
+  return dataset
 
 
 def _beside_cache_entries(stage):

@@ -177,9 +177,10 @@ class ModelTraining(object):
         train_files, global_batch, train_cfg.num_readers, train_cfg.num_epochs,
         shuffle=True, seed=train_cfg.seed, skipped=skipped,
         skip_batches=start_step if train_cfg.seed is not None else 0,
-        teacher_cache_shards=self._teacher_cache_shards())
+        teacher_cache=self._teacher_cache())
 
-  def _teacher_cache_shards(self):
+  def _teacher_cache(self):
+    """The TeacherCache the batches are read beside (offline KD), or None."""
     return None
 
   def tower(self, batch, reuse, seed=None):
@@ -236,20 +237,10 @@ class Distillation(ModelTraining):
     self.mode = "offline" if cache is not None else cfg.kd_mode
     self.rep_width = None
 
-  def _teacher_cache_shards(self):
-    return self.cache.paths_by_file() if self.cache else None
-
-  def input_batch(self, train_cfg, train_files, global_batch, skipped=None,
-                  start_step=0):
-    """The records' batches (see ModelTraining); offline, with each record's cached
-    teacher outputs as teacher_predictions [B, C] and teacher_representation [B, H]."""
-    batch = super(Distillation, self).input_batch(train_cfg, train_files, global_batch,
-                                                  skipped, start_step)
-    if self.cache:
-      batch["teacher_predictions"], batch["teacher_representation"] = self.cache.decode(
-          batch.pop("teacher_cache_entry"), batch["video_ids"],
-          batch.get("segment_rank"), batch.get("segment_start_times"))
-    return batch
+  def _teacher_cache(self):
+    """Offline, the cache whose entries the batches carry: teacher_predictions [B, C]
+    and teacher_representation [B, H] (TeacherCache.joined)."""
+    return self.cache
 
   def _teacher_outputs(self, batch, reuse, seed):
     if self.mode == "offline":

@@ -137,9 +137,10 @@ class TeacherCache(object):
     """The cache shard of the index-th training file (sorted order)."""
     return os.path.join(self.directory, "teacher-%05d.tfrecord" % index)
 
-  def paths_by_file(self):
-    """{training file (absolute path, as fingerprinted): its cache shard}."""
-    return {path: self.shard(i) for i, (path, _, _) in enumerate(self.fingerprint["files"])}
+  def shard_of(self, path):
+    """The cache shard of a training file (as fingerprinted: absolute path)."""
+    paths = [listed for listed, _, _ in self.fingerprint["files"]]
+    return self.shard(paths.index(file_io.absolute(path)))
 
   def missing_shards(self):
     """Indexes of the training files whose shard is not complete yet."""
@@ -215,6 +216,16 @@ class TeacherCache(object):
         file_io.replace_file(temporary, final)
     print("Teacher cache: %d videos in %d shards, %.1f videos/s"
           % (count.done, len(missing), count.rate()), flush=True)
+
+  def joined(self, batch):
+    """A training batch read beside this cache (readers.make_dataset's teacher_cache)
+    with its entries decoded: teacher_cache_entry [B] becomes teacher_predictions
+    [B, C] and teacher_representation [B, H] float32, each checked to be its row's."""
+    batch = dict(batch)
+    batch["teacher_predictions"], batch["teacher_representation"] = self.decode(
+        batch.pop("teacher_cache_entry"), batch["video_ids"], batch.get("segment_rank"),
+        batch.get("segment_start_times"))
+    return batch
 
   def decode(self, entries, video_ids, segment_rank=None, segment_start_times=None):
     """Cache records joined to a batch -> (predictions [B, C], representation [B, H])

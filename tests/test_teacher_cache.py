@@ -160,20 +160,26 @@ def test_shuffled_readers_join_every_record_with_its_own_video(setup, built_cach
     cached = teacher_cache.TeacherCache(
         cache, stored["fingerprint"],
         representation_width=stored["representation_width"])
+    expected = {}  # each video's cached predictions, read with protobuf
+    for shard in glob.glob(os.path.join(cache, "teacher-*.tfrecord")):
+      for record in tf1.io.tf_record_iterator(shard):
+        feature = tf.train.Example.FromString(record).features.feature
+        expected[feature["id"].bytes_list.value[0]] = np.frombuffer(
+            feature["predictions"].bytes_list.value[0], np.float16).astype(np.float32)
     batch = readers.get_input_data_tensors(
         readers.get_reader(cfg, dequantize=False),
         readers.list_data_files(setup["train"]), 5, num_readers=2, num_epochs=3,
-        shuffle=True, teacher_cache_shards=cached.paths_by_file())
-    entries = tf.io.parse_example(batch["teacher_cache_entry"], {
-        "id": tf.io.FixedLenFeature([], tf.string)})["id"]
+        shuffle=True, teacher_cache=cached)
     seen = []
     with tf1.Session() as sess:
       while True:
         try:
-          ids, entry_ids = sess.run([batch["video_ids"], entries])
+          ids, predictions = sess.run([batch["video_ids"],
+                                       batch["teacher_predictions"]])
         except tf.errors.OutOfRangeError:
           break
-        assert list(ids) == list(entry_ids)
+        for video_id, row in zip(ids, predictions):
+          assert np.array_equal(row, expected[video_id])
         seen.extend(ids)
   assert len(seen) == 3 * 24 - (3 * 24) % 5 and len(set(seen)) == 24
 
