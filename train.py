@@ -17,7 +17,6 @@ written.
 import contextlib
 import dataclasses
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
@@ -126,7 +125,8 @@ def validate_flags():
   """Every check that needs no graph and no data (absl checked each flag on its own).
 
   Returns:
-    (GraphConfig, TrainConfig, the training files listed once, RunOptions).
+    (GraphConfig, TrainConfig, the training and validation files (readers.DataFiles,
+    listed here once; None without --eval_data_pattern), RunOptions).
   Raises:
     UsageError naming a flag.
   """
@@ -149,15 +149,15 @@ def validate_flags():
     raise cli.UsageError("--build_teacher_cache_only needs --teacher_cache")
   train_files = readers.list_data_files(FLAGS.train_data_pattern,
                                         "--train_data_pattern")
-  if FLAGS.eval_data_pattern:
-    readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
+  eval_files = (readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
+                if FLAGS.eval_data_pattern else None)
   options = training_run.RunOptions(
       train_dir=FLAGS.train_dir, teacher_checkpoint=FLAGS.teacher_checkpoint,
       teacher_cache=FLAGS.teacher_cache, teacher_cache_dtype=FLAGS.teacher_cache_dtype,
       pca_eigenvals=FLAGS.pca_eigenvals,
       pca_eigenvals_given=FLAGS["pca_eigenvals"].present,
       start_new_model=FLAGS.start_new_model)
-  return cfg, train_cfg, train_files, options
+  return cfg, train_cfg, train_files, eval_files, options
 
 
 class FiniteWeightsBeforeSave(tf1.train.CheckpointSaverListener):
@@ -222,7 +222,7 @@ def train(run, cluster_task, server, task):
   model = train_graph.TrainGraph(
       cfg, train_cfg, task, devices, cluster_task,
       start_step=run_dir.checkpoint_step(resume_from) if resume_from else 0,
-      train_files=run.train_files)
+      train_files=run.train_files, eval_files=run.eval_files)
   if model.loss_scale_note:
     print(model.loss_scale_note, flush=True)
   steps_cap = train_cfg.max_steps
@@ -328,7 +328,7 @@ def graph_failures_named(current_step, train_dir, cache_dir=""):
 
 
 def main(unused_argv):
-  cfg, train_cfg, train_files, options = validate_flags()
+  cfg, train_cfg, train_files, eval_files, options = validate_flags()
   print("Run directory: %s" % training_run.run_directory(cfg, options), flush=True)
   if FLAGS.visible_gpu:
     os.environ["CUDA_VISIBLE_DEVICES"] = FLAGS.visible_gpu
@@ -342,7 +342,7 @@ def main(unused_argv):
       return 0
   # Everything is resolved before the run directory is touched, so a KD run without
   # a usable teacher or cache leaves nothing behind.
-  run = training_run.resolve(cfg, train_cfg, train_files, options)
+  run = training_run.resolve(cfg, train_cfg, train_files, eval_files, options)
   if run.cache:
     run.cache.build(run.cfg, train_cfg.batch_size, train_cfg.skip_corrupt_records,
                     run.cfg.bf16)

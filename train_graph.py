@@ -33,7 +33,7 @@ class TrainGraph(object):
   """
 
   def __init__(self, cfg, train_cfg, task, devices, cluster_task=None, input_fn=None,
-               start_step=0, train_files=None):
+               start_step=0, train_files=None, eval_files=None):
     """
     Args:
       cfg: the GraphConfig.
@@ -46,6 +46,8 @@ class TrainGraph(object):
       start_step: the global step the run resumes at (see task.input_batch); a
         distributed run's workers read on their own and do not skip.
       train_files: the readers.DataFiles of --train_data_pattern (without input_fn).
+      eval_files: the readers.DataFiles of --eval_data_pattern to validate on every
+        --export_model_steps steps, or None.
     """
     cluster_task = cluster_task or cluster.Task({})
     self.cfg = cfg
@@ -73,8 +75,8 @@ class TrainGraph(object):
         # Relative names in the `checkpoint` state file: a run directory can move.
         self.saver = tf1.train.Saver(max_to_keep=5, save_relative_paths=True)
         self.init_fn = self._teacher_restore()
-        self.validation = (ValidationGraph(cfg, train_cfg)
-                           if train_cfg.eval_data_pattern else None)
+        self.validation = (ValidationGraph(cfg, train_cfg, eval_files)
+                           if eval_files else None)
 
   def _input(self, input_fn):
     """The global batch: input_fn's, or the task's reader batches (with skip counters)."""
@@ -190,15 +192,14 @@ class ValidationGraph(object):
   """An inference-mode copy of the trained model over --eval_data_pattern, built by the
   same inference_graph.top_k_outputs as eval.py's."""
 
-  def __init__(self, cfg, train_cfg):
+  def __init__(self, cfg, train_cfg, eval_files):
+    """eval_files: the readers.DataFiles validated on."""
     self.cfg = cfg
     with tf.name_scope("validation"):
       self.skipped = (readers.SkippedRecords() if train_cfg.skip_corrupt_records
                       else None)
       _, self.initializer, batch = inference_graph.input_batches(
-          cfg, cfg.role(), readers.list_data_files(train_cfg.eval_data_pattern,
-                                                   "--eval_data_pattern"),
-          train_cfg.batch_size, train_cfg.num_readers, skipped=self.skipped)
+          cfg, cfg.role(), eval_files, train_cfg.batch_size, train_cfg.num_readers, skipped=self.skipped)
       self.fetches = inference_graph.top_k_outputs(cfg, batch, cfg.role(),
                                                    VALIDATION_TOP_K, with_labels=True,
                                                    reuse=True)

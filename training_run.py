@@ -45,7 +45,8 @@ class TrainingRun(object):
   """Everything a training run needs, resolved (see the module docstring).
 
   cfg: the final GraphConfig (its teacher's model, preprocessing and cache record);
-  train_files: readers.DataFiles of --train_data_pattern, listed once;
+  train_files, eval_files: readers.DataFiles of --train_data_pattern and
+    --eval_data_pattern (None without one), each listed once;
   resume_from: the checkpoint of train_dir the run resumes from, None for a fresh start;
   teacher: the serial teacher the training graph restores at a fresh start (None when
     resuming, offline, or with no teacher);
@@ -55,12 +56,13 @@ class TrainingRun(object):
   train_cfg: config.TrainConfig
   train_dir: str
   train_files: readers.DataFiles
+  eval_files: readers.DataFiles = None
   resume_from: str = None
   teacher: kd_model.Teacher = None
   cache: teacher_cache.TeacherCache = None
 
 
-def resolve(cfg, train_cfg, train_files, options):
+def resolve(cfg, train_cfg, train_files, eval_files, options):
   """The TrainingRun of a command's configs and options; reads, never writes.
 
   Raises:
@@ -87,7 +89,8 @@ def resolve(cfg, train_cfg, train_files, options):
   cfg = cfg.replace(teacher_model=teacher_model, preprocessing=prep,
                     teacher_cache=cache.record() if cache else {})
   return TrainingRun(cfg=cfg, train_cfg=train_cfg, train_dir=train_dir,
-                     train_files=train_files, resume_from=resume_from,
+                     train_files=train_files, eval_files=eval_files,
+                     resume_from=resume_from,
                      teacher=None if cache else teacher, cache=cache)
 
 
