@@ -288,7 +288,7 @@ def test_bad_ratings_stop_train_and_eval_in_one_line(runs, tmp_path):
   """A record rating a segment with 0.5 (scores are 0 or 1) after a good one."""
   good, first = None, None
   for serialized in tf1.io.tf_record_iterator(readers.list_data_files(
-      runs["validate"])[0]):
+      runs["validate"]).paths[0]):
     example = tf.train.SequenceExample.FromString(serialized)
     scores = example.context.feature["segment_scores"].float_list.value
     if len(scores):
