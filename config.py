@@ -373,44 +373,6 @@ def with_command_segments(cfg, flag_values=FLAGS):
   return cfg.replace(**given) if given else cfg
 
 
-def cache_identity(record):
-  """What identifies the teacher cache of a model_flags.json record (its teacher_cache)
-  for a resume: the digest of the teacher, files and dtype (not where the teacher
-  lives). Records of caches written before fingerprints had a format compare by what
-  they share with today's: preprocessing, number of files and dtype."""
-  if not record:
-    return None
-  if "format" in record:
-    return record["digest"]
-  return (record.get("preprocessing"), record.get("num_files"), record.get("dtype"))
-
-
-def conflicts(recorded, current):
-  """Fields whose values differ between two model_flags.json dicts ('--x: old -> new')."""
-  found = []
-  for name in sorted(set(recorded) | set(current)):
-    if name in INFORMATION_ONLY:
-      continue
-    if name == "teacher_cache":
-      old, new = recorded.get(name), current.get(name)
-      if old and new and "format" not in old:  # written by an earlier version
-        new = {k: v for k, v in new.items() if k != "format"}
-      if cache_identity(old) != cache_identity(new):
-        found.append("--teacher_cache: %s -> %s" % (
-            "digest %s" % old.get("digest") if old else "none (online)",
-            "digest %s" % new.get("digest") if new else "none (online)"))
-      continue
-    if name == "teacher_model" and recorded.get(name) and current.get(name):
-      found.extend("--teacher_model: %s %r -> %r" % (key, recorded[name].get(key),
-                                                     current[name].get(key))
-                   for key in MODEL_FIELDS
-                   if recorded[name].get(key) != current[name].get(key))
-      continue
-    if recorded.get(name) != current.get(name):
-      found.append("--%s: %r -> %r" % (name, recorded.get(name), current.get(name)))
-  return found
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(object):
   """How train.py trains (not what): resolved once from its flags in main and passed

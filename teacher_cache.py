@@ -126,7 +126,7 @@ class TeacherCache(object):
   def record(self):
     """What a KD run's model_flags.json records of its cache (GraphConfig.teacher_cache):
     the digest, and the teacher, preprocessing and files it stands for (see
-    config.cache_identity for what a resume compares)."""
+    run_dir.cache_identity for what a resume compares)."""
     return {"format": FORMAT, "digest": digest(self.fingerprint),
             "teacher_checkpoint": self.fingerprint["teacher_checkpoint"],
             "preprocessing": self.fingerprint["teacher"]["preprocessing"],

@@ -475,9 +475,9 @@ def test_model_flags_dict_records_the_graph_flags_and_conflicts_name_them(tiny):
     assert recorded[name] == value, name
   assert "pca_eigenvals" not in recorded
   assert "train_dir" not in recorded and "batch_size" not in recorded
-  assert config.conflicts(recorded, dict(recorded)) == []
+  assert run_dir.conflicts(recorded, dict(recorded)) == []
   changed = dict(recorded, drop_rate=0.5, k_frame=30)
-  assert config.conflicts(recorded, changed) == ["--drop_rate: 0.25 -> 0.5",
+  assert run_dir.conflicts(recorded, changed) == ["--drop_rate: 0.25 -> 0.5",
                                                  "--k_frame: 6 -> 30"]
 
 
@@ -574,7 +574,7 @@ def test_model_flags_record_the_teachers_model_and_old_kd_runs_read_as_same(tiny
   assert config.from_json(old, "old").model_config("teacher") == _cfg().model_only()
   assert config.from_json(dict(old, model_type="teacher"), "old").teacher_model == {}
   changed = dict(recorded, teacher_model=dict(teacher, mix_number=3))
-  assert config.conflicts(recorded, changed) == ["--teacher_model: mix_number 2 -> 3"]
+  assert run_dir.conflicts(recorded, changed) == ["--teacher_model: mix_number 2 -> 3"]
 
 
 def _teacher_run(directory, **flag_values):

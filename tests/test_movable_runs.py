@@ -409,13 +409,13 @@ def test_the_cache_digest_and_checks_ignore_where_the_teacher_lives():
             "teacher_checkpoint": wanted["teacher_checkpoint"],
             "preprocessing": "pca_eigenvals", "num_files": 1, "dtype": "float16"}
   elsewhere = dict(record, teacher_checkpoint=moved["teacher_checkpoint"])
-  assert config.conflicts({"teacher_cache": record}, {"teacher_cache": elsewhere}) == []
-  assert config.conflicts({"teacher_cache": record},
+  assert run_dir.conflicts({"teacher_cache": record}, {"teacher_cache": elsewhere}) == []
+  assert run_dir.conflicts({"teacher_cache": record},
                           {"teacher_cache": dict(elsewhere, digest="4567")})
-  assert config.conflicts({"teacher_cache": record}, {"teacher_cache": {}})
+  assert run_dir.conflicts({"teacher_cache": record}, {"teacher_cache": {}})
   # A record of an earlier version (no format; its digest hashed the teacher's path)
   # compares by what it shares with today's: preprocessing, files, dtype.
   earlier = {k: v for k, v in record.items() if k != "format"}
-  assert config.conflicts({"teacher_cache": earlier}, {"teacher_cache": elsewhere}) == []
-  assert config.conflicts({"teacher_cache": earlier},
+  assert run_dir.conflicts({"teacher_cache": earlier}, {"teacher_cache": elsewhere}) == []
+  assert run_dir.conflicts({"teacher_cache": earlier},
                           {"teacher_cache": dict(elsewhere, dtype="float32")})
