@@ -5,6 +5,10 @@ preprocessing); a KD run is evaluated as its student unless --role=teacher. Ever
 record of --eval_data_pattern counts exactly once. Results go to the console (the
 starter's summary line), TensorBoard (<train_dir>/eval, tags eval/<metric>) and
 <train_dir>/eval.jsonl.
+
+With --tflite_model (a file of export_model.py --tflite) instead of --train_dir, the
+file's model is evaluated once through the same reader and metrics; the line names
+its quantization, and nothing is written.
 """
 
 import os
@@ -21,6 +25,7 @@ import inference_graph  # noqa: E402
 import progress  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
+import tflite_model  # noqa: E402
 
 tf1 = tf.compat.v1
 flags = tf1.flags
@@ -95,11 +100,51 @@ def checkpoints_to_evaluate():
       time.sleep(FLAGS.eval_interval_secs)
 
 
+def evaluate_tflite(files):
+  """--tflite_model: one pass of the file's model over `files`; prints the metrics."""
+  if FLAGS.train_dir or FLAGS.checkpoint:
+    raise cli.UsageError("give --tflite_model or --train_dir/--checkpoint, not both")
+  if FLAGS.bf16:
+    raise cli.UsageError("--bf16 is TensorFlow's rewrite of a checkpoint's graph; "
+                         "--tflite_model runs the file's own precision")
+  served = tflite_model.TFLiteModel(FLAGS.tflite_model, FLAGS.tflite_threads)
+  served.check_command(FLAGS)
+  cfg = served.cfg
+  print("Evaluating %s in %s%s" % (
+      served.describe(), FLAGS.tflite_model,
+      " on rated %d-frame segments (only rated classes count)" % cfg.segment_size
+      if cfg.segment_labels else ""), flush=True)
+  model = inference_graph.InferenceGraph(
+      cfg, served.role, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.top_k,
+      with_labels=True, skip_corrupt_records=FLAGS.skip_corrupt_records, served=served)
+  counter = progress.Progress(FLAGS.progress_every_secs,
+                              None if cfg.segment_labels else
+                              readers.count_records(files.paths),
+                              what="segments" if cfg.segment_labels else "videos")
+  with readers.data_errors_named(model.reader, files), model.session(None) as sess:
+    metrics = inference_graph.evaluate(sess, model.fetches, cfg.num_classes, FLAGS.top_k,
+                                       skipped=model.skipped, progress=counter,
+                                       what=FLAGS.tflite_model)
+  if metrics is None:
+    raise cli.UsageError("--eval_data_pattern=%s holds no records"
+                         % FLAGS.eval_data_pattern)
+  inference_graph.report_metrics("eval (%s)" % served.quantization,
+                                 served.step, metrics,
+                                 None, None)
+  return 0
+
+
 def main(unused_argv):
-  if not FLAGS.train_dir:
-    raise cli.UsageError("--train_dir is required (a run directory of train.py)")
   if not FLAGS.eval_data_pattern:
     raise cli.UsageError("--eval_data_pattern is required")
+  if FLAGS.tflite_model:
+    file_io.check_file_systems({"--tflite_model": FLAGS.tflite_model,
+                                "--eval_data_pattern": FLAGS.eval_data_pattern})
+    return evaluate_tflite(
+        readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern"))
+  if not FLAGS.train_dir:
+    raise cli.UsageError("--train_dir is required (a run directory of train.py), or "
+                         "--tflite_model")
   file_io.check_file_systems({"--train_dir": FLAGS.train_dir,
                               "--eval_data_pattern": FLAGS.eval_data_pattern,
                               "--checkpoint": FLAGS.checkpoint})

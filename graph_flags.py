@@ -53,6 +53,12 @@ flags.DEFINE_bool("skip_corrupt_records", False, "train.py and eval.py: drop cor
                   "records (and the unreadable rest of a damaged shard) instead of "
                   "stopping; how many is reported. Validating each record costs a second "
                   "parse.")
+flags.DEFINE_string("tflite_model", "", "eval.py, inference.py: a .tflite file written "
+                    "by export_model.py --tflite (with its .json sidecar), used instead "
+                    "of a run directory: the same reader, metrics and CSVs, the model run "
+                    "by the TFLite interpreter.")
+flags.DEFINE_integer("tflite_threads", 2, "Threads of the TFLite interpreter (the reader "
+                     "shares the cores).", lower_bound=1)
 flags.DEFINE_enum("role", "", ["", TEACHER, STUDENT], "eval.py, inference.py, "
                   "export_model.py: which model of the run to use: empty for the model it "
                   "trained (the student of a KD run), or teacher / student.")

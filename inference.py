@@ -11,8 +11,9 @@ every --segment_size-frame segment of every video is scored, and each rated clas
   3,XwFj:35 Ab12:0 ...
 
 The model comes from one of: --train_dir (its latest checkpoint), --input_model_tgz (a
-tarball written by --output_model_tgz, unpacked into --untar_model_dir) or
---saved_model (a directory written by export_model.py). The CSV is written to a
+tarball written by --output_model_tgz, unpacked into --untar_model_dir),
+--saved_model (a directory written by export_model.py) or --tflite_model (a file
+written by export_model.py --tflite, float32 or quantized, with its sidecar). The CSV is written to a
 temporary file and renamed to --output_file only when every video is in it.
 """
 
@@ -39,6 +40,7 @@ import readers  # noqa: E402
 import run_dir  # noqa: E402
 import segment_ranking  # noqa: E402
 import sessions  # noqa: E402
+import tflite_model  # noqa: E402
 import vocabulary  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -122,25 +124,37 @@ def csv_rows(video_ids, class_indexes, scores):
   return [rows.getvalue()]
 
 
-def predict_from_checkpoint(model_dir, files, output, checkpoint=None):
-  """Runs the run's model over `files` (the readers.DataFiles of --input_data_pattern);
-  writes rows to `output` (a PredictionWriter). checkpoint: the one to use, default
-  model_dir's latest."""
+def model_to_serve(model_dir, checkpoint=None, served=None):
+  """(cfg, role, checkpoint, served, what): the run's model (checkpoint: the one to use,
+  default model_dir's latest), or `served`'s (a tflite_model.TFLiteModel: checkpoint
+  None); `what` names it for the console."""
+  if served:
+    return (served.cfg, served.role, None, served,
+            "%s in %s" % (served.describe(), FLAGS.tflite_model))
   cfg = config.with_command_segments(run_dir.load(model_dir, flag_name=model_flag_name()))
   role = cfg.role(FLAGS.role)
   checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
+  return (cfg, role, checkpoint, None,
+          "the %s of %s (%s)" % (role, model_dir, os.path.basename(checkpoint)))
+
+
+def predict_from_checkpoint(model_dir, files, output, checkpoint=None, served=None):
+  """Runs the run's model (or `served`, --tflite_model's) over `files` (the
+  readers.DataFiles of --input_data_pattern); writes rows to `output` (a
+  PredictionWriter). checkpoint: the one to use, default model_dir's latest."""
+  cfg, role, checkpoint, served, what = model_to_serve(model_dir, checkpoint, served)
   model = inference_graph.InferenceGraph(
       cfg, role, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.top_k,
-      with_labels=False)
-  print("Predicting with the %s of %s (%s)" % (role, model_dir,
-                                               os.path.basename(checkpoint)), flush=True)
+      with_labels=False, served=served)
+  print("Predicting with %s" % what, flush=True)
   fetches = [model.fetches[key] for key in ("video_ids", "top_indices", "top_scores")]
   with model.session(checkpoint, FLAGS.bf16) as sess:
     with readers.data_errors_named(model.reader, files):
       return write_rows(sess, fetches, output, files)
 
 
-def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None):
+def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None,
+                                  served=None):
   """--segment_labels: runs the run's model over every segment of every video of
   `files` (--input_data_pattern's DataFiles) and writes the Class,Segments CSV to
   output_file (atomically).
@@ -149,8 +163,7 @@ def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None
   --segment_max_pred best segments (segment_ranking). Memory is bounded by the
   ranking's, whatever the number of videos. Returns the number of segments.
   """
-  cfg = config.with_command_segments(run_dir.load(model_dir, flag_name=model_flag_name()))
-  role = cfg.role(FLAGS.role)
+  cfg, role, checkpoint, served, what = model_to_serve(model_dir, checkpoint, served)
   try:
     classes = segment_ranking.read_rated_classes(file_io.shipped_path(
         FLAGS.segment_label_ids_file))
@@ -160,14 +173,12 @@ def rank_segments_from_checkpoint(model_dir, files, output_file, checkpoint=None
     raise cli.UsageError("--segment_label_ids_file=%s names class %d, but the model "
                          "predicts %d classes (--num_classes)"
                          % (FLAGS.segment_label_ids_file, classes[-1], cfg.num_classes))
-  checkpoint = checkpoint or run_dir.latest_checkpoint(model_dir, model_flag_name())
   model = inference_graph.InferenceGraph(
       cfg, role, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.top_k,
-      with_labels=False, classes=classes)
+      with_labels=False, classes=classes, served=served)
   print("Ranking the %d-frame segments of every video per rated class (%d classes, at "
-        "most %d segments each) with the %s of %s (%s)"
-        % (cfg.segment_size, len(classes), FLAGS.segment_max_pred, role, model_dir,
-           os.path.basename(checkpoint)), flush=True)
+        "most %d segments each) with %s" % (cfg.segment_size, len(classes),
+                                              FLAGS.segment_max_pred, what), flush=True)
   ranking = segment_ranking.SegmentRanking(classes, FLAGS.segment_max_pred, FLAGS.top_k)
   fetches = [model.fetches[key] for key in ("video_ids", "segment_start_times",
                                             "top_indices", "top_scores")]
@@ -342,24 +353,30 @@ def _real_path(path):
   return scheme + "://" + posixpath.normpath(rest)
 
 
-def ranks_segments(model_dir):
+def ranks_segments(model_dir, served=None):
   """Whether this command writes the Class,Segments CSV: --segment_labels when given,
-  else the mode the run recorded."""
+  else the mode the run (or the served file) recorded."""
   if FLAGS["segment_labels"].present:
     return FLAGS.segment_labels
+  if served:
+    return served.cfg.segment_labels
   return bool(model_dir) and run_dir.load(model_dir, model_flag_name()).segment_labels
 
 
 def validate_flags():
   """Checks the flags before any graph is built; raises UsageError naming one."""
-  sources = [name for name in ("train_dir", "input_model_tgz", "saved_model")
-             if FLAGS[name].value]
+  sources = [name for name in ("train_dir", "input_model_tgz", "saved_model",
+                               "tflite_model") if FLAGS[name].value]
   if len(sources) != 1:
     raise cli.UsageError("give exactly one of --train_dir, --input_model_tgz, "
-                         "--saved_model (got %s)" % (", ".join(sources) or "none"))
-  if FLAGS.output_model_tgz and FLAGS.saved_model:
+                         "--saved_model, --tflite_model (got %s)"
+                         % (", ".join("--" + s for s in sources) or "none"))
+  if FLAGS.output_model_tgz and (FLAGS.saved_model or FLAGS.tflite_model):
     raise cli.UsageError("--output_model_tgz packs a checkpoint: use it with "
                          "--train_dir or --input_model_tgz")
+  if FLAGS.bf16 and FLAGS.tflite_model:
+    raise cli.UsageError("--bf16 is TensorFlow's rewrite of a checkpoint's graph; "
+                         "--tflite_model runs the file's own precision")
   if not FLAGS.output_file and not FLAGS.output_model_tgz:
     raise cli.UsageError("--output_file is required")
   if FLAGS.output_file and not FLAGS.input_data_pattern:
@@ -370,6 +387,7 @@ def validate_flags():
   file_io.check_file_systems({
       "--train_dir": FLAGS.train_dir, "--input_model_tgz": FLAGS.input_model_tgz,
       "--untar_model_dir": FLAGS.untar_model_dir, "--saved_model": FLAGS.saved_model,
+      "--tflite_model": FLAGS.tflite_model,
       "--output_model_tgz": FLAGS.output_model_tgz, "--output_file": FLAGS.output_file,
       "--vocabulary": FLAGS.vocabulary, "--input_data_pattern": FLAGS.input_data_pattern})
   if FLAGS.segment_labels and FLAGS.saved_model:
@@ -398,9 +416,13 @@ def main(unused_argv):
   if not FLAGS.output_file:
     return 0
   files = readers.list_data_files(FLAGS.input_data_pattern, "--input_data_pattern")
-  if ranks_segments(model_dir):
+  served = None
+  if FLAGS.tflite_model:
+    served = tflite_model.TFLiteModel(FLAGS.tflite_model, FLAGS.tflite_threads)
+    served.check_command(FLAGS)
+  if ranks_segments(model_dir, served):
     count = rank_segments_from_checkpoint(model_dir, files, FLAGS.output_file,
-                                          checkpoint)
+                                          checkpoint, served)
     print("Wrote the Class,Segments CSV of %d segments to %s" % (count,
                                                                  FLAGS.output_file))
     return 0
@@ -412,7 +434,7 @@ def main(unused_argv):
     if FLAGS.saved_model:
       count = predict_from_saved_model(FLAGS.saved_model, files, writer)
     else:
-      count = predict_from_checkpoint(model_dir, files, writer, checkpoint)
+      count = predict_from_checkpoint(model_dir, files, writer, checkpoint, served)
   print("Wrote %d videos to %s%s" % (count, FLAGS.output_file,
                                      " and " + names_path(FLAGS.output_file)
                                      if names else ""))

@@ -44,7 +44,8 @@ def input_batches(cfg, role, files, batch_size, num_readers, require_labels=True
   return reader, iterator.initializer, iterator.get_next()
 
 
-def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=None):
+def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=None,
+                  predictions=None):
   """The role's model in inference mode on a reader batch -> its top classes.
 
   Args:
@@ -55,6 +56,8 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=Non
     classes: None, or the class ids (a list) the top k is taken among (the rated
       classes of `inference.py --segment_labels`); the model computes only those.
       Not with with_labels (the metrics count every class).
+    predictions: None (the role's model is built), or the model's predictions [B, C]
+      computed elsewhere (a TFLite file's, tflite_model).
   Returns:
     dict of tensors: video_ids [B] string; top_scores [B, K] float32 and top_indices
     [B, K] int32, each video's best classes by descending score (equal scores by
@@ -68,8 +71,9 @@ def top_k_outputs(cfg, batch, role, top_k, with_labels, reuse=False, classes=Non
     if with_labels:
       raise ValueError("top_k_outputs: classes= is for inference without labels")
     classes = [int(c) for c in classes]
-  predictions = kd_model.inference_outputs(cfg, batch, role, reuse=reuse,
-                                           class_ids=classes)["predictions"]
+  if predictions is None:
+    predictions = kd_model.inference_outputs(cfg, batch, role, reuse=reuse,
+                                             class_ids=classes)["predictions"]
   if classes is not None and predictions.shape[1] != len(classes):
     # A model of one's own that computes every class: same values, taken afterwards.
     predictions = tf.gather(predictions, classes, axis=1)
@@ -170,10 +174,12 @@ class InferenceGraph(object):
 
   def __init__(self, cfg, role, files, batch_size, num_readers, top_k=None,
                with_labels=False, skip_corrupt_records=False, classes=None,
-               require_labels=None, checkpoint_scope=None):
+               require_labels=None, checkpoint_scope=None, served=None):
     """require_labels: records must have labels (default: with_labels);
     checkpoint_scope: the scope the role's variables have in the checkpoint, when it
-    is not the role's own (a student's run teaching as a teacher)."""
+    is not the role's own (a student's run teaching as a teacher); served: a
+    tflite_model.TFLiteModel computing the predictions in place of the role's model
+    (top_k only; session() then restores nothing)."""
     self.graph = tf.Graph()
     self.files = files
     self._reads_files = files is None
@@ -196,14 +202,15 @@ class InferenceGraph(object):
       if top_k is None:
         self.fetches = role_outputs(cfg, batch, role)
       else:
-        self.fetches = top_k_outputs(cfg, batch, role, top_k, with_labels,
-                                     classes=classes)
+        self.fetches = top_k_outputs(
+            cfg, batch, role, top_k, with_labels, classes=classes,
+            predictions=served.predictions_op(batch) if served else None)
       self._variables = tf1.global_variables()
       if checkpoint_scope and checkpoint_scope != role:
         self._variables = {
             (checkpoint_scope + v.op.name[len(role):] if v.op.name.startswith(role + "/")
              else v.op.name): v for v in self._variables}
-      self._saver = tf1.train.Saver(self._variables)
+      self._saver = tf1.train.Saver(self._variables) if self._variables else None
       # After the restore: copies of the restored weights (model_utils).
       self._local_init = tf.group(tf1.local_variables_initializer(),
                                   model_utils.column_caches_initializer())
@@ -211,10 +218,11 @@ class InferenceGraph(object):
 
   @contextlib.contextmanager
   def session(self, checkpoint, bf16=False, what="checkpoint"):
-    """A session with `checkpoint` restored (checked) and, reading a data pattern, the
-    data at its start."""
+    """A session with `checkpoint` restored (checked; None: a served model's graph
+    has no variables) and, reading a data pattern, the data at its start."""
     with tf1.Session(graph=self.graph, config=sessions.session_config(bf16)) as sess:
-      restore_checked(sess, self._saver, self._variables, checkpoint, what)
+      if checkpoint is not None:
+        restore_checked(sess, self._saver, self._variables, checkpoint, what)
       sess.run(self._local_init)
       if not self._reads_files:
         sess.run(self._initializer)
@@ -275,8 +283,9 @@ def report_metrics(split, step, metrics, writer, jsonl_path, **extra):
   """One metrics record, written the same way everywhere.
 
   The console gets the starter's line (prefixed by `split`), TensorBoard the scalars
-  `<split>/<key>` for METRIC_KEYS, and jsonl_path one JSON line with step, those keys,
-  num_examples, examples_per_second, skipped_records and `extra`.
+  `<split>/<key>` for METRIC_KEYS (writer None: none), and jsonl_path (None: none)
+  one JSON line with step, those keys, num_examples, examples_per_second,
+  skipped_records and `extra`.
   Returns the record.
   """
   record = {"step": int(step), "gap": float(metrics["gap"]),
@@ -298,5 +307,6 @@ def report_metrics(split, step, metrics, writer, jsonl_path, **extra):
   if writer is not None:
     summaries.AddScalarSummaries(writer, {"%s/%s" % (split, key): record[key]
                                           for key in METRIC_KEYS}, step)
-  file_io.append_jsonl(jsonl_path, record)
+  if jsonl_path:
+    file_io.append_jsonl(jsonl_path, record)
   return record
