@@ -44,9 +44,9 @@ flags.DEFINE_string("checkpoint", "", "Export this checkpoint instead of the lat
 flags.DEFINE_string("output_dir", "", "Where to write the SavedModel (replaced atomically "
                     "on a local disk if it exists).")
 flags.DEFINE_enum("tflite", "", ("",) + tflite_export.MODES,
-                  "Also write <output_dir>/model.tflite (TensorFlow Lite) and its sidecar "
-                  "model.tflite.json: float32; dynamic (int8 weights, float activations); "
-                  "int8 (int8 weights and activations, calibrated on "
+                  "Also write <output_dir>/model.tflite (TensorFlow Lite) and its "
+                  "sidecar model.tflite.json: float32; dynamic (int8 weights, float "
+                  "activations); int8 (int8 weights and activations, calibrated on "
                   "--calibration_data_pattern). Empty: no file.")
 flags.DEFINE_string("calibration_data_pattern", "",
                     "--tflite=int8: training records to calibrate the activations on "

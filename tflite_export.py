@@ -54,7 +54,8 @@ OUTPUT = "predictions"
 REFUSED = {
     "HRNNModel": "its upper LSTM runs over a per-video number of blocks, which needs "
                  "TensorFlow ops outside TensorFlow Lite's builtins (Flex ops, which "
-                 "the pinned TensorFlow's interpreter cannot run); serve its SavedModel",
+                 "the pinned TensorFlow's interpreter cannot run); serve its "
+                 "SavedModel",
 }
 
 
@@ -140,7 +141,8 @@ def calibration_batches(cfg, role, data_pattern, batches, batch_size):
         except tf.errors.OutOfRangeError:
           break
   if not read:
-    raise cli.UsageError("--calibration_data_pattern %r holds no records" % data_pattern)
+    raise cli.UsageError("--calibration_data_pattern %r holds no records"
+                         % data_pattern)
   return read
 
 
