@@ -11,6 +11,10 @@ records instead (one row per segment, B = the segments of the records), and adds
   segment_start_time  [B] int32, the segment's first frame
 It loads with tf.compat.v1.saved_model.load (graph mode) and tf.saved_model.load (TF2).
 
+--tflite=float32|dynamic|int8 also writes <output_dir>/model.tflite and its sidecar
+model.tflite.json (see tflite_export.py): the role's model from the reader's frames to
+its class probabilities, for serving on CPUs. They appear with the SavedModel, at once.
+
   python export_model.py --train_dir=<run dir> --output_dir=<saved model dir>
 """
 
@@ -29,6 +33,7 @@ import inference_graph  # noqa: E402
 import kd_model  # noqa: E402
 import readers  # noqa: E402
 import run_dir  # noqa: E402
+import tflite_export  # noqa: E402
 
 tf1 = tf.compat.v1
 flags = tf1.flags
@@ -38,6 +43,18 @@ flags.DEFINE_string("train_dir", "", "The run directory to export (written by tr
 flags.DEFINE_string("checkpoint", "", "Export this checkpoint instead of the latest.")
 flags.DEFINE_string("output_dir", "", "Where to write the SavedModel (replaced atomically "
                     "on a local disk if it exists).")
+flags.DEFINE_enum("tflite", "", ("",) + tflite_export.MODES,
+                  "Also write <output_dir>/model.tflite (TensorFlow Lite) and its "
+                  "sidecar model.tflite.json: float32; dynamic (int8 weights, float "
+                  "activations); int8 (int8 weights and activations, calibrated on "
+                  "--calibration_data_pattern). Empty: no file.")
+flags.DEFINE_string("calibration_data_pattern", "",
+                    "--tflite=int8: training records to calibrate the activations on "
+                    "(never the ones the model is evaluated on).")
+flags.DEFINE_integer("calibration_batches", 8, "--tflite=int8: batches of "
+                     "--batch_size records to calibrate on.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 64, "--tflite=int8: records per calibration batch.",
+                     lower_bound=1)
 
 SIGNATURE_INPUT = "examples"
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -63,11 +80,14 @@ def build_serving_outputs(cfg, serialized, role, top_k=SERVING_TOP_K):
   return served
 
 
-def export(model_dir, cfg, checkpoint, output_dir, role):
+def export(model_dir, cfg, checkpoint, output_dir, role, tflite=None):
   """Writes the SavedModel of `checkpoint` to output_dir, replacing what is there.
 
   The model is written to a staging directory next to output_dir and moved into place
   only when complete (see replace_directory for what that means where).
+  tflite: None, or the keyword arguments of tflite_export.export besides cfg, role,
+    checkpoint and output_dir (mode=...): model.tflite and its sidecar are then written
+    into the staging directory too, so they appear with the SavedModel.
   """
   graph = tf.Graph()
   with graph.as_default():
@@ -95,6 +115,9 @@ def export(model_dir, cfg, checkpoint, output_dir, role):
       tf.io.gfile.makedirs(extra)
       file_io.copy_file(run_dir.flags_path(model_dir),
                         os.path.join(extra, run_dir.MODEL_FLAGS_FILE))
+      if tflite:
+        tflite_export.export(cfg, role, checkpoint, os.path.join(staging, "model"),
+                             **tflite)
       replace_directory(os.path.join(staging, "model"), output_dir)
     finally:
       _remove_quietly(staging)
@@ -173,14 +196,25 @@ def main(unused_argv):
     raise cli.UsageError("--output_dir is required (where the SavedModel goes)")
   file_io.check_file_systems({"--train_dir": FLAGS.train_dir,
                               "--checkpoint": FLAGS.checkpoint,
-                              "--output_dir": FLAGS.output_dir})
+                              "--output_dir": FLAGS.output_dir,
+                              "--calibration_data_pattern":
+                                  FLAGS.calibration_data_pattern})
   cfg = run_dir.load(FLAGS.train_dir)
   role = cfg.role(FLAGS.role)
   checkpoint = run_dir.chosen_checkpoint(FLAGS.train_dir, FLAGS.checkpoint)
-  export(FLAGS.train_dir, cfg, checkpoint, FLAGS.output_dir, role)
-  print("Exported the %s of %s (%s) to %s" % (role, FLAGS.train_dir,
-                                               os.path.basename(checkpoint),
-                                               FLAGS.output_dir))
+  tflite = None
+  if FLAGS.tflite:
+    # Refusals come before anything is written.
+    tflite_export.check_exportable(cfg, role, FLAGS.tflite,
+                                   FLAGS.calibration_data_pattern)
+    tflite = dict(mode=FLAGS.tflite,
+                  calibration_pattern=FLAGS.calibration_data_pattern,
+                  calibration_batches_wanted=FLAGS.calibration_batches,
+                  batch_size=FLAGS.batch_size)
+  export(FLAGS.train_dir, cfg, checkpoint, FLAGS.output_dir, role, tflite)
+  print("Exported the %s of %s (%s) to %s%s" % (
+      role, FLAGS.train_dir, os.path.basename(checkpoint), FLAGS.output_dir,
+      " with %s (%s)" % (tflite_export.TFLITE_FILE, FLAGS.tflite) if tflite else ""))
   return 0
 
 

@@ -7,6 +7,7 @@ restores in another. Batch-norm moving averages are updated by ops in the UPDATE
 collection, which the training loop runs with every step.
 """
 
+import contextlib
 import hashlib
 
 import tensorflow as tf
@@ -331,6 +332,21 @@ def frame_mask(num_frames, max_frames, dtype=tf.float32):
   return tf.sequence_mask(num_frames, max_frames, dtype=dtype)
 
 
+_UNROLLED = []  # non-empty inside unrolled_recurrence()
+
+
+@contextlib.contextmanager
+def unrolled_recurrence():
+  """Within it, lstm builds its time loop unrolled when the time axis is static: the
+  same variables and the same step ops, once per frame, instead of a tf.scan loop (which
+  TensorFlow Lite's builtin ops cannot run with a dynamic batch; see tflite_export)."""
+  _UNROLLED.append(True)
+  try:
+    yield
+  finally:
+    _UNROLLED.pop()
+
+
 def lstm(inputs, num_frames, num_units, scope, forget_bias=1.0):
   """One LSTM layer over the real frames of each sequence.
 
@@ -376,6 +392,13 @@ def lstm(inputs, num_frames, num_units, scope, forget_bias=1.0):
     return (tf.where(is_real_t, new_cell, cell), tf.where(is_real_t, new_hidden, hidden))
 
   zeros = tf.zeros(tf.stack([batch_size, num_units]), inputs.dtype)
-  _, hiddens = tf.scan(step, (projected, is_real), initializer=(zeros, zeros))
+  if _UNROLLED and inputs.shape[1] is not None:
+    state, hiddens = (zeros, zeros), []
+    for t in range(int(inputs.shape[1])):
+      state = step(state, (projected[t], is_real[t]))
+      hiddens.append(state[1])
+    hiddens = tf.stack(hiddens)
+  else:
+    _, hiddens = tf.scan(step, (projected, is_real), initializer=(zeros, zeros))
   # The state froze after the last real frame, so the last step holds it.
   return tf.transpose(hiddens, [1, 0, 2]), hiddens[-1]
