@@ -35,7 +35,6 @@ import tensorflow as tf
 
 import cli
 import file_io
-import frame_selection
 import kd_model
 import model_utils
 import readers

@@ -9,9 +9,11 @@ reader's uint8 bytes and num_frames, or video-level features) and returns the ro
 class probabilities [B, C]; dequantization and the PCA scaling are inside it.
 """
 
+import contextlib
 import hashlib
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -41,6 +43,21 @@ def _sha256(path):
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+  """Silences the interpreter's own INFO lines on stderr (the delegate it created),
+  which would otherwise sit beside the one-line errors of the CLIs."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as devnull:
+      os.dup2(devnull.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
 
 
 def _interpreter_class():
@@ -93,7 +110,7 @@ class TFLiteModel(object):
     self.num_classes = self.cfg.num_classes
     self.step = int(step.group(1)) if step else 0  # of the checkpoint exported
     try:
-      with tf.io.gfile.GFile(path, "rb") as f:
+      with tf.io.gfile.GFile(path, "rb") as f, _quiet_stderr():
         self._interpreter = _interpreter_class()(model_content=f.read(),
                                                  num_threads=num_threads)
       details = {d["name"]: d["index"] for d in self._interpreter.get_input_details()}

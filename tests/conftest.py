@@ -28,12 +28,13 @@ def restore_flags():
 
 # The files that take longest go first: `make test` deals whole files to its two
 # workers in collection order, and a long file dealt last leaves one worker idle.
-LONGEST_FIRST = ("test_demo.py", "test_reliability.py", "test_train.py",
+LONGEST_FIRST = ("test_batch_invariance.py", "test_demo.py", "test_reliability.py", "test_train.py",
                  "test_teacher_cache.py", "test_movable_runs.py",
                  "test_frame_level_models.py", "test_any_teacher.py",
                  "test_cloud_paths.py", "test_real_frames.py", "test_eval_inference.py",
                  "test_fresh_cli.py",
-                 "test_segment_recipe.py", "test_real_data.py")
+                 "test_segment_recipe.py", "test_real_data.py",
+                 "test_tflite_serving.py", "test_tflite_export.py")
 
 
 def pytest_collection_modifyitems(items):

