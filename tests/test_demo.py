@@ -3,6 +3,7 @@ the numbers of the runs it reports."""
 import hashlib
 import json
 import os
+import re
 
 import pytest
 
@@ -15,6 +16,7 @@ from tools import student_table as student_tool
 TINY = ("--nextvlad_cluster_size=4 --nextvlad_hidden_size=16 --groups=2 --expansion=1 "
         "--batch_size=8")
 PNG = b"\x89PNG\r\n\x1a\n"
+EVAL_LINE = re.compile(r"^eval \((\w+)\): .*\| GAP: ([0-9.]+) \|", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,8 @@ def out(tmp_path_factory):
         "--model_flags=" + TINY]) == 0
     # The students table: FrameLevelLogistic at k=2 trained alone and distilled from
     # the demo's cache, and a NeXtVLAD distilled from a 2-branch MixNeXtVLAD teacher;
-    # speed at two small batch sizes.
+    # speed at two small batch sizes; the quantized rows (--quantized's default:
+    # dynamic and int8 files of both distilled students, the teacher's dynamic file).
     assert student_tool.main([
         "--demo_dir=" + str(out), "--scale=0.01", "--ks=2", "--students=logistic",
         "--mix_number=2", "--large_batch=8", "--speed_videos=16",
@@ -54,8 +57,8 @@ def last_record(path):
 def test_demo_at_tiny_scale_writes_every_artefact(out):
   table = [l for l in (out / "results.md").read_text().splitlines() if l.startswith("|")]
   header, rows = table[0], table[2:]
-  assert header.split("|")[1:-1][0].strip() == "model" and len(rows) == 3
-  for row, suffix in zip(rows, ("teacher", "student_k_6", "KD_k_6")):
+  assert header.split("|")[1:-1][0].strip() == "model" and len(rows) == 4
+  for row, suffix in zip(rows[:3], ("teacher", "student_k_6", "KD_k_6")):
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert len(cells) == 8
     # The row's metrics are its run's eval.py record of its last checkpoint, which
@@ -71,7 +74,7 @@ def test_demo_at_tiny_scale_writes_every_artefact(out):
     gflops, rate = float(cells[6]), float(cells[7])
     assert 0 < record["gap"] <= 1 and gflops > 0 and rate > 0
   frames = [row.split("|")[2].strip() for row in rows]
-  assert frames == ["300", "6", "6"]
+  assert frames == ["300", "6", "6", "6"]
   teacher_flops, student_flops = [float(r.split("|")[7]) for r in rows[:2]]
   assert student_flops < 0.2 * teacher_flops
 
@@ -86,6 +89,54 @@ def test_demo_at_tiny_scale_writes_every_artefact(out):
   trains = [c for c in commands if c.startswith(os.path.join(helpers.ROOT, "train.py"))]
   assert len(trains) >= 3 and "--model_type=KD" in trains[2]
   assert "--teacher_cache=%s" % (out / "teacher_cache_s0") in trains[2]  # offline KD
+
+
+def file_gap(path, validate):
+  """(quantization, GAP) of eval.py --tflite_model's metric line for a file."""
+  out = helpers.run_cli("eval.py", ["--tflite_model=" + str(path),
+                                    "--eval_data_pattern=" + validate,
+                                    "--batch_size=100"]).stdout
+  (quantization, gap), = EVAL_LINE.findall(out)
+  return quantization, float(gap)
+
+
+def test_the_demo_reports_its_distilled_student_as_a_dynamic_file(out):
+  """The table's last row is the KD student exported with --tflite=dynamic, evaluated
+  and timed through --tflite_model; results.json holds its record."""
+  row = [l for l in (out / "results.md").read_text().splitlines()
+         if l.startswith("|")][-1]
+  cells = [c.strip() for c in row.split("|")[1:-1]]
+  assert cells[0] == "distilled student, dynamic int8 file"
+  tflite = out / "exports" / "KD_s0_dynamic" / "model.tflite"
+  sidecar = json.load(open(str(tflite) + ".json"))
+  assert (sidecar["quantization"], sidecar["role"], sidecar["checkpoint"]) == (
+      "dynamic", "student", "model.ckpt-2")
+  assert sidecar["tflite_bytes"] == tflite.stat().st_size
+  assert sidecar["model_flags"]["k_frame"] == 6
+  # Its GAP is the file's eval.py line, which the test reads again.
+  validate = str(out / "data" / "frame" / "validate*.tfrecord")
+  quantization, gap = file_gap(tflite, validate)
+  assert quantization == "dynamic" and float(cells[2]) == gap
+  recorded = json.load(open(str(out / "results.json")))
+  by_kind = {r["kind"]: r["records"] for r in recorded["rows"]}
+  assert list(by_kind) == ["teacher", "student", "KD", "KD_dynamic"]
+  record, = by_kind["KD_dynamic"]
+  assert record["gap"] == gap and record["quantization"] == "dynamic"
+  assert record["file"] == str(tflite) and record["file_bytes"] == tflite.stat().st_size
+  assert record["videos_per_second"] > 0 and float(cells[7]) > 0
+  # The model's FLOPs are the float32 student's; both rows carry their own GAP.
+  kd, = by_kind["KD"]
+  assert record["gflops"] == kd["gflops"] and cells[6] == row_cells(out, 3)[6]
+  csv = (out / "predictions_KD_dynamic_s0.csv").read_text().splitlines()
+  assert csv[0] == "VideoId,LabelConfidencePairs" and len(csv) == 1 + 10
+  commands = (out / "commands.txt").read_text()
+  assert "--tflite=dynamic" in commands and "--tflite_model=%s" % tflite in commands
+
+
+def row_cells(out, index):
+  """The cells of the demo table's row `index` (1-based, after the header)."""
+  rows = [l for l in (out / "results.md").read_text().splitlines() if l.startswith("|")]
+  return [c.strip() for c in rows[index + 1].split("|")[1:-1]]
 
 
 def test_the_kd_runs_record_the_digest_of_the_cache_of_the_demos_teacher(out):
@@ -131,6 +182,9 @@ def test_the_student_table_on_the_tiny_demo(out):
   rows = [l.split("|")[1:-1] for l in (out / "student_table.md").read_text().splitlines()
           if l.startswith("| ") and not l.startswith("| model")]
   cells = {(r[0].strip(), r[2].strip()): [c.strip() for c in r] for r in rows}
+  quantized = {key: row for key, row in cells.items() if "," in key[1]}
+  for key in quantized:
+    del cells[key]
   assert set(cells) == {("NeXtVLAD teacher", "alone"), ("MixNeXtVLAD teacher", "alone"),
                         ("FrameLevelLogistic", "alone"),
                         ("FrameLevelLogistic", "distilled"),
@@ -149,6 +203,7 @@ def test_the_student_table_on_the_tiny_demo(out):
   for row in recorded["rows"]:  # the table shows the recorded rows
     trained = row["trained"] if row["teacher"] == "teacher" else "from the mixture"
     assert float(cells[(row["label"], trained)][3]) == float("%.4f" % row["gap"])
+  check_quantized_rows(out, recorded, cells, quantized)
   mix_flags = json.load(open(str(out / "student_runs" / "mix2_s0_full_KD_k_2" /
                                  "model_flags.json")))
   assert mix_flags["teacher_model"]["model"] == "MixNeXtVladModel"
@@ -158,6 +213,51 @@ def test_the_student_table_on_the_tiny_demo(out):
               if l.startswith("Distilled frontier at or above the alone frontier")]
   assert verdict == ("Distilled frontier at or above the alone frontier at every cost: "
                      + ("yes" if met else "NO (%s)" % "; ".join(failures)))
+
+
+def check_quantized_rows(out, recorded, cells, quantized):
+  """The student table's quantized rows: the teacher's dynamic file and both distilled
+  students' dynamic and int8 files (or a line saying which did not convert), each
+  row's GAP its file's eval.py line, its model's parameters and FLOPs."""
+  text = (out / "student_table.md").read_text()
+  wanted = {("NeXtVLAD teacher", "alone, dynamic", "teacher"),
+            ("FrameLevelLogistic", "distilled, dynamic", "logistic"),
+            ("FrameLevelLogistic", "distilled, int8", "logistic"),
+            ("NeXtVLAD", "from the mixture, dynamic", "mix"),
+            ("NeXtVLAD", "from the mixture, int8", "mix")}
+  records = recorded["quantized"]
+  assert len(records) == len(wanted)
+  converted = [r for r in records if "error" not in r]
+  assert {r["quantization"] for r in converted} >= {"dynamic"}
+  assert len([r for r in converted if r["quantization"] == "dynamic"]) == 3
+  float_row = {"teacher": cells[("NeXtVLAD teacher", "alone")],
+               "logistic": cells[("FrameLevelLogistic", "distilled")],
+               "mix": cells[("NeXtVLAD", "from the mixture")]}
+  validate = str(out / "data" / "frame" / "validate*.tfrecord")
+  for label, trained, model in wanted:
+    mode = trained.split(", ")[1]
+    record, = [r for r in records if r["label"] == label and r["quantization"] == mode
+               and (r["teacher"] == "MixNeXtVLAD") == (model == "mix")]
+    if "error" in record:  # int8 where TensorFlow Lite refuses it: said under the table
+      assert mode == "int8" and (label, trained) not in quantized
+      assert "Not converted (int8): %s k=%d" % (label, record["k"]) in text
+      continue
+    row = quantized[(label, trained)]
+    sidecar = json.load(open(record["file"] + ".json"))
+    assert sidecar["quantization"] == mode
+    assert sidecar["role"] == ("teacher" if model == "teacher" else "student")
+    if mode == "int8":  # calibrated on the table's training shards
+      assert sidecar["calibration"]["data_pattern"] == str(
+          out / "data" / "frame" / "train*.tfrecord")
+    assert file_gap(record["file"], validate) == (mode, record["gap"])
+    assert float(row[3]) == record["gap"]
+    assert row[1] == ("300" if model == "teacher" else "2")
+    assert row[5:7] == float_row[model][5:7]  # the same model's parameters and FLOPs
+    assert float(row[7]) > 0 and float(row[9]) > 0 and float(row[11]) > 0
+  # Speed-ups at equal precision: the quantized rows' are over the teacher's file.
+  teacher = quantized[("NeXtVLAD teacher", "alone, dynamic")]
+  assert teacher[8] == teacher[10] == "1.0x"
+  assert "speed-up is over the NeXtVLAD teacher's dynamic file" in text
 
 
 def test_the_plots_are_pngs(out):

@@ -12,7 +12,12 @@ train.py, eval.py, inference.py), only at demo sizes. Writes under --out_dir:
   runs/demo_s<seed>_*   the three run directories (checkpoints, events, validation.jsonl)
   teacher_cache_s<seed>/  the teacher's outputs for every training video
   predictions.csv       Kaggle CSV of the distilled student on the validation videos
+  exports/KD_s<seed>_dynamic/  the distilled student exported (export_model.py
+                        --tflite=dynamic: model.tflite, int8 weights, and its sidecar),
+                        evaluated and timed as a file (eval.py and inference.py
+                        --tflite_model)
   results.md            the results table (also printed)
+  results.json          the table's records (eval metrics, videos/s, GFLOPs per row)
   gap_vs_step.png       validation GAP of the three runs against training steps
   commands.txt          every command that was run, in order
 With several --seeds the table also gives the spread over seeds.
@@ -58,7 +63,13 @@ RUN_KINDS = [("teacher", ["--model_type=teacher", "--k_frame=300"], "_teacher"),
              ("student", ["--model_type=teacher", "--k_frame=%d" % K], "_student_k_%d" % K),
              ("KD", ["--model_type=KD", "--k_frame=%d" % K], "_KD_k_%d" % K)]
 LABELS = {"teacher": "NeXtVLAD teacher", "student": "student baseline (hard labels)",
-          "KD": "distilled student (L_CE + 0.01 L_pred + 0.001 L_rep)"}
+          "KD": "distilled student (L_CE + 0.01 L_pred + 0.001 L_rep)",
+          "KD_dynamic": "distilled student, dynamic int8 file"}
+# The table's rows: the runs, then the distilled student served from its --tflite file.
+TFLITE_MODE = "dynamic"
+ROW_KINDS = [kind for kind, _, _ in RUN_KINDS] + ["KD_dynamic"]
+# eval.py --tflite_model's metric line: "eval (dynamic): global_step N | ... GAP: ..."
+EVAL_LINE = re.compile(r"^eval \((\w+)\): (.*)$", re.M)
 
 
 def import_tensorflow_quietly():
@@ -92,17 +103,21 @@ class Runner(object):
   def run(self, script, args, quiet=False):
     """Runs `python <script> args` (script relative to the repository); its stdout.
     A failure stops the demo with the end of its output."""
-    command = [sys.executable, os.path.join(ROOT, script)] + list(args)
-    self.log.write(" ".join(shlex.quote(c) for c in command[1:]) + "\n")
-    self.log.flush()
     start = time.time()
-    process = self.execute(script, list(args))
+    process = self.attempt(script, args)
     if process.returncode != 0:
       sys.stderr.write(process.stdout[-2000:] + process.stderr[-3000:])
       raise SystemExit("demo: %s failed (exit %d)" % (script, process.returncode))
     if not quiet:
       print("  %s done in %.0f s" % (script, time.time() - start), flush=True)
     return process.stdout
+
+  def attempt(self, script, args):
+    """Runs `python <script> args`, logged; its CompletedProcess, whatever its exit."""
+    command = [sys.executable, os.path.join(ROOT, script)] + list(args)
+    self.log.write(" ".join(shlex.quote(c) for c in command[1:]) + "\n")
+    self.log.flush()
+    return self.execute(script, list(args))
 
   def execute(self, script, args):
     """The CompletedProcess of `python <script> args`."""
@@ -236,13 +251,83 @@ def table_setup(tool, demo_dir, seed, table_dir_name, scale=1.0):
   return teacher_dir, Runner(demo_dir), os.path.join(demo_dir, table_dir_name), steps
 
 
-def inference_rate(runner, run_dir, validate_pattern, output_file):
-  """inference.py over the validation videos; returns its videos/s."""
-  out = runner.run("inference.py", ["--train_dir=" + run_dir, "--input_data_pattern=" +
-                                    validate_pattern, "--output_file=" + output_file,
-                                    "--batch_size=100"])
+def inference_rate(runner, run_dir, validate_pattern, output_file, tflite_file=None):
+  """inference.py over the validation videos (of the run's checkpoint, or of
+  tflite_file with --tflite_model); returns its videos/s."""
+  model = (["--tflite_model=" + tflite_file] if tflite_file
+           else ["--train_dir=" + run_dir])
+  out = runner.run("inference.py", model + ["--input_data_pattern=" + validate_pattern,
+                                            "--output_file=" + output_file,
+                                            "--batch_size=100"])
   rates = re.findall(r"(\d+) videos, ([0-9.]+) videos/s", out)
   return float(rates[-1][1])
+
+
+def export_tflite(runner, run_dir, export_dir, mode, calibration_pattern=""):
+  """export_model.py --tflite=mode of the run's latest checkpoint into export_dir
+  (kept when an earlier call exported that checkpoint in that mode there).
+
+  Returns:
+    (the path of model.tflite, None), or (None, export_model.py's one-line error) when
+    the model does not convert (TensorFlow Lite's refusal, e.g. of int8).
+  """
+  path = os.path.join(export_dir, "model.tflite")
+  sidecar = read_json(path + ".json")
+  cfg, run_dirs = run_config(run_dir)
+  checkpoint = run_dirs.find_checkpoint(run_dir)
+  if (sidecar and os.path.exists(path) and checkpoint and sidecar.get("quantization") ==
+      mode and sidecar.get("checkpoint") == os.path.basename(checkpoint)):
+    return path, None
+  args = ["--train_dir=" + run_dir, "--output_dir=" + export_dir, "--tflite=" + mode]
+  if calibration_pattern:
+    args.append("--calibration_data_pattern=" + calibration_pattern)
+  start = time.time()
+  process = runner.attempt("export_model.py", args)
+  if process.returncode == 2:  # a one-line UsageError: the model does not convert
+    lines = process.stderr.strip().splitlines()
+    return None, lines[-1] if lines else "export_model.py failed"
+  if process.returncode != 0:
+    sys.stderr.write(process.stdout[-2000:] + process.stderr[-3000:])
+    raise SystemExit("demo: export_model.py failed (exit %d)" % process.returncode)
+  print("  export_model.py --tflite=%s done in %.0f s" % (mode, time.time() - start),
+        flush=True)
+  return path, None
+
+
+def read_json(path):
+  """The JSON object of a file, or None when it does not exist or is not JSON."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (IOError, OSError, ValueError):
+    return None
+
+
+def evaluate_tflite(runner, tflite_file, validate_pattern):
+  """eval.py --tflite_model over the validation videos (it writes nothing); returns
+  its metric line as a record: quantization, gap, map_all_classes,
+  map_labelled_classes, hit_at_one, perr, loss."""
+  out = runner.run("eval.py", ["--tflite_model=" + tflite_file, "--eval_data_pattern=" +
+                               validate_pattern, "--batch_size=100"])
+  return parse_eval_line(out)
+
+
+def parse_eval_line(out):
+  """The last `eval (<quantization>): global_step N | Avg_Hit@1: ... | GAP: ...` line
+  of eval.py --tflite_model's stdout as a record (see evaluate_tflite)."""
+  lines = EVAL_LINE.findall(out)
+  if not lines:
+    raise SystemExit("demo: eval.py --tflite_model printed no metric line:\n"
+                     + out[-2000:])
+  quantization, line = lines[-1]
+  fields = dict(part.strip().split(": ", 1) for part in line.split("|")
+                if ": " in part)
+  keys = {"gap": "GAP", "map_all_classes": "MAP_all_classes",
+          "map_labelled_classes": "MAP_labelled_classes", "hit_at_one": "Avg_Hit@1",
+          "perr": "Avg_PERR", "loss": "Avg_Loss"}
+  record = {key: float(fields[name]) for key, name in keys.items()}
+  record["quantization"] = quantization
+  return record
 
 
 def flops_per_video(run_dir):
@@ -293,11 +378,29 @@ def plot(run_dirs_by_seed, path):
   return True
 
 
+def served_file_row(runner, kd_dir, out_dir, seed, validate_pattern, gflops):
+  """The distilled student exported as a TFLITE_MODE file, evaluated (eval.py) and
+  timed (inference.py) through --tflite_model as its checkpoint was; its table record:
+  eval.py's metrics, videos_per_second, gflops (the model's, as its checkpoint's),
+  file and file_bytes."""
+  print("export: %s (seed %d)" % (LABELS["KD_dynamic"], seed), flush=True)
+  path, error = export_tflite(runner, kd_dir, os.path.join(
+      out_dir, "exports", "KD_s%d_%s" % (seed, TFLITE_MODE)), TFLITE_MODE)
+  if error:
+    raise SystemExit("demo: the distilled student does not convert: " + error)
+  record = evaluate_tflite(runner, path, validate_pattern)
+  record["videos_per_second"] = inference_rate(
+      runner, None, validate_pattern, os.path.join(
+          out_dir, "predictions_KD_%s_s%d.csv" % (TFLITE_MODE, seed)), tflite_file=path)
+  record.update(gflops=gflops, file=path, file_bytes=os.path.getsize(path))
+  return record
+
+
 def results_table(rows_by_kind):
   """Markdown table: one row per model kind, mean (and spread) over seeds."""
   lines = ["| model | frames seen | GAP | mAP (all classes) | Hit@1 | PERR | GFLOP/video | "
            "inference videos/s |", "|---|---|---|---|---|---|---|---|"]
-  for kind, _, _ in RUN_KINDS:
+  for kind in ROW_KINDS:
     rows = rows_by_kind[kind]
 
     def cell(key, fmt="%.4f"):
@@ -339,7 +442,7 @@ def main(argv=None):
   generate_data(runner, data_dir, args.scale)
   validate_pattern = os.path.join(data_dir, "frame", "validate*.tfrecord")
 
-  rows_by_kind = {kind: [] for kind, _, _ in RUN_KINDS}
+  rows_by_kind = {kind: [] for kind in ROW_KINDS}
   run_dirs_by_seed = {}
   for seed in seeds:
     run_dirs = train_runs(runner, data_dir, runs_dir, seed, args.scale, args.fresh,
@@ -353,6 +456,9 @@ def main(argv=None):
       record["videos_per_second"] = inference_rate(runner, run_dir, validate_pattern, csv)
       record["gflops"] = flops_per_video(run_dir) / 1e9
       rows_by_kind[kind].append(record)
+    rows_by_kind["KD_dynamic"].append(served_file_row(
+        runner, run_dirs["KD"], out_dir, seed, validate_pattern,
+        rows_by_kind["KD"][-1]["gflops"]))
 
   table = results_table(rows_by_kind)
   header = ("Generated data: %d train / %d validate videos; seeds %s; total %.1f min\n\n"
@@ -360,6 +466,11 @@ def main(argv=None):
                (time.time() - start) / 60))
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(header + table + "\n")
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump({"seeds": seeds, "scale": args.scale,
+               "rows": [{"kind": kind, "label": LABELS[kind],
+                         "records": rows_by_kind[kind]} for kind in ROW_KINDS]},
+              f, indent=1)
   print()
   print(header + table)
   if plot(run_dirs_by_seed, os.path.join(out_dir, "gap_vs_step.png")):

@@ -3,6 +3,7 @@ and distilled from one teacher cache, on the demo's data and teacher.
 
   python tools/student_table.py --demo_dir=demo_out [--ks=6,30]
       [--students=full,half,quarter,logistic] [--mix_number=3] [--scale=1.0]
+      [--quantized=dynamic,int8]
 
 Students (each at every k of --ks): the demo's NeXtVLAD (full), the same with half and
 a quarter of its hidden size and clusters (half, quarter), and FrameLevelLogistic (the
@@ -15,7 +16,16 @@ same data (--mix_number=0 leaves it out).
 Speed is end to end, as inference.py runs a model (reader, model, top 20), over the
 demo's training shards, each model alone in a process of its own, at inference.py's
 default batch (128) and a large one (--large_batch): videos/s, and CPU seconds per
-video (the process's user + system time), the cost axis. Writes
+video (the process's user + system time), the cost axis.
+
+Quantized rows (--quantized; empty: none): each distilled student exported by
+export_model.py --tflite in each mode (dynamic: int8 weights, float activations; int8:
+weights and activations, calibrated on the demo's training shards; a model that does
+not convert is named under the table), and the teacher's dynamic file, so that
+speed-ups show at equal precision. Their GAP is eval.py --tflite_model's on the
+validation shards, their speed measured as above through the file (inference.py
+--tflite_model's graph, its default interpreter threads). Files go to
+<demo_dir>/student_exports/. Writes
 <demo_dir>/student_table.md, student_table.json and student_table.png (GAP against
 cost, log scale, with the teacher and the frontiers of students trained alone and
 distilled).
@@ -38,6 +48,7 @@ for _path in (ROOT, os.path.join(ROOT, "bench")):
 from tools import demo  # noqa: E402
 
 SMALL_BATCH = 128  # inference.py's --batch_size default
+QUANTIZED_MODES = ("dynamic", "int8")
 # (name, label, what the student changes: "hidden" and "cluster" are fractions of the
 # demo model's; other entries are train.py flags)
 STUDENTS = [("full", "NeXtVLAD", {}),
@@ -62,23 +73,25 @@ def student_flags(spec, base_flags):
   return flags
 
 
-def measure(run_dir, data_pattern, batch_sizes, videos):
+def measure(run_dir, data_pattern, batch_sizes, videos, tflite_file=None):
   """End-to-end inference speed of a run's model, as inference.py builds it, at each
-  batch size.
+  batch size; of tflite_file's model (inference.py --tflite_model's graph) when given.
 
   Returns:
-    {batch size: {"videos_per_second", "cpu_seconds_per_video", "parameters",
-    "gflops_per_video", "cpu"}}.
+    {batch size: {"videos_per_second", "cpu_seconds_per_video", "cpu", and for a run
+    "parameters", "gflops_per_video"}}.
   """
-  speeds = {batch_size: _measure_one(run_dir, data_pattern, batch_size, videos)
+  speeds = {batch_size: _measure_one(run_dir, data_pattern, batch_size, videos,
+                                     tflite_file)
             for batch_size in batch_sizes}
-  gflops = demo.flops_per_video(run_dir) / 1e9
-  for speed in speeds.values():
-    speed["gflops_per_video"] = gflops
+  if not tflite_file:
+    gflops = demo.flops_per_video(run_dir) / 1e9
+    for speed in speeds.values():
+      speed["gflops_per_video"] = gflops
   return speeds
 
 
-def _measure_one(run_dir, data_pattern, batch_size, videos):
+def _measure_one(run_dir, data_pattern, batch_size, videos, tflite_file=None):
   tf = demo.import_tensorflow_quietly()
   tf1 = tf.compat.v1
   tf1.disable_eager_execution()
@@ -87,8 +100,15 @@ def _measure_one(run_dir, data_pattern, batch_size, videos):
   import kd_model
   import readers
   import sessions
-  cfg, run_dirs = demo.run_config(run_dir)
-  role = cfg.role()
+  if tflite_file:
+    import graph_flags  # noqa: F401  (defines --tflite_threads)
+    import tflite_model
+    served = tflite_model.TFLiteModel(
+        tflite_file, tf1.flags.FLAGS["tflite_threads"].default)
+    cfg, role, checkpoint = served.cfg, served.role, None
+  else:
+    cfg, run_dirs = demo.run_config(run_dir)
+    role, served, checkpoint = cfg.role(), None, run_dirs.latest_checkpoint(run_dir)
   graph = tf.Graph()
   with graph.as_default():
     reader = readers.get_reader(cfg, dequantize=False, require_labels=False,
@@ -96,12 +116,15 @@ def _measure_one(run_dir, data_pattern, batch_size, videos):
     batch = readers.get_input_data_tensors(
         reader, readers.list_data_files(data_pattern), batch_size, num_readers=1,
         num_epochs=None, shuffle=False)
-    outputs = inference_graph.top_k_outputs(cfg, batch, role, 20, with_labels=False)
+    outputs = inference_graph.top_k_outputs(
+        cfg, batch, role, 20, with_labels=False,
+        predictions=served.predictions_op(batch) if served else None)
     fetches = [outputs["video_ids"], outputs["top_scores"], outputs["top_indices"]]
     parameters = sum(v.shape.num_elements() for v in tf1.trainable_variables())
-    saver = tf1.train.Saver()
+    saver = tf1.train.Saver() if checkpoint else None
   with tf1.Session(graph=graph, config=sessions.session_config()) as sess:
-    saver.restore(sess, run_dirs.latest_checkpoint(run_dir))
+    if saver:
+      saver.restore(sess, checkpoint)
     runs = max(2, int(math.ceil(videos / float(batch_size))))
     for _ in range(2):
       sess.run(fetches)
@@ -109,9 +132,11 @@ def _measure_one(run_dir, data_pattern, batch_size, videos):
     for _ in range(runs):
       sess.run(fetches)
     seconds, cpu = time.time() - start, _cpu_seconds() - cpu
-  return {"videos_per_second": runs * batch_size / seconds,
-          "cpu_seconds_per_video": cpu / (runs * batch_size),
-          "parameters": parameters, "cpu": common.cpu_line()}
+  speed = {"videos_per_second": runs * batch_size / seconds,
+           "cpu_seconds_per_video": cpu / (runs * batch_size), "cpu": common.cpu_line()}
+  if not served:
+    speed["parameters"] = parameters
+  return speed
 
 
 def _cpu_seconds():
@@ -119,13 +144,61 @@ def _cpu_seconds():
   return usage.ru_utime + usage.ru_stime
 
 
-def measured(runner, run_dir, data_pattern, batch_sizes, videos):
+def measured(runner, run_dir, data_pattern, batch_sizes, videos, tflite_file=None):
   """measure() in a process of its own (the model alone in it), run by `runner`."""
   out = runner.run("tools/student_table.py", [
-      "--measure=" + run_dir, "--data_pattern=" + data_pattern,
-      "--batch_sizes=" + ",".join(map(str, batch_sizes)), "--videos=%d" % videos],
-      quiet=True)
+      "--measure=" + (tflite_file or run_dir), "--data_pattern=" + data_pattern,
+      "--batch_sizes=" + ",".join(map(str, batch_sizes)), "--videos=%d" % videos] +
+      (["--measure_tflite"] if tflite_file else []), quiet=True)
   return {int(b): m for b, m in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+def quantized_rows(runner, modes, entries, speeds, export_root, train_pattern,
+                   validate_pattern, batch_sizes, videos):
+  """The quantized rows: every distilled entry exported in each of `modes`, and the
+  teacher's entry (student "teacher") in dynamic, each evaluated with eval.py
+  --tflite_model on validate_pattern and timed through its file on train_pattern.
+
+  Args:
+    entries: [(row dict, run dir)] as main() builds them, the teacher's first.
+    speeds: {model key: measure() of its float32 checkpoint}, whose parameters and
+      GFLOPs the file's rows repeat (the same model).
+  Returns:
+    [row dict + quantization, gap, map, file, file_bytes, batch, cost, speed], or
+    + quantization, error (export_model.py's line) for a model that does not convert.
+  """
+  large = batch_sizes[-1]
+  rows = []
+  for row, run_dir in entries:
+    teacher = row["student"] == "teacher"
+    if not teacher and row["trained"] != "distilled":
+      continue
+    key = ("teacher",) if teacher else (row["student"], row["k"])
+    for mode in modes:
+      if teacher and mode != "dynamic":
+        continue
+      path, error = demo.export_tflite(
+          runner, run_dir, os.path.join(export_root, "%s_%s" % (
+              os.path.basename(run_dir), mode)), mode,
+          train_pattern if mode == "int8" else "")
+      quantized = dict(row, quantization=mode)
+      name = "%-9s k=%-3d %s" % (row["student"], row["k"], mode)
+      if error:
+        print("%s does not convert: %s" % (name, error), flush=True)
+        rows.append(dict(quantized, error=error))
+        continue
+      metrics = demo.evaluate_tflite(runner, path, validate_pattern)
+      speed = measured(runner, None, train_pattern, batch_sizes, videos, path)
+      for batch, measurement in speed.items():
+        measurement.update(parameters=speeds[key][batch]["parameters"],
+                           gflops_per_video=speeds[key][batch]["gflops_per_video"])
+      rows.append(dict(quantized, gap=metrics["gap"], map=metrics["map_all_classes"],
+                       file=path, file_bytes=os.path.getsize(path), batch=large,
+                       cost=speed[large]["cpu_seconds_per_video"], speed=speed))
+      print("%s GAP %.4f, %s" % (name, metrics["gap"], ", ".join(
+          "batch %d: %.0f videos/s" % (b, s["videos_per_second"])
+          for b, s in speed.items())), flush=True)
+  return rows
 
 
 def frontier(points):
@@ -221,15 +294,22 @@ def main(argv=None):
   parser.add_argument("--model_flags", default="",
                       help="train.py flags that override the demo's model and training "
                       "flags (as given to tools/demo.py)")
+  parser.add_argument("--quantized", default=",".join(QUANTIZED_MODES),
+                      help="export_model.py --tflite modes of the quantized rows: each "
+                      "distilled student's file in each, the teacher's in dynamic "
+                      "(empty: no quantized rows, the table's float32 rows only)")
   # One speed measurement (the child process of measured()).
   parser.add_argument("--measure", default="", help=argparse.SUPPRESS)
   parser.add_argument("--data_pattern", default="", help=argparse.SUPPRESS)
   parser.add_argument("--batch_sizes", default="", help=argparse.SUPPRESS)
   parser.add_argument("--videos", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--measure_tflite", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.measure:
-    print(json.dumps(measure(args.measure, args.data_pattern,
-                             [int(b) for b in args.batch_sizes.split(",")], args.videos)))
+    tflite_file = args.measure if args.measure_tflite else None
+    print(json.dumps(measure(None if tflite_file else args.measure, args.data_pattern,
+                             [int(b) for b in args.batch_sizes.split(",")], args.videos,
+                             tflite_file)))
     return 0
 
   ks = [int(k) for k in args.ks.split(",")]
@@ -238,6 +318,11 @@ def main(argv=None):
   if unknown:
     parser.error("--students: unknown student %s" % unknown[0])
   students = [s for s in STUDENTS if s[0] in chosen]
+  modes = [m for m in args.quantized.split(",") if m]
+  unknown = sorted(set(modes) - set(QUANTIZED_MODES))
+  if unknown:
+    parser.error("--quantized: unknown mode %s (choose from %s)"
+                 % (unknown[0], ", ".join(QUANTIZED_MODES)))
   model_flags = shlex.split(args.model_flags)
   base_flags = demo.MODEL_FLAGS + model_flags
   teacher_dir, runner, table_dir, steps = demo.table_setup(
@@ -307,6 +392,13 @@ def main(argv=None):
             b, s["videos_per_second"], s["cpu_seconds_per_video"] * 1e3)
         for b, s in speeds[key].items())), flush=True)
 
+  validate_pattern = os.path.join(args.demo_dir, "data", "frame", "validate*.tfrecord")
+  quantized = quantized_rows(
+      runner, modes, [({"student": "teacher", "label": "NeXtVLAD teacher", "k": 300,
+                        "trained": "alone", "teacher": None}, teacher_dir)] + entries,
+      speeds, os.path.join(args.demo_dir, "student_exports"), train_pattern,
+      validate_pattern, (SMALL_BATCH, args.large_batch), args.speed_videos)
+
   large = args.large_batch
   teacher_speed = speeds[("teacher",)]
   rows = []
@@ -318,7 +410,7 @@ def main(argv=None):
   teacher = {"gap": teacher_record["gap"], "map": teacher_record["map_all_classes"],
              "cost": teacher_speed[large]["cpu_seconds_per_video"], "speed": teacher_speed}
   lines = table_lines(teacher, mix_entry and dict(mix_entry[0], speed=speeds[("mix",)]),
-                      rows, large)
+                      rows, large, quantized)
   met, failures = frontier_check(rows)
   lines.append("")
   lines.append("Distilled frontier at or above the alone frontier at every cost: %s%s"
@@ -336,15 +428,17 @@ def main(argv=None):
     f.write(text + "\n")
   with open(os.path.join(args.demo_dir, "student_table.json"), "w") as f:
     json.dump({"teacher": teacher, "mix_teacher": mix_entry and mix_entry[0],
-               "rows": rows}, f, indent=1, default=str)
+               "rows": rows, "quantized": quantized}, f, indent=1, default=str)
   print(text)
   if plot(rows, teacher, os.path.join(args.demo_dir, "student_table.png")):
     print("plot: %s" % os.path.join(args.demo_dir, "student_table.png"))
   return 0
 
 
-def table_lines(teacher, mix, rows, large):
-  """The Markdown table: the teacher(s), then every student."""
+def table_lines(teacher, mix, rows, large, quantized=()):
+  """The Markdown table: the teacher(s), then every student, then the quantized rows
+  (quantized_rows; their speed-up over the teacher's dynamic file when there is one),
+  and a line for each model that did not convert."""
   def speed_cells(speed, reference):
     cells = []
     for batch in (SMALL_BATCH, large):
@@ -375,6 +469,31 @@ def table_lines(teacher, mix, rows, large):
         "%.2f" % (speed[large]["parameters"] / 1e6),
         "%.3f" % speed[large]["gflops_per_video"]] +
         speed_cells(speed, teacher["speed"])) + " |")
+  converted = [q for q in quantized if "error" not in q]
+  reference = next((q["speed"] for q in converted if q["student"] == "teacher"),
+                   teacher["speed"])
+  for row in converted:
+    speed = row["speed"]
+    trained = ("from the mixture" if row["teacher"] not in ("teacher", None)
+               else row["trained"])
+    out.append("| " + " | ".join([
+        row["label"], str(row["k"]), "%s, %s" % (trained, row["quantization"]),
+        "%.4f" % row["gap"], "%.4f" % row["map"],
+        ("%.1f" if row["student"] == "teacher" else "%.2f")
+        % (speed[large]["parameters"] / 1e6),
+        "%.3f" % speed[large]["gflops_per_video"]] +
+        speed_cells(speed, reference)) + " |")
+  if quantized:
+    out.append("")
+    over = ("NeXtVLAD teacher's dynamic file" if reference is not teacher["speed"]
+            else "float32 NeXtVLAD teacher")
+    out.append("Rows \"<trained>, dynamic\" / \"int8\": the run's export_model.py "
+               "--tflite file (int8 weights; int8 also int8 activations), served "
+               "through --tflite_model; their speed-up is over the %s." % over)
+  for row in quantized:
+    if "error" in row:
+      out.append("Not converted (%s): %s k=%d %s: %s" % (
+          row["quantization"], row["label"], row["k"], row["trained"], row["error"]))
   return out
 
 
