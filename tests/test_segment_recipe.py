@@ -144,6 +144,27 @@ def test_inference_writes_the_class_segments_csv_of_every_segment(runs, tmp_path
   assert "mAP@all: " in scored
 
 
+def test_the_tflite_file_of_a_segment_run_writes_the_same_class_segments_csv(
+    runs, tmp_path):
+  """export_model.py --tflite=float32 of the segment KD run, served by inference.py
+  --tflite_model: the file takes a segment's frames and the CSV is the checkpoint's."""
+  ids_file = tmp_path / "rated.csv"
+  ids_file.write_text("Index\n" + "".join("%d\n" % c for c in RATED))
+  export = str(tmp_path / "export")
+  helpers.run_cli("export_model.py", ["--train_dir=" + runs["kd"],
+                                      "--output_dir=" + export, "--tflite=float32"])
+  csvs = []
+  for source in ("--train_dir=" + runs["kd"],
+                 "--tflite_model=" + os.path.join(export, "model.tflite")):
+    output = tmp_path / ("%d.csv" % len(csvs))
+    helpers.run_cli("inference.py", [
+        source, "--input_data_pattern=" + runs["validate"], "--output_file=%s" % output,
+        "--segment_label_ids_file=%s" % ids_file, "--top_k=2", "--segment_max_pred=7",
+        "--batch_size=8"])
+    csvs.append(output.read_text())
+  assert csvs[0].startswith("Class,Segments\n") and csvs[1] == csvs[0]
+
+
 def test_segment_flags_of_inference_fail_in_one_line(runs, tmp_path):
   ids_file = tmp_path / "rated.csv"
   ids_file.write_text("Index\n3\n25\n")
