@@ -3,6 +3,7 @@ checks that name the flag at fault, atomic writes, copies and renames, JSON
 and JSON lines."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -225,3 +226,12 @@ def read_jsonl(path):
     except ValueError:
       continue
   return records
+
+
+def sha256(path):
+  """The hex sha256 of a file on any TensorFlow file system, read 1 MB at a time."""
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()

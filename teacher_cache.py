@@ -47,14 +47,6 @@ LOCATION_FIELDS = ("teacher_checkpoint",)
 NO_ENTRY_MARKER = "teacher cache: a training record has no cached entry"
 
 
-def _sha256_of_file(path):
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def fingerprint(cfg, teacher, files, dtype):
   """What a cache of these inputs holds, as a JSON-able dict: the teacher alone (its
   model, inputs, preprocessing and checkpoint), the training files and the dtype, so
@@ -75,7 +67,7 @@ def fingerprint(cfg, teacher, files, dtype):
   return {
       "format": FORMAT,
       "teacher_checkpoint": file_io.absolute(teacher.checkpoint),
-      "teacher_checkpoint_sha256": _sha256_of_file(teacher.checkpoint + ".index"),
+      "teacher_checkpoint_sha256": file_io.sha256(teacher.checkpoint + ".index"),
       "teacher_scope": teacher.scope,
       "teacher": described,
       "rgb_scale_sha256": cfg.preprocessing.scale_sha256,

@@ -10,7 +10,6 @@ class probabilities [B, C]; dequantization and the PCA scaling are inside it.
 """
 
 import contextlib
-import hashlib
 import os
 import re
 import sys
@@ -35,14 +34,6 @@ CHECKED_FLAGS = ("feature_names", "feature_sizes", "frame_features", "num_classe
 def sidecar_path(path):
   """The sidecar of a .tflite file: <path>.json."""
   return path + SIDECAR_SUFFIX
-
-
-def _sha256(path):
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -104,7 +95,7 @@ class TFLiteModel(object):
     if actual != size:
       raise cli.UsageError("%s=%s is %d bytes, its sidecar says %d: truncated or "
                            "replaced" % (flag_name, path, actual, size))
-    if _sha256(path) != sha256:
+    if file_io.sha256(path) != sha256:
       raise cli.UsageError("%s=%s does not match its sidecar's sha256: damaged or "
                            "replaced" % (flag_name, path))
     self.num_classes = self.cfg.num_classes
