@@ -30,7 +30,6 @@ directory:
 import hashlib
 import os
 
-import numpy as np
 import tensorflow as tf
 
 import cli
@@ -39,13 +38,12 @@ import kd_model
 import model_utils
 import readers
 import run_dir
+import tflite_model
 
 tf1 = tf.compat.v1
 
-FORMAT = 1
-MODES = ("float32", "dynamic", "int8")
+MODES = tflite_model.QUANTIZATIONS
 TFLITE_FILE = "model.tflite"
-SIDECAR_SUFFIX = ".json"
 OUTPUT = "predictions"
 
 # Models whose graph TensorFlow Lite's builtin ops cannot hold, and why. (LstmModel's
@@ -56,11 +54,6 @@ REFUSED = {
                  "the pinned TensorFlow's interpreter cannot run); serve its "
                  "SavedModel",
 }
-
-
-def sidecar_path(tflite_path):
-  """The sidecar of a .tflite file: <file>.json."""
-  return tflite_path + SIDECAR_SUFFIX
 
 
 def check_exportable(cfg, role, mode, calibration_pattern=""):
@@ -197,7 +190,7 @@ def sidecar(cfg, role, mode, spec, tflite_bytes, checkpoint, calibration=None):
     described[name] = {"index_name": name, "shape": [-1] + list(shape[1:]),
                        "dtype": dtype}
   return {
-      "format": FORMAT, "quantization": mode, "role": role,
+      "format": tflite_model.FORMAT, "quantization": mode, "role": role,
       "model_flags": cfg.to_json(), "inputs": described,
       "output": {"index_name": output["name"], "shape": [-1, cfg.num_classes]},
       "tflite_bytes": len(tflite_bytes),
@@ -230,21 +223,5 @@ def export(cfg, role, checkpoint, output_dir, mode, calibration_pattern="",
   path = os.path.join(output_dir, TFLITE_FILE)
   with file_io.atomic_output(path, "wb") as f:
     f.write(tflite_bytes)
-  file_io.write_json(sidecar_path(path), described)
+  file_io.write_json(tflite_model.sidecar_path(path), described)
   return path
-
-
-def predict(tflite_bytes, feeds):
-  """Runs a .tflite model on one batch: {input name: array} (the sidecar's "inputs") ->
-  predictions [B, num_classes] float32. For tests and checks; serving lives in
-  inference.py."""
-  interpreter = tf.lite.Interpreter(model_content=tflite_bytes)
-  details = interpreter.get_input_details()
-  for detail in details:
-    interpreter.resize_tensor_input(detail["index"], np.shape(feeds[detail["name"]]))
-  interpreter.allocate_tensors()
-  for detail in details:
-    interpreter.set_tensor(detail["index"],
-                           np.asarray(feeds[detail["name"]], detail["dtype"]))
-  interpreter.invoke()
-  return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])

@@ -10,6 +10,7 @@ class probabilities [B, C]; dequantization and the PCA scaling are inside it.
 """
 
 import contextlib
+import hashlib
 import os
 import re
 import sys
@@ -95,14 +96,16 @@ class TFLiteModel(object):
     if actual != size:
       raise cli.UsageError("%s=%s is %d bytes, its sidecar says %d: truncated or "
                            "replaced" % (flag_name, path, actual, size))
-    if file_io.sha256(path) != sha256:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      content = f.read()  # read once: digested, then handed to the interpreter
+    if hashlib.sha256(content).hexdigest() != sha256:
       raise cli.UsageError("%s=%s does not match its sidecar's sha256: damaged or "
                            "replaced" % (flag_name, path))
     self.num_classes = self.cfg.num_classes
     self.step = int(step.group(1)) if step else 0  # of the checkpoint exported
     try:
-      with tf.io.gfile.GFile(path, "rb") as f, _quiet_stderr():
-        self._interpreter = _interpreter_class()(model_content=f.read(),
+      with _quiet_stderr():
+        self._interpreter = _interpreter_class()(model_content=content,
                                                  num_threads=num_threads)
       details = {d["name"]: d["index"] for d in self._interpreter.get_input_details()}
       self._input_index = {key: details[spec["index_name"]]

@@ -13,6 +13,7 @@ import kd_model
 import readers
 import run_dir
 import tflite_export
+import tflite_model
 from tests import helpers
 from tools import make_synthetic_yt8m as synth
 
@@ -86,12 +87,20 @@ def _reader_batches(directory, pattern, role, batch_size=4):
         found.append((feeds, expected))
 
 
+def _predict(output, feeds):
+  """The exported file's predictions on one reader batch, served as inference.py and
+  eval.py serve it (tflite_model.TFLiteModel: the sidecar checked)."""
+  served = tflite_model.TFLiteModel(os.path.join(output, tflite_export.TFLITE_FILE))
+  return served.predict(*[feeds[name] for name in ("frames", "num_frames", "features")
+                           if name in feeds])
+
+
 def _read_export(output):
   """(model.tflite bytes, sidecar dict) of an export directory."""
   path = os.path.join(output, tflite_export.TFLITE_FILE)
   with open(path, "rb") as f:
     blob = f.read()
-  with open(tflite_export.sidecar_path(path)) as f:
+  with open(tflite_model.sidecar_path(path)) as f:
     return blob, json.load(f)
 
 
@@ -121,7 +130,7 @@ def test_float32_and_dynamic_reproduce_the_checkpoint(runs, run, role, k):
     assert sidecar["output"]["shape"] == [-1, 20]
     for feeds, expected in batches:
       assert feeds["frames"].shape[1] == k
-      got = tflite_export.predict(blob, feeds)
+      got = _predict(output, feeds)
       np.testing.assert_allclose(got, expected, atol=tolerance, rtol=0)
 
 
@@ -138,7 +147,7 @@ def test_int8_calibrates_and_is_refused_without_data(runs):
   assert sidecar["calibration"] == {"data_pattern": runs["train"], "batches": 2}
   assert sidecar["inputs"]["frames"]["dtype"] == "uint8"
   feeds, expected = _reader_batches(runs["student"], runs["validate"], "student")[0]
-  got = tflite_export.predict(blob, feeds)
+  got = _predict(output, feeds)
   assert got.dtype == np.float32 and got.shape == expected.shape
   # A smoke test of the path, not of int8's precision: ranges calibrated on 8 training
   # records of this 2-step model clip the validation records' (mean error ~0.09).
@@ -150,7 +159,7 @@ def test_lstm_converts_unrolled(runs):
   blob, sidecar = _read_export(output)
   assert sidecar["model_flags"]["model"] == "LstmModel"
   for feeds, expected in _reader_batches(runs["lstm"], runs["validate"], "student"):
-    np.testing.assert_allclose(tflite_export.predict(blob, feeds), expected, atol=1e-5,
+    np.testing.assert_allclose(_predict(output, feeds), expected, atol=1e-5,
                                rtol=0)
 
 
@@ -169,5 +178,5 @@ def test_video_level_logistic_model_converts(runs):
                                             "dtype": "float32"}}
   assert sidecar["output"]["shape"] == [-1, 5]
   for feeds, expected in _reader_batches(runs["video_run"], runs["video"], "teacher"):
-    np.testing.assert_allclose(tflite_export.predict(blob, feeds), expected, atol=2e-3,
+    np.testing.assert_allclose(_predict(output, feeds), expected, atol=2e-3,
                                rtol=0)
