@@ -174,19 +174,19 @@ class InferenceGraph(object):
 
   def __init__(self, cfg, role, files, batch_size, num_readers, top_k=None,
                with_labels=False, skip_corrupt_records=False, classes=None,
-               require_labels=None, checkpoint_scope=None, served=None):
+               require_labels=None, teacher=None, served=None):
     """require_labels: records must have labels (default: with_labels);
-    checkpoint_scope: the scope the role's variables have in the checkpoint, when it
-    is not the role's own (a student's run teaching as a teacher); served: a
+    teacher: with role TEACHER, the kd_model.Teacher whose checkpoint session() gets
+    (its variables may have another scope there: a student's run teaching); served: a
     tflite_model.TFLiteModel computing the predictions in place of the role's model
     (top_k only; session() then restores nothing)."""
     self.graph = tf.Graph()
     self.files = files
-    self._reads_files = files is None
+    self._one_file_at_a_time = files is None
     with self.graph.as_default():
       self.skipped = readers.SkippedRecords() if skip_corrupt_records else None
       require_labels = with_labels if require_labels is None else require_labels
-      if self._reads_files:
+      if self._one_file_at_a_time:
         self.reader = readers.get_reader(cfg, require_labels=require_labels,
                                          dequantize=False,
                                          student_only=role == kd_model.STUDENT)
@@ -206,10 +206,11 @@ class InferenceGraph(object):
             cfg, batch, role, top_k, with_labels, classes=classes,
             predictions=served.predictions_op(batch) if served else None)
       self._variables = tf1.global_variables()
-      if checkpoint_scope and checkpoint_scope != role:
-        self._variables = {
-            (checkpoint_scope + v.op.name[len(role):] if v.op.name.startswith(role + "/")
-             else v.op.name): v for v in self._variables}
+      if teacher is not None:  # its checkpoint names the teacher/ variables its way
+        self._variables = dict(
+            {v.op.name: v for v in self._variables
+             if not v.op.name.startswith(kd_model.TEACHER + "/")},
+            **teacher.var_list(kd_model.teacher_variables()))
       self._saver = tf1.train.Saver(self._variables) if self._variables else None
       # After the restore: copies of the restored weights (model_utils).
       self._local_init = tf.group(tf1.local_variables_initializer(),
@@ -224,7 +225,7 @@ class InferenceGraph(object):
       if checkpoint is not None:
         restore_checked(sess, self._saver, self._variables, checkpoint, what)
       sess.run(self._local_init)
-      if not self._reads_files:
+      if not self._one_file_at_a_time:
         sess.run(self._initializer)
       yield sess
 

@@ -114,6 +114,7 @@ class TeacherCache(object):
   fingerprint: dict
   teacher: kd_model.Teacher = None
   representation_width: int = 0
+  _index_of: dict = dataclasses.field(default=None, repr=False, compare=False)
 
   def record(self):
     """What a KD run's model_flags.json records of its cache (GraphConfig.teacher_cache):
@@ -131,8 +132,10 @@ class TeacherCache(object):
 
   def shard_of(self, path):
     """The cache shard of a training file (as fingerprinted: absolute path)."""
-    paths = [listed for listed, _, _ in self.fingerprint["files"]]
-    return self.shard(paths.index(file_io.absolute(path)))
+    if self._index_of is None:  # once: the pipeline asks for every file
+      self._index_of = {listed: i for i, (listed, _, _) in
+                        enumerate(self.fingerprint["files"])}
+    return self.shard(self._index_of[file_io.absolute(path)])
 
   def missing_shards(self):
     """Indexes of the training files whose shard is not complete yet."""
@@ -182,7 +185,7 @@ class TeacherCache(object):
     model = inference_graph.InferenceGraph(
         cfg, kd_model.TEACHER, None, batch_size, 1,
         require_labels=True, skip_corrupt_records=skip_corrupt_records,
-        checkpoint_scope=self.teacher.scope)
+        teacher=self.teacher)
     self.representation_width = int(model.fetches["representation"].shape[-1])
     file_io.write_json(os.path.join(self.directory, FINGERPRINT_FILE), {
         "fingerprint": self.fingerprint, "digest": digest(self.fingerprint),
