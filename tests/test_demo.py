@@ -9,6 +9,7 @@ import pytest
 
 from tests import helpers
 from tools import demo as demo_tool
+from tools import kd_table as kd_tool
 from tools import student_table as student_tool
 
 # A small NeXtVLAD instead of the demo's (hidden 2048), in batches of 8 instead of 80:
@@ -46,6 +47,12 @@ def out(tmp_path_factory):
         "--demo_dir=" + str(out), "--scale=0.01", "--ks=2", "--students=logistic",
         "--mix_number=2", "--large_batch=8", "--speed_videos=16",
         "--model_flags=" + TINY]) == 0
+    # The KD study: two options and their combination screened on 2 seeds against the
+    # held-out training shard, the choice confirmed for FrameLevelLogistic on 2 others.
+    assert kd_tool.main([
+        "--demo_dir=" + str(out), "--scale=0.01", "--select_seeds=0,1",
+        "--confirm_seeds=3,4", "--options=rep_none,logits_t2", "--students=logistic",
+        "--mix_number=0", "--model_flags=" + TINY]) == 0
   return out
 
 
@@ -290,3 +297,78 @@ def row(cost, gap, trained, teacher="teacher"):
 ])
 def test_the_frontier_check(rows, met, failures):
   assert student_tool.frontier_check(rows) == (met, failures)
+
+
+def test_the_kd_table_on_the_tiny_demo(out):
+  recorded = json.load(open(str(out / "kd_table.json")))
+  records = recorded["records"]
+  held_out = os.path.realpath(str(out / "data" / "frame" / kd_tool.SELECT_HELD_OUT))
+  for r in records:  # every GAP is its run's eval.py record, on its phase's split
+    record = last_record(os.path.join(r["run"], "eval.jsonl"))
+    assert r["gap"] == record["gap"], r["run"]
+    validate = os.path.realpath(helpers_glob_one(record["data"]))
+    assert (validate == held_out) == (r["phase"] == "select"), r["run"]
+  # The selection's teacher never saw the held-out shard.
+  cache, = (out / "kd_runs" / "select").glob("teacher_nextvlad_s0_cache")
+  cached_files = json.load(open(str(cache / "fingerprint.json")))["fingerprint"]["files"]
+  assert len(cached_files) == 3 and all(
+      kd_tool.SELECT_HELD_OUT not in json.dumps(f) for f in cached_files)
+
+  def gaps(phase, student, teacher, option):
+    return {r["seed"]: r["gap"] for r in records if (r["phase"], r["student"],
+            r["teacher"], r["option"]) == (phase, student, teacher, option)}
+
+  selection = recorded["selection"]
+  assert {"recipe", "rep_none", "logits_t2"} <= set(selection)
+  for option, by_teacher in selection.items():
+    mean, se, n = by_teacher["nextvlad"]
+    kd, alone = gaps("select", "full", "nextvlad", option), gaps("select", "full", None,
+                                                                  None)
+    differences = [kd[s] - alone[s] for s in (0, 1)]
+    assert n == 2 and mean == pytest.approx(sum(differences) / 2, abs=1e-12)
+    assert se == pytest.approx(abs(differences[0] - differences[1]) / 2, abs=1e-12)
+  chosen = max(selection, key=lambda o: selection[o]["nextvlad"][0])
+  assert recorded["chosen"] == chosen
+  flags = json.load(open(str(out / "kd_runs" / "select" / "full_nextvlad_logits_t2_s0_KD_k_6"
+                             / "model_flags.json")))
+  assert (flags["kd_pred_loss"], flags["kd_temperature"]) == ("logits_kl", 2.0)
+  rows = recorded["confirmation"]
+  assert [(r["student"], r["option"]) for r in rows] == [("logistic", "recipe")] + (
+      [("logistic", chosen)] if chosen != "recipe" else [])
+  for row in rows:
+    kd, alone = (gaps("confirm", "logistic", "nextvlad", row["option"]),
+                 gaps("confirm", "logistic", None, None))
+    assert sorted(kd) == [3, 4]
+    assert row["paired_gain"][0] == pytest.approx(
+        sum(kd[s] - alone[s] for s in kd) / 2, abs=1e-12)
+  assert "Chosen: %s" % chosen in (out / "kd_table.md").read_text()
+
+
+def helpers_glob_one(pattern):
+  import glob
+  match, = glob.glob(pattern)
+  return match
+
+
+def test_the_teacher_diagnosis_on_the_tiny_demo(out):
+  from tools import teacher_diagnosis
+  output = str(out / "teacher_diagnosis")
+  assert teacher_diagnosis.main([
+      "--teacher=NeXtVLAD:%s:%s" % (out / "teacher_cache_s0", out / "runs" / "demo_s0_KD_k_6"),
+      "--teacher=Mix:%s:%s" % (out / "student_runs" / "mix2_cache_s0",
+                               out / "student_runs" / "mix2_s0_full_KD_k_2"),
+      "--data_pattern=" + str(out / "data" / "frame" / "train*.tfrecord"),
+      "--output=" + output]) == 0
+  results = json.load(open(output + ".json"))
+  assert [r["label"] for r in results] == ["NeXtVLAD", "Mix"]
+  videos = demo_tool.TRAIN_VIDEOS * 0.01
+  for result in results:
+    assert result["videos"] == videos
+    assert result["representation_width"] > 0 and result["representation_norm"] > 0
+    assert 0 < result["probability_of_labels"] < 1
+    for which in ("first", "last"):  # the weighted terms make up the total (+ L2)
+      loss = result["loss"][which]
+      shares = [loss[t + "_share"] for t in ("label_loss", "pred_loss", "rep_loss")]
+      assert sum(shares) == pytest.approx(1.0, abs=0.01), (result["label"], loss)
+  assert "| KD run, first logged step: L_rep (share of total) |" in open(
+      output + ".md").read()
