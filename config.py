@@ -186,7 +186,8 @@ class GraphConfig(ModelConfig):
     return self.k_frame if role == STUDENT else self.example_frames()
 
   def single_model_role(self):
-    """The scope a teacher/student-type run trains: teacher only when it sees all frames.
+    """The scope a teacher/student-type run trains: teacher only when it sees all
+    frames.
 
     Video-level features have no frames (k_frame stays at its default, max_frames):
     --model_type=teacher trains its model under teacher/, --model_type=student under
@@ -323,9 +324,9 @@ def _refuse_frame_level_flags(flag_values):
   if (flag_values.model_type == "KD" and given("kd_rep_weight") and
       flag_values.kd_rep_weight):
     raise cli.UsageError(
-        "--kd_rep_weight=%s: a video-level model's representation is its input, so L_rep "
-        "is zero with video-level features (--frame_features=False); distil with "
-        "--kd_pred_weight" % flag_values.kd_rep_weight)
+        "--kd_rep_weight=%s: a video-level model's representation is its input, so "
+        "L_rep is zero with video-level features (--frame_features=False); distil "
+        "with --kd_pred_weight" % flag_values.kd_rep_weight)
 
 
 def private_flags(argv, names=GRAPH_FLAGS):

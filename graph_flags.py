@@ -108,10 +108,10 @@ flags.DEFINE_enum("model_type", "teacher", MODEL_TYPES,
                   "teacher: train one model on --k_frame frames (all frames: the teacher; "
                   "fewer: the k-frame student baseline); student: the k-frame baseline; "
                   "KD: distil the teacher into a k-frame student. With video-level "
-                  "features (--frame_features=False, no k): teacher and student train "
-                  "their model alone (into <train_dir>_teacher, _student), KD distils a "
-                  "video-level teacher into a video-level student (<train_dir>_KD) "
-                  "through L_CE and L_pred.")
+                  "features (--frame_features=False, no k): teacher and student "
+                  "train their model alone (into <train_dir>_teacher, _student), KD "
+                  "distils a video-level teacher into a video-level student "
+                  "(<train_dir>_KD) through L_CE and L_pred.")
 flags.DEFINE_integer("k_frame", 300, "Frames the student sees (1..--max_frames).")
 flags.DEFINE_enum("frame_sampling", "uniform", frame_selection.STRATEGIES,
                   "How the student's k frames are picked.")

@@ -334,14 +334,14 @@ def loss_scale_note(cfg, batch_size, representation_width):
   if cfg.model_type != "KD":
     return None
   if not cfg.frame_features:
-    note = ("note: video-level models' representation is their input (the same record "
-            "for teacher and student), so L_rep is identically zero: it is left out and "
-            "the student distils through L_pred (--kd_pred_weight)")
+    note = ("note: video-level models' representation is their input (the same "
+            "record for teacher and student), so L_rep is identically zero: it is left "
+            "out and the student distils through L_pred (--kd_pred_weight)")
     if cfg.kd_reduction == "sum" and batch_size != RECIPE_BATCH:
+      pred = cfg.kd_pred_weight * RECIPE_BATCH / batch_size
       note += ("; L_pred is summed over the batch (--kd_reduction=sum) with a weight "
                "tuned for batch %d: at batch %d the recipe's balance is "
-               "--kd_pred_weight=%.4g" % (RECIPE_BATCH, batch_size,
-                                          cfg.kd_pred_weight * RECIPE_BATCH / batch_size))
+               "--kd_pred_weight=%.4g" % (RECIPE_BATCH, batch_size, pred))
     return note
   if cfg.kd_reduction != "sum":
     return None
