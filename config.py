@@ -141,9 +141,6 @@ class GraphConfig(ModelConfig):
     if not 1 <= self.k_frame <= self.max_frames:
       raise cli.UsageError("--k_frame must be in 1..%d (--max_frames), got %d"
                            % (self.max_frames, self.k_frame))
-    if self.model_type != "teacher" and not self.frame_features:
-      raise cli.UsageError("--model_type=%s needs frame features (--frame_features)"
-                           % self.model_type)
     if self.segment_labels:
       if not self.frame_features:
         raise cli.UsageError("--segment_labels needs frame features "
@@ -189,7 +186,13 @@ class GraphConfig(ModelConfig):
     return self.k_frame if role == STUDENT else self.example_frames()
 
   def single_model_role(self):
-    """The scope a teacher/student-type run trains: teacher only when it sees all frames."""
+    """The scope a teacher/student-type run trains: teacher only when it sees all
+    frames.
+
+    Video-level features have no frames (k_frame stays at its default, max_frames):
+    --model_type=teacher trains its model under teacher/, --model_type=student under
+    student/, where a video-level KD run's student lives, so that a student trained
+    alone and one distilled start from the same weights (seeded by name)."""
     if self.model_type == "teacher" and self.k_frame >= self.example_frames():
       return TEACHER
     return STUDENT
@@ -206,6 +209,14 @@ class GraphConfig(ModelConfig):
       return (TEACHER, STUDENT) if self.kd_mode == "parallel" else (STUDENT,)
     return self.roles()
 
+  def distils_representation(self):
+    """Whether a KD run's loss has L_rep: a weight, and frame-level models.
+
+    A video-level model's representation is its input (video_level_models): teacher
+    and student read the same record, so L_rep is identically zero there and is left
+    out of the graph (kd_model.loss_scale_note says so when the run starts)."""
+    return self.model_type == "KD" and bool(self.kd_rep_weight) and self.frame_features
+
   def role(self, requested=""):
     """The role eval/inference/export use: `requested` (--role), or the model the run
     trained (the student of a KD run)."""
@@ -217,7 +228,10 @@ class GraphConfig(ModelConfig):
     return requested
 
   def run_dir_suffix(self):
-    """`_teacher`, `_student_k_<k>` or `_KD_k_<k>`: the original's run directory names."""
+    """`_teacher`, `_student_k_<k>` or `_KD_k_<k>`: the original's run directory names;
+    at video level (no frames, no k) `_teacher`, `_student` or `_KD`."""
+    if not self.frame_features and self.model_type != "teacher":
+      return "_" + self.model_type
     if self.model_type == "KD":
       return "_KD_k_%d" % self.k_frame
     if self.single_model_role() == TEACHER:
@@ -278,8 +292,41 @@ def from_flags(flag_values=FLAGS):
   """
   values = {name: _checked(flag_values, name, flag_values[name].value)
             for name in FIELDS if name not in RESOLVED}
+  if not values["frame_features"]:
+    _refuse_frame_level_flags(flag_values)
   values["preprocessing"] = preprocessing_from_flags(flag_values)
   return _from_values(values)
+
+
+# Flags about frames, which video-level records (--frame_features=False) do not have:
+# {flag: why it means nothing there}. Given there (on the command line, or set to
+# another value than the default), each is refused rather than silently ignored.
+FRAME_LEVEL_FLAGS = {
+    "k_frame": "a video-level student reads the whole record, as its teacher does",
+    "frame_sampling": "there are no frames to pick",
+    "max_frames": "there are no frames to keep",
+    "segment_size": "there are no frames to cut into segments",
+    "frame_packing": "there are no per-frame layers",
+    "video_level_classifier_model": "--model is the video-level model itself",
+}
+
+
+def _refuse_frame_level_flags(flag_values):
+  """UsageError naming the first frame-level flag given with video-level features, or
+  a nonzero --kd_rep_weight given there (L_rep is identically zero at video level)."""
+  given = lambda name: (flag_values[name].present or
+                        flag_values[name].value != flag_values[name].default)
+  for name, why in FRAME_LEVEL_FLAGS.items():
+    if given(name):
+      raise cli.UsageError(
+          "--%s=%s means nothing with video-level features (--frame_features=False): "
+          "%s; leave it out" % (name, flag_values[name].value, why))
+  if (flag_values.model_type == "KD" and given("kd_rep_weight") and
+      flag_values.kd_rep_weight):
+    raise cli.UsageError(
+        "--kd_rep_weight=%s: a video-level model's representation is its input, so "
+        "L_rep is zero with video-level features (--frame_features=False); distil "
+        "with --kd_pred_weight" % flag_values.kd_rep_weight)
 
 
 def private_flags(argv, names=GRAPH_FLAGS):

@@ -151,8 +151,9 @@ def main(unused_argv):
   cfg = config.with_command_segments(run_dir.load(FLAGS.train_dir))
   role = cfg.role(FLAGS.role)
   files = readers.list_data_files(FLAGS.eval_data_pattern, "--eval_data_pattern")
-  print("Evaluating the %s of %s (model_type %s, %s, k_frame %d)%s" % (
-      role, FLAGS.train_dir, cfg.model_type, cfg.model, cfg.k_frame,
+  print("Evaluating the %s of %s (model_type %s, %s, %s)%s" % (
+      role, FLAGS.train_dir, cfg.model_type, cfg.model_config(role).model,
+      "k_frame %d" % cfg.k_frame if cfg.frame_features else "video-level features",
       " on rated %d-frame segments (only rated classes count)" % cfg.segment_size
       if cfg.segment_labels else ""), flush=True)
   model = inference_graph.InferenceGraph(

@@ -107,7 +107,11 @@ flags.DEFINE_enum("label_loss", "CrossEntropyLoss", losses.LABEL_LOSSES.names(),
 flags.DEFINE_enum("model_type", "teacher", MODEL_TYPES,
                   "teacher: train one model on --k_frame frames (all frames: the teacher; "
                   "fewer: the k-frame student baseline); student: the k-frame baseline; "
-                  "KD: distil the teacher into a k-frame student.")
+                  "KD: distil the teacher into a k-frame student. With video-level "
+                  "features (--frame_features=False, no k): teacher and student "
+                  "train their model alone (into <train_dir>_teacher, _student), KD "
+                  "distils a video-level teacher into a video-level student "
+                  "(<train_dir>_KD) through L_CE and L_pred.")
 flags.DEFINE_integer("k_frame", 300, "Frames the student sees (1..--max_frames).")
 flags.DEFINE_enum("frame_sampling", "uniform", frame_selection.STRATEGIES,
                   "How the student's k frames are picked.")
@@ -118,7 +122,8 @@ flags.DEFINE_float("kd_ce_weight", 1.0, "Weight of the student's label loss L_CE
 flags.DEFINE_float("kd_pred_weight", 0.01, "Weight of L_pred (teacher vs student "
                    "probabilities).")
 flags.DEFINE_float("kd_rep_weight", 0.001, "Weight of L_rep (teacher vs student "
-                   "representations).")
+                   "representations). Frame level only: a video-level model's "
+                   "representation is its input, so there L_rep is zero and left out.")
 flags.DEFINE_enum("kd_reduction", "sum", losses.REDUCTIONS,
                   "How L_pred and L_rep combine the examples of a tower batch: sum (the "
                   "documented recipe) or mean.")

@@ -3,7 +3,8 @@ task that owns a run's inputs, models and losses.
 
 Variable layout (stable, so checkpoints move between run kinds):
   teacher/tower/...   the model that sees all frames
-  student/tower/...   the model that sees k frames (--k_frame, --frame_sampling)
+  student/tower/...   the model that sees k frames (--k_frame, --frame_sampling); at
+                      video level (no frames) both roles read the same record
   student/tower/rep_projection/...   KD only, when the student's representation is
                       narrower or wider than the teacher's: the learned linear map that
                       L_rep compares through (never part of an inference graph)
@@ -227,7 +228,10 @@ class Distillation(ModelTraining):
             + regularization_penalty * regularization
   where L_CE and the regularization are the student's (model_losses), L_pred compares
   class probabilities and L_rep representations (through the student's projection
-  when their widths differ). A term whose weight is 0 is left out of the graph.
+  when their widths differ). A term whose weight is 0 is left out of the graph, and so
+  is L_rep at video level: a video-level model's representation is its input, the same
+  record for teacher and student, so L_rep would be identically zero there
+  (GraphConfig.distils_representation).
   """
 
   def __init__(self, cfg, teacher=None, cache=None):
@@ -285,7 +289,7 @@ class Distillation(ModelTraining):
           tf.stop_gradient(teacher["predictions"]), student["predictions"],
           cfg.kd_pred_loss, cfg.kd_reduction)
       total += cfg.kd_pred_weight * terms["pred_loss"]
-    if cfg.kd_rep_weight:
+    if cfg.distils_representation():
       target = tf.stop_gradient(teacher["representation"])
       self.rep_width = int(target.shape[-1])
       terms["rep_loss"] = losses.representation_loss(
@@ -325,8 +329,21 @@ RECIPE_BATCH, RECIPE_WIDTH = 80, 2048
 
 def loss_scale_note(cfg, batch_size, representation_width):
   """See Distillation.loss_scale_note; representation_width: what L_rep compares (the
-  teacher's width)."""
-  if cfg.model_type != "KD" or cfg.kd_reduction != "sum":
+  teacher's width). At video level the line always says that L_rep is left out (and,
+  summed at another batch than the recipe's, L_pred's balanced weight)."""
+  if cfg.model_type != "KD":
+    return None
+  if not cfg.frame_features:
+    note = ("note: video-level models' representation is their input (the same "
+            "record for teacher and student), so L_rep is identically zero: it is left "
+            "out and the student distils through L_pred (--kd_pred_weight)")
+    if cfg.kd_reduction == "sum" and batch_size != RECIPE_BATCH:
+      pred = cfg.kd_pred_weight * RECIPE_BATCH / batch_size
+      note += ("; L_pred is summed over the batch (--kd_reduction=sum) with a weight "
+               "tuned for batch %d: at batch %d the recipe's balance is "
+               "--kd_pred_weight=%.4g" % (RECIPE_BATCH, batch_size, pred))
+    return note
+  if cfg.kd_reduction != "sum":
     return None
   if (batch_size, representation_width) == (RECIPE_BATCH, RECIPE_WIDTH):
     return None

@@ -362,7 +362,8 @@ def teacher_checkpoint(flag_value, teacher_dir, max_frames):
   """The checkpoint prefix a serial-KD student learns from.
 
   flag_value: --teacher_checkpoint (a prefix or a run directory), or empty for the
-  latest checkpoint of teacher_dir (<train_dir>_teacher).
+  latest checkpoint of teacher_dir (<train_dir>_teacher). max_frames: the k of the
+  teacher command the message suggests (None: video level, no k).
   Raises:
     UsageError naming the flag or directory when there is no usable checkpoint.
   """
@@ -371,8 +372,8 @@ def teacher_checkpoint(flag_value, teacher_dir, max_frames):
     if not checkpoint:
       raise cli.UsageError(
           "KD needs a trained teacher: no checkpoint in %s (train it first with "
-          "--model_type=teacher --k_frame=%d, or pass --teacher_checkpoint)"
-          % (teacher_dir, max_frames))
+          "--model_type=teacher%s, or pass --teacher_checkpoint)"
+          % (teacher_dir, " --k_frame=%d" % max_frames if max_frames else ""))
     return checkpoint
   # A prefix first: ram:// calls any prefix of a file name (model.ckpt-N) a directory.
   if checkpoint_exists(flag_value):

@@ -116,7 +116,7 @@ def _teacher(cfg, train_dir, resume_from, options):
     return recorded.teacher_model, None
   checkpoint = run_dir.teacher_checkpoint(
       options.teacher_checkpoint, options.train_dir.rstrip("/") + "_teacher",
-      cfg.max_frames)
+      cfg.max_frames if cfg.frame_features else None)
   teacher, model, note = run_dir.teacher_of(checkpoint, cfg)
   print("Teacher: %s" % checkpoint, flush=True)
   if note:
