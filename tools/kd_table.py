@@ -228,7 +228,7 @@ def confirm(study, seeds, option, students):
 
 
 def format_paired(stats):
-  """"+0.0123 ± 0.0040 (n=5)": a paired() result as the tables print it."""
+  """A paired() result as the tables print it, e.g. '+0.0123 ± 0.0040 (n=5)'."""
   mean, se, n = stats
   if mean is None:
     return "-"
