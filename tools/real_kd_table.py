@@ -11,8 +11,9 @@ The shards are split by index, once, before anything is trained (--train_shards,
             chosen on these, and nothing else is;
   held out  validate0120-0149: reported only, never trained or tuned on.
 The chosen teacher (seed 0) builds a teacher cache over the training shards. Then on
-each seed the student (LogisticModel) is trained alone, distilled with the recipe's
-weights, and distilled with --option (a tools/kd_table.py option, chosen there on
+each seed the student (LogisticModel) is trained alone (--model_type=student, which
+starts from the KD student's initial weights on the same seed), distilled with the
+recipe's weights, and distilled with --option (a tools/kd_table.py option, chosen there on
 generated data; empty: the recipe only), all with the same training settings. The
 table gives each one's held-out GAP and the paired difference of each distilled
 student over the student alone on the same seed (mean and standard error). A video-
@@ -123,7 +124,7 @@ def main(argv=None):
     for kind in ["alone"] + options:
       flags = ["--model=LogisticModel"]
       if kind == "alone":
-        flags.append("--model_type=teacher")
+        flags.append("--model_type=student")  # under student/: the KD student's start
       else:
         flags += ["--model_type=KD", "--teacher_checkpoint=" + teacher_dir,
                   "--teacher_cache=" + cache] + kd_table.option_flags(kind)
