@@ -124,15 +124,16 @@ flags.DEFINE_enum("kd_reduction", "sum", losses.REDUCTIONS,
                   "How L_pred and L_rep combine the examples of a tower batch: sum (the "
                   "documented recipe) or mean.")
 flags.DEFINE_enum("kd_pred_loss", "mse", losses.PREDICTION_LOSSES,
-                  "L_pred: mse (squared error of probabilities, the recipe), kl (binary "
-                  "KL of probabilities) or logits_kl (binary KL of sigmoid(logits / "
-                  "--kd_temperature), times T^2; a model without logits gives the "
-                  "logit of its clipped probabilities).")
+                  "L_pred: mse (squared error of probabilities, the recipe), kl "
+                  "(binary KL of probabilities) or logits_kl (binary KL of "
+                  "sigmoid(logits / --kd_temperature), times T^2; a model without "
+                  "logits gives the logit of its clipped probabilities).")
 flags.DEFINE_float("kd_temperature", 1.0, "The temperature T of --kd_pred_loss="
                    "logits_kl (1: unsoftened); other values need logits_kl.")
 flags.DEFINE_enum("kd_rep_loss", "mse", losses.REPRESENTATION_LOSSES,
-                  "L_rep: mse (summed squared error, the recipe), none (no L_rep), cosine "
-                  "(1 - cosine similarity per example) or standardized (squared error "
+                  "L_rep: mse (summed squared error, the recipe), none (no L_rep), "
+                  "cosine (1 - cosine similarity per example) or standardized (squared "
+                  "error "
                   "of each dimension divided by the teacher's batch standard "
                   "deviation).")
 flags.DEFINE_enum("kd_weights", "recipe", KD_WEIGHTS,

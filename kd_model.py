@@ -392,8 +392,8 @@ def kd_terms(cfg):
     _, pred, rep = cfg.kd_share_values()
   else:
     pred, rep = cfg.kd_pred_weight, cfg.kd_rep_weight
-  return tuple(name for name, counts in (("pred_loss", pred),
-                                         ("rep_loss", rep and cfg.kd_rep_loss != "none"))
+  rep = rep and cfg.kd_rep_loss != "none"
+  return tuple(name for name, counts in (("pred_loss", pred), ("rep_loss", rep))
                if counts)
 
 
@@ -406,8 +406,9 @@ def needs_teacher_logits(cfg):
 def loss_scale_note(cfg, batch_size, representation_width):
   """See Distillation.loss_scale_note; representation_width: what L_rep compares (the
   teacher's width)."""
+  # Balanced weights are measured, and cosine (or no) L_rep does not grow with width.
   if (cfg.model_type != "KD" or cfg.kd_reduction != "sum" or
-      cfg.kd_weights != "recipe"):
+      cfg.kd_weights != "recipe" or cfg.kd_rep_loss in ("cosine", "none")):
     return None
   if (batch_size, representation_width) == (RECIPE_BATCH, RECIPE_WIDTH):
     return None

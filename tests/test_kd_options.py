@@ -35,7 +35,7 @@ def _run(tensor):
     return sess.run(tensor)
 
 
-# --- the terms against numpy -----------------------------------------------------------
+# --- the terms against numpy ----------------------------------------------------------
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
@@ -94,7 +94,8 @@ def test_cosine_and_standardized_representation_losses_against_numpy():
   standardized = np.sum(((teacher - mean) / scale - (student - mean) / scale) ** 2, 1)
   with tf.Graph().as_default():
     t, s = tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)
-    got = _run({kind + "_" + reduction: losses.representation_loss(t, s, reduction, kind)
+    got = _run({kind + "_" + reduction:
+                losses.representation_loss(t, s, reduction, kind)
                 for kind in ("mse", "cosine", "standardized")
                 for reduction in ("sum", "mean")})
     # A constant batch (one example a tower) has no spread: scale 1, the mse.
@@ -112,7 +113,7 @@ def test_cosine_and_standardized_representation_losses_against_numpy():
   assert scaled == pytest.approx([got["cosine_sum"], got["standardized_sum"]], rel=1e-4)
 
 
-# --- options in a KD tower -------------------------------------------------------------
+# --- options in a KD tower ------------------------------------------------------------
 
 def _cfg(**values):
   """A tiny parallel-KD GraphConfig (no teacher checkpoint needed) with `values`."""
@@ -269,7 +270,7 @@ def test_the_defaults_are_the_recipe_and_shares_have_one_spelling():
   assert config.from_json(recorded, "old/model_flags.json").to_json() == cfg.to_json()
 
 
-# --- runs: online with towers, through caches, at segment level ------------------------
+# --- runs: online with towers, through caches, at segment level -----------------------
 
 COMMON = ["--batch_size=4", "--num_readers=1", "--seed=7", "--log_every_n_steps=1",
           "--export_model_steps=1000"] + helpers.TINY_MODEL
