@@ -202,8 +202,8 @@ def test_rep_loss_none_leaves_l_rep_and_its_projection_out():
                 if kd_model.PROJECTION_SCOPE in v.op.name]
 
 
-@pytest.mark.parametrize("towers", [1, 2])
-def test_balanced_weights_give_the_shares_at_the_first_step_and_stay(tmp_path, towers):
+def test_balanced_weights_give_the_shares_at_the_first_step_and_stay(tmp_path,
+                                                                     towers=2):
   shares = (0.6, 0.3, 0.1)
   cfg = _cfg(kd_weights="balanced", kd_shares="0.6,0.3,0.1", kd_rep_loss="standardized",
              nextvlad_hidden_size=4)  # a narrower student: L_rep through a projection
