@@ -124,6 +124,10 @@ class GraphConfig(ModelConfig):
   kd_rep_weight: float
   kd_reduction: str
   kd_pred_loss: str
+  kd_temperature: float
+  kd_rep_loss: str
+  kd_weights: str
+  kd_shares: str
   regularization_penalty: float
   frame_packing: str
   bf16: bool
@@ -131,7 +135,25 @@ class GraphConfig(ModelConfig):
   teacher_cache: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    # One spelling of the shares ("0.50" and ".5" alike), so a resume compares values.
+    object.__setattr__(self, "kd_shares",
+                       ",".join(repr(share) for share in self.kd_share_values()))
     self._validate()
+
+  def kd_share_values(self):
+    """(L_CE, L_pred, L_rep) shares of --kd_shares, floats >= 0 summing to 1.
+
+    Raises:
+      UsageError naming --kd_shares.
+    """
+    try:
+      shares = tuple(float(share) for share in str(self.kd_shares).split(","))
+    except ValueError:
+      shares = ()
+    if (len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6):
+      raise cli.UsageError("--kd_shares=%s: give the shares of L_CE, L_pred and L_rep, "
+                           "three numbers >= 0 that sum to 1" % self.kd_shares)
+    return shares
 
   def _validate(self):
     """Cross-field checks; UsageError naming the flag (absl checks single flags)."""
@@ -161,8 +183,23 @@ class GraphConfig(ModelConfig):
             "--model=MixNeXtVladModel mixes its branches' logits: it needs "
             "--video_level_classifier_model=%s, not %s" % (
                 " or ".join(LOGIT_CLASSIFIERS), model.video_level_classifier_model))
+    self._validate_kd_options()
     if not isinstance(self.preprocessing, preprocessing.Preprocessing):
       raise cli.UsageError("unknown preprocessing %r" % (self.preprocessing,))
+
+  def _validate_kd_options(self):
+    """The KD loss options that only mean something together."""
+    if not self.kd_temperature > 0:
+      raise cli.UsageError("--kd_temperature must be positive, got %g"
+                           % self.kd_temperature)
+    if self.kd_temperature != 1 and self.kd_pred_loss != "logits_kl":
+      raise cli.UsageError(
+          "--kd_temperature=%g softens logits: it needs --kd_pred_loss=logits_kl (%s "
+          "compares probabilities)" % (self.kd_temperature, self.kd_pred_loss))
+    if (self.kd_weights == "balanced" and self.kd_rep_loss == "none" and
+        self.kd_share_values()[2] > 0):
+      raise cli.UsageError("--kd_shares=%s gives L_rep a share but --kd_rep_loss=none "
+                           "turns it off: give it share 0" % self.kd_shares)
 
   def replace(self, **changes):
     """A copy with some fields changed (validated again)."""
@@ -210,12 +247,16 @@ class GraphConfig(ModelConfig):
     return self.roles()
 
   def distils_representation(self):
-    """Whether a KD run's loss has L_rep: a weight, and frame-level models.
+    """Whether a KD run's loss has L_rep: a weight (or --kd_shares share), an L_rep
+    (--kd_rep_loss), and frame-level models.
 
     A video-level model's representation is its input (video_level_models): teacher
     and student read the same record, so L_rep is identically zero there and is left
     out of the graph (kd_model.loss_scale_note says so when the run starts)."""
-    return self.model_type == "KD" and bool(self.kd_rep_weight) and self.frame_features
+    rep = (self.kd_share_values()[2] if self.kd_weights == "balanced"
+           else self.kd_rep_weight)
+    return (self.model_type == "KD" and bool(rep) and self.kd_rep_loss != "none" and
+            self.frame_features)
 
   def role(self, requested=""):
     """The role eval/inference/export use: `requested` (--role), or the model the run

@@ -21,6 +21,7 @@ flags = tf.compat.v1.flags
 TEACHER, STUDENT = "teacher", "student"
 MODEL_TYPES = ("teacher", "student", "KD")
 KD_MODES = ("serial", "parallel")
+KD_WEIGHTS = ("recipe", "balanced")
 
 # --- input ------------------------------------------------------------------------------
 flags.DEFINE_string("feature_names", "rgb,audio", "Name of the feature to use for "
@@ -128,7 +129,26 @@ flags.DEFINE_enum("kd_reduction", "sum", losses.REDUCTIONS,
                   "How L_pred and L_rep combine the examples of a tower batch: sum (the "
                   "documented recipe) or mean.")
 flags.DEFINE_enum("kd_pred_loss", "mse", losses.PREDICTION_LOSSES,
-                  "L_pred: mse (squared error) or kl.")
+                  "L_pred: mse (squared error of probabilities, the recipe), kl "
+                  "(binary KL of probabilities) or logits_kl (binary KL of "
+                  "sigmoid(logits / --kd_temperature), times T^2; a model without "
+                  "logits gives the logit of its clipped probabilities).")
+flags.DEFINE_float("kd_temperature", 1.0, "The temperature T of --kd_pred_loss="
+                   "logits_kl (1: unsoftened); other values need logits_kl.")
+flags.DEFINE_enum("kd_rep_loss", "mse", losses.REPRESENTATION_LOSSES,
+                  "L_rep: mse (summed squared error, the recipe), none (no L_rep), "
+                  "cosine (1 - cosine similarity per example) or standardized (squared "
+                  "error "
+                  "of each dimension divided by the teacher's batch standard "
+                  "deviation).")
+flags.DEFINE_enum("kd_weights", "recipe", KD_WEIGHTS,
+                  "recipe: the --kd_ce_weight, --kd_pred_weight and --kd_rep_weight "
+                  "given; balanced: set once, at the first training step, so that "
+                  "L_CE, L_pred and L_rep start at the shares --kd_shares of the total "
+                  "(kept in the checkpoint; the three weight flags are then unused).")
+flags.DEFINE_string("kd_shares", "0.5,0.25,0.25", "--kd_weights=balanced: the shares "
+                    "of L_CE, L_pred and L_rep in the first step's total (three "
+                    "non-negative numbers summing to 1; a 0 leaves the term out).")
 flags.DEFINE_float("regularization_penalty", 1.0,
                    "How much weight to give to the regularization loss (the label loss "
                    "has a weight of 1).")

@@ -123,13 +123,16 @@ def role_outputs(cfg, batch, role, reuse=False):
 
   Returns:
     dict of tensors: video_ids [B] string, predictions [B, C] and representation
-    [B, H] float32; a segment batch adds segment_start_times [B], record_index [B]
-    (the record of the batch each segment came from) and, when the batch has them,
-    record_ids [R] (the ids of the batch's records).
+    [B, H] float32, logits [B, C] when the model defines them; a segment batch adds
+    segment_start_times [B], record_index [B] (the record of the batch each segment
+    came from) and, when the batch has them, record_ids [R] (the ids of the batch's
+    records).
   """
   outputs = kd_model.inference_outputs(cfg, batch, role, reuse=reuse)
   fetched = {"video_ids": batch["video_ids"], "predictions": outputs["predictions"],
              "representation": outputs["representation"]}
+  if outputs.get("logits") is not None:
+    fetched["logits"] = outputs["logits"]
   for name in ("segment_start_times", "record_index", "record_ids"):
     if name in batch:
       fetched[name] = batch[name]

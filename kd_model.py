@@ -227,11 +227,12 @@ class Distillation(ModelTraining):
     total = kd_ce_weight * L_CE + kd_pred_weight * L_pred + kd_rep_weight * L_rep
             + regularization_penalty * regularization
   where L_CE and the regularization are the student's (model_losses), L_pred compares
-  class probabilities and L_rep representations (through the student's projection
-  when their widths differ). A term whose weight is 0 is left out of the graph, and so
-  is L_rep at video level: a video-level model's representation is its input, the same
-  record for teacher and student, so L_rep would be identically zero there
-  (GraphConfig.distils_representation).
+  class probabilities or logits (--kd_pred_loss) and L_rep representations
+  (--kd_rep_loss; through the student's projection when their widths differ). A term
+  whose weight is 0 is left out of the graph, and so is L_rep at video level: a
+  video-level model's representation is its input, the same record for teacher and
+  student, so L_rep would be identically zero there (GraphConfig.distils_representation).
+  With --kd_weights=balanced the three weights are set at the first step (see _weights).
   """
 
   def __init__(self, cfg, teacher=None, cache=None):
@@ -249,7 +250,8 @@ class Distillation(ModelTraining):
   def _teacher_outputs(self, batch, reuse, seed):
     if self.mode == "offline":
       return {"predictions": batch["teacher_predictions"],
-              "representation": batch["teacher_representation"]}
+              "representation": batch["teacher_representation"],
+              "logits": batch.get("teacher_logits")}
     parallel = self.mode == "parallel"
     inputs, num_frames = model_inputs(self.cfg, TEACHER, batch, seed)
     return create_role_model(self.cfg, TEACHER, inputs, num_frames,
@@ -274,7 +276,8 @@ class Distillation(ModelTraining):
 
   def tower(self, batch, reuse, seed=None):
     """One KD tower; terms as ModelTraining's plus `pred_loss` and `rep_loss` (when
-    weighted) and, in parallel mode, `teacher_label_loss`."""
+    they count), in parallel mode `teacher_label_loss`, and with
+    --kd_weights=balanced the weights `ce_weight`, `pred_weight`, `rep_weight`."""
     cfg = self.cfg
     labels = batch["labels"]
     teacher = self._teacher_outputs(batch, reuse, seed)
@@ -283,19 +286,20 @@ class Distillation(ModelTraining):
     terms = {}
     terms["label_loss"], terms["regularization"] = model_losses(
         student, labels, self.label_loss, STUDENT, batch.get("label_weights"))
-    total = cfg.kd_ce_weight * terms["label_loss"]
-    if cfg.kd_pred_weight:
-      terms["pred_loss"] = losses.prediction_loss(
-          tf.stop_gradient(teacher["predictions"]), student["predictions"],
-          cfg.kd_pred_loss, cfg.kd_reduction)
-      total += cfg.kd_pred_weight * terms["pred_loss"]
-    if cfg.distils_representation():
+    counted = kd_terms(cfg)
+    if "pred_loss" in counted:
+      terms["pred_loss"] = self._prediction_loss(teacher, student)
+    if "rep_loss" in counted:
       target = tf.stop_gradient(teacher["representation"])
       self.rep_width = int(target.shape[-1])
       terms["rep_loss"] = losses.representation_loss(
           target, self._projected(student["representation"], self.rep_width, reuse),
-          cfg.kd_reduction)
-      total += cfg.kd_rep_weight * terms["rep_loss"]
+          cfg.kd_reduction, cfg.kd_rep_loss)
+    weights = self._weights(terms, reuse)
+    total = weights["label_loss"] * terms["label_loss"]
+    for name in ("pred_loss", "rep_loss"):
+      if name in terms:
+        total += weights[name] * terms[name]
     total += cfg.regularization_penalty * terms["regularization"]
     if self.mode == "parallel":
       terms["teacher_label_loss"], teacher_regularization = model_losses(
@@ -305,6 +309,59 @@ class Distillation(ModelTraining):
     terms["total"] = total
     terms["predictions"] = student["predictions"]
     return terms
+
+  def _prediction_loss(self, teacher, student):
+    """L_pred of the tower (--kd_pred_loss), the teacher's side without gradient."""
+    cfg = self.cfg
+    if cfg.kd_pred_loss == "logits_kl":
+      return losses.logits_kl(tf.stop_gradient(losses.logits_of(teacher)),
+                              losses.logits_of(student), cfg.kd_temperature,
+                              cfg.kd_reduction)
+    return losses.prediction_loss(tf.stop_gradient(teacher["predictions"]),
+                                  student["predictions"], cfg.kd_pred_loss,
+                                  cfg.kd_reduction)
+
+  def _weights(self, terms, reuse):
+    """{term: its weight in the total}: the recipe's flags, or with
+    --kd_weights=balanced scalar tensors read from the checkpointed variable
+    `kd_weights/values` [4] (the three weights, then 1 once they are set).
+
+    Until set, the weights are those that give the first tower's unweighted terms the
+    shares s of --kd_shares in a total equal to its L_CE: w_CE = s_CE and
+    w_x = s_x * L_CE / L_x (0 where L_x is 0). The first training step uses and stores
+    them (an UPDATE_OPS op); later steps and a resumed run read them back.
+    """
+    cfg = self.cfg
+    if cfg.kd_weights == "recipe":
+      return {"label_loss": cfg.kd_ce_weight, "pred_loss": cfg.kd_pred_weight,
+              "rep_loss": cfg.kd_rep_weight}
+    with tf1.variable_scope(WEIGHTS_SCOPE, reuse=reuse):
+      stored = tf1.get_variable("values", [4], tf.float32, trainable=False,
+                                initializer=tf1.zeros_initializer(), use_resource=True)
+    if not reuse:  # the first tower: the weights its terms ask for
+      label = tf.stop_gradient(terms["label_loss"])
+      asked = []
+      for name, share in zip(WEIGHTED_TERMS, cfg.kd_share_values()):
+        value = tf.stop_gradient(terms[name]) if name in terms else None
+        if name == "label_loss":
+          asked.append(tf.constant(share))
+        elif value is None:
+          asked.append(tf.constant(0.0))
+        else:
+          asked.append(tf.where(value > 0, share * label / value, 0.0))
+      self._asked_weights = tf.stack(asked)
+    # One read of [w_CE, w_pred, w_rep, set]: a tower reading before or after the
+    # first step's assignment gets the same weights.
+    current = stored.read_value()
+    weights = tf.where(current[3] > 0, current[:3], self._asked_weights)
+    if not reuse:
+      tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, stored.assign(
+          tf.concat([weights, [1.0]], axis=0)))
+    weights = dict(zip(WEIGHTED_TERMS, tf.unstack(weights)))
+    for name, short in zip(WEIGHTED_TERMS, ("ce", "pred", "rep")):
+      if name in terms:
+        terms[short + "_weight"] = weights[name]
+    return weights
 
   def restore_teacher(self):
     """The serial teacher's restore at a fresh start (see ModelTraining)."""
@@ -325,6 +382,28 @@ class Distillation(ModelTraining):
 
 
 RECIPE_BATCH, RECIPE_WIDTH = 80, 2048
+# --kd_weights=balanced: the variable scope of the weights, and their order there.
+WEIGHTS_SCOPE = "kd_weights"
+WEIGHTED_TERMS = ("label_loss", "pred_loss", "rep_loss")
+
+
+def kd_terms(cfg):
+  """The distillation terms a KD tower computes, of "pred_loss" and "rep_loss": those
+  with a nonzero weight (--kd_weights=recipe) or share (balanced), L_rep unless
+  --kd_rep_loss=none."""
+  if cfg.kd_weights == "balanced":
+    _, pred, rep = cfg.kd_share_values()
+  else:
+    pred, rep = cfg.kd_pred_weight, cfg.kd_rep_weight
+  rep = rep and cfg.distils_representation()
+  return tuple(name for name, counts in (("pred_loss", pred), ("rep_loss", rep))
+               if counts)
+
+
+def needs_teacher_logits(cfg):
+  """Whether a KD run compares the teacher's logits (--kd_pred_loss=logits_kl)."""
+  return (cfg.model_type == "KD" and cfg.kd_pred_loss == "logits_kl" and
+          "pred_loss" in kd_terms(cfg))
 
 
 def loss_scale_note(cfg, batch_size, representation_width):
@@ -337,13 +416,16 @@ def loss_scale_note(cfg, batch_size, representation_width):
     note = ("note: video-level models' representation is their input (the same "
             "record for teacher and student), so L_rep is identically zero: it is left "
             "out and the student distils through L_pred (--kd_pred_weight)")
-    if cfg.kd_reduction == "sum" and batch_size != RECIPE_BATCH:
+    if cfg.kd_reduction == "sum" and batch_size != RECIPE_BATCH and (
+        cfg.kd_weights == "recipe"):
       pred = cfg.kd_pred_weight * RECIPE_BATCH / batch_size
       note += ("; L_pred is summed over the batch (--kd_reduction=sum) with a weight "
                "tuned for batch %d: at batch %d the recipe's balance is "
                "--kd_pred_weight=%.4g" % (RECIPE_BATCH, batch_size, pred))
     return note
-  if cfg.kd_reduction != "sum":
+  # Balanced weights are measured, and cosine (or no) L_rep does not grow with width.
+  if (cfg.kd_reduction != "sum" or cfg.kd_weights != "recipe" or
+      cfg.kd_rep_loss in ("cosine", "none")):
     return None
   if (batch_size, representation_width) == (RECIPE_BATCH, RECIPE_WIDTH):
     return None

@@ -7,14 +7,17 @@ sampling read them next to each record instead of running the teacher at every s
 Layout of a cache directory:
   fingerprint.json   what the cache was built from (teacher checkpoint, its model and
                      preprocessing, the training files, dtype); a cache serves only runs
-                     with the same fingerprint
+                     with the same fingerprint. Beside it, `logits`: whether the entries
+                     hold the teacher's logits (false: its model defines none; absent:
+                     built before caches stored logits)
   teacher-00000.tfrecord ...  one shard per training file (in sorted file order), its
                      records in the same order as the file's (valid) records; each is a
-                     tf.train.Example with `id` (the video id), `predictions` [C] and
-                     `representation` [H] as raw float16 or float32 bytes. With
-                     --segment_labels, one value per rated segment of the video, in
-                     the reader's order: `predictions` and `representation` are lists
-                     of such bytes, with `segment_start_times` (int64) beside them
+                     tf.train.Example with `id` (the video id), `predictions` [C],
+                     `representation` [H] and, when stored, `logits` [C] as raw float16
+                     or float32 bytes. With --segment_labels, one value per rated
+                     segment of the video, in the reader's order: `predictions`,
+                     `representation` and `logits` are lists of such bytes, with
+                     `segment_start_times` (int64) beside them
 A shard appears under its final name only when complete (written to a hidden temporary
 file, then renamed), so a killed build resumes with the shards still missing; what a
 killed build leaves behind is a hidden `.teacher-NNNNN.tfrecord.<random>.tmp`, safe to
@@ -45,6 +48,8 @@ FORMAT = 2
 # when its teacher's run directory moves (it is identified by its checkpoint's digest).
 LOCATION_FIELDS = ("teacher_checkpoint",)
 NO_ENTRY_MARKER = "teacher cache: a training record has no cached entry"
+# TeacherCache.logits of a cache built before entries could hold logits.
+UNRECORDED = "unrecorded"
 
 
 def fingerprint(cfg, teacher, files, dtype):
@@ -114,6 +119,10 @@ class TeacherCache(object):
   fingerprint: dict
   teacher: kd_model.Teacher = None
   representation_width: int = 0
+  # Whether the entries hold the teacher's logits: True; False (its model defines
+  # none); UNRECORDED (built before caches stored logits); None (not built yet: the
+  # build stores them when the teacher defines them).
+  logits: object = None
   _index_of: dict = dataclasses.field(default=None, repr=False, compare=False)
 
   def record(self):
@@ -158,12 +167,24 @@ class TeacherCache(object):
                              "use another directory or delete it"
                              % (self.directory, problem))
       self.representation_width = stored["representation_width"]
+      self.logits = stored.get("logits", UNRECORDED)
       return
     if tf.io.gfile.isdir(self.directory) and any(
         not n.startswith(".") for n in tf.io.gfile.listdir(self.directory)):
       raise cli.UsageError("--teacher_cache=%s is not empty and holds no %s: not a "
                            "teacher cache" % (self.directory, FINGERPRINT_FILE))
     self.representation_width = 0
+
+  def check_logits(self):
+    """For an option that compares the teacher's logits (--kd_pred_loss=logits_kl).
+
+    Raises:
+      UsageError naming --teacher_cache when the cache was built without them.
+    """
+    if self.logits == UNRECORDED:
+      raise cli.UsageError("--teacher_cache=%s was built without the teacher's logits "
+                           "(--kd_pred_loss=logits_kl needs them); build it again in "
+                           "another directory" % self.directory)
 
   def build(self, cfg, batch_size, skip_corrupt_records, bf16, progress_every_secs=30):
     """Runs the teacher over every training file without a complete shard.
@@ -187,9 +208,13 @@ class TeacherCache(object):
         require_labels=True, skip_corrupt_records=skip_corrupt_records,
         teacher=self.teacher)
     self.representation_width = int(model.fetches["representation"].shape[-1])
-    file_io.write_json(os.path.join(self.directory, FINGERPRINT_FILE), {
-        "fingerprint": self.fingerprint, "digest": digest(self.fingerprint),
-        "representation_width": self.representation_width, "bf16": bool(bf16)})
+    if self.logits is None:  # a new cache (shards of an old one stay without)
+      self.logits = "logits" in model.fetches
+    stored = {"fingerprint": self.fingerprint, "digest": digest(self.fingerprint),
+              "representation_width": self.representation_width, "bf16": bool(bf16)}
+    if self.logits != UNRECORDED:
+      stored["logits"] = self.logits
+    file_io.write_json(os.path.join(self.directory, FINGERPRINT_FILE), stored)
     print("Teacher cache: computing %d of %d shards into %s"
           % (len(missing), len(files), self.directory), flush=True)
     count = progress.Progress(progress_every_secs)
@@ -205,7 +230,7 @@ class TeacherCache(object):
         with readers.data_errors_named(model.reader, one_file), \
             tf.io.TFRecordWriter(temporary) as writer:
           for out in model.batches(sess):
-            for entry in _entries(out, dtype):
+            for entry in _entries(out, dtype, logits=self.logits is True):
               writer.write(entry)
             count.add(len(out.get("record_ids", out["video_ids"])))
         file_io.replace_file(temporary, final)
@@ -215,16 +240,27 @@ class TeacherCache(object):
   def joined(self, batch):
     """A training batch read beside this cache (readers.make_dataset's teacher_cache)
     with its entries decoded: teacher_cache_entry [B] becomes teacher_predictions
-    [B, C] and teacher_representation [B, H] float32, each checked to be its row's."""
+    [B, C], teacher_representation [B, H] and, when stored, teacher_logits [B, C]
+    float32, each checked to be its row's."""
     batch = dict(batch)
-    batch["teacher_predictions"], batch["teacher_representation"] = self.decode(
-        batch.pop("teacher_cache_entry"), batch["video_ids"], batch.get("segment_rank"),
-        batch.get("segment_start_times"))
+    decoded = self.decode(batch.pop("teacher_cache_entry"), batch["video_ids"],
+                          batch.get("segment_rank"), batch.get("segment_start_times"))
+    for name, value in decoded.items():
+      batch["teacher_" + name] = value
     return batch
 
+  def _stored(self):
+    """The names of the float outputs each entry holds, and their widths."""
+    widths = {"predictions": self.fingerprint["teacher"]["num_classes"],
+              "representation": self.representation_width}
+    if self.logits is True:
+      widths["logits"] = widths["predictions"]
+    return widths
+
   def decode(self, entries, video_ids, segment_rank=None, segment_start_times=None):
-    """Cache records joined to a batch -> (predictions [B, C], representation [B, H])
-    float32, after checking that each entry belongs to its record's video.
+    """Cache records joined to a batch -> {predictions [B, C], representation [B, H],
+    logits [B, C] when stored} float32, after checking that each entry belongs to its
+    record's video.
 
     entries: [B] serialized cache records ("" where a record had none).
     segment_rank, segment_start_times: [B] int32, for a batch of segments (a segment
@@ -233,79 +269,73 @@ class TeacherCache(object):
     """
     if self.fingerprint["teacher"].get("segment_labels"):
       return self._decode_segments(entries, video_ids, segment_rank, segment_start_times)
-    dtype = tf.as_dtype(self.fingerprint["dtype"])
-    num_classes = self.fingerprint["teacher"]["num_classes"]
-    parsed = tf.io.parse_example(entries, {
-        "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "predictions": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "representation": tf.io.FixedLenFeature([], tf.string, default_value="")})
+    widths = self._stored()
+    features = {name: tf.io.FixedLenFeature([], tf.string, default_value="")
+                for name in widths}
+    features["id"] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    parsed = tf.io.parse_example(entries, features)
     joined = tf.debugging.Assert(tf.reduce_all(tf.equal(parsed["id"], video_ids)),
                                  [NO_ENTRY_MARKER, video_ids, parsed["id"]],
                                  summarize=4)
-    with tf.control_dependencies([joined]):
-      predictions = tf.io.decode_raw(parsed["predictions"], dtype)
-      representation = tf.io.decode_raw(parsed["representation"], dtype)
-    return (tf.cast(tf.reshape(predictions, [-1, num_classes]), tf.float32),
-            tf.cast(tf.reshape(representation, [-1, self.representation_width]),
-                    tf.float32))
+    return self._decoded(parsed, widths, joined)
 
+  def _decoded(self, values, widths, joined):
+    """{name: [B, width] float32} of the raw bytes values[name], after `joined`."""
+    dtype = tf.as_dtype(self.fingerprint["dtype"])
+    with tf.control_dependencies([joined]):
+      return {name: tf.cast(tf.reshape(tf.io.decode_raw(values[name], dtype),
+                                       [-1, width]), tf.float32)
+              for name, width in widths.items()}
 
   def _decode_segments(self, entries, video_ids, segment_rank, segment_start_times):
     """decode() for a segment cache: each row's value of its video's entry."""
-    dtype = tf.as_dtype(self.fingerprint["dtype"])
-    num_classes = self.fingerprint["teacher"]["num_classes"]
-    parsed = tf.io.parse_example(entries, {
-        "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "predictions": tf.io.VarLenFeature(tf.string),
-        "representation": tf.io.VarLenFeature(tf.string),
-        "segment_start_times": tf.io.VarLenFeature(tf.int64)})
+    widths = self._stored()
+    features = {name: tf.io.VarLenFeature(tf.string) for name in widths}
+    features["id"] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    features["segment_start_times"] = tf.io.VarLenFeature(tf.int64)
+    parsed = tf.io.parse_example(entries, features)
     def value_at_rank(field, missing):
       """Each row's value of `field` at its rank; `missing` past the entry's end."""
       dense = tf.sparse.to_dense(parsed[field], default_value=missing)
       dense = tf.concat([dense, tf.fill([tf.shape(dense)[0], 1], missing)], axis=1)
       rank = tf.minimum(segment_rank, tf.shape(dense)[1] - 1)[:, None]
       return tf.gather(dense, rank, batch_dims=1)[:, 0]
-    values = {name: value_at_rank(name, "") for name in ("predictions", "representation")}
+    values = {name: value_at_rank(name, "") for name in widths}
     recorded_start = value_at_rank("segment_start_times", tf.constant(-1, tf.int64))
     joined = tf.debugging.Assert(
         tf.reduce_all(tf.logical_and(
             tf.equal(parsed["id"], video_ids),
             tf.equal(recorded_start, tf.cast(segment_start_times, tf.int64)))),
         [NO_ENTRY_MARKER, video_ids, parsed["id"]], summarize=4)
-    with tf.control_dependencies([joined]):
-      predictions = tf.io.decode_raw(values["predictions"], dtype)
-      representation = tf.io.decode_raw(values["representation"], dtype)
-    return (tf.cast(tf.reshape(predictions, [-1, num_classes]), tf.float32),
-            tf.cast(tf.reshape(representation, [-1, self.representation_width]),
-                    tf.float32))
+    return self._decoded(values, widths, joined)
 
 
-def _entries(out, dtype):
+def _entries(out, dtype, logits=False):
   """The cache records of one batch of role_outputs: one per video, or with segments
-  one per record holding each of its segments' values."""
+  one per record holding each of its segments' values; logits: the records hold
+  out["logits"] too."""
+  names = ("predictions", "representation") + (("logits",) if logits else ())
   if "record_ids" not in out:
-    return [_entry(video_id, out["predictions"][row].astype(dtype),
-                   out["representation"][row].astype(dtype))
+    return [_entry(video_id, {name: out[name][row].astype(dtype) for name in names})
             for row, video_id in enumerate(out["video_ids"])]
   entries = []
   for row, video_id in enumerate(out["record_ids"]):
     mine = out["record_index"] == row
-    entries.append(_entry(video_id, out["predictions"][mine].astype(dtype),
-                          out["representation"][mine].astype(dtype),
+    entries.append(_entry(video_id, {name: out[name][mine].astype(dtype)
+                                     for name in names},
                           out["segment_start_times"][mine]))
   return entries
 
 
-def _entry(video_id, predictions, representation, segment_start_times=None):
-  """A cache record: one video's teacher outputs ([C] and [H]), or with
-  segment_start_times [S] its S segments' ([S, C] and [S, H])."""
+def _entry(video_id, outputs, segment_start_times=None):
+  """A cache record: one video's teacher outputs ({name: [C] or [H]}: predictions,
+  representation, logits when stored), or with segment_start_times [S] its S
+  segments' ([S, C] and [S, H])."""
   rows = lambda array: [array.tobytes()] if segment_start_times is None else [
       row.tobytes() for row in array]
-  feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id])),
-             "predictions": tf.train.Feature(bytes_list=tf.train.BytesList(
-                 value=rows(predictions))),
-             "representation": tf.train.Feature(bytes_list=tf.train.BytesList(
-                 value=rows(representation)))}
+  feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id]))}
+  for name, array in outputs.items():
+    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=rows(array)))
   if segment_start_times is not None:
     feature["segment_start_times"] = tf.train.Feature(int64_list=tf.train.Int64List(
         value=[int(start) for start in segment_start_times]))

@@ -86,6 +86,8 @@ def resolve(cfg, train_cfg, train_files, eval_files, options):
             described, teacher, train_files.paths, options.teacher_cache_dtype),
         teacher=teacher)
     cache.claim()
+    if kd_model.needs_teacher_logits(cfg):
+      cache.check_logits()
   cfg = cfg.replace(teacher_model=teacher_model, preprocessing=prep,
                     teacher_cache=cache.record() if cache else {})
   return TrainingRun(cfg=cfg, train_cfg=train_cfg, train_dir=train_dir,
