@@ -84,7 +84,7 @@ def resolve(cfg, train_cfg, train_files, eval_files, options):
     cache = teacher_cache.TeacherCache(
         options.teacher_cache, teacher_cache.fingerprint(
             described, teacher, train_files.paths, options.teacher_cache_dtype),
-        teacher=teacher)
+        teacher=teacher, data_files=train_files.paths)
     cache.claim()
   cfg = cfg.replace(teacher_model=teacher_model, preprocessing=prep,
                     teacher_cache=cache.record() if cache else {})
