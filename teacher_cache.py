@@ -73,6 +73,9 @@ NO_ENTRY_MARKER = "teacher cache: a training record has no cached entry"
 # it); a shard whose builder died is taken over this long after its last renewal.
 LEASE_SECONDS = 120.0
 LEASE_ENV = "YT8M_CACHE_LEASE_SECONDS"  # overrides LEASE_SECONDS (a testing aid)
+# On an object store, how long a builder waits after writing a lease before reading it
+# back to see whether a racing builder's write replaced it (longer than one write takes).
+SETTLE_SECONDS = 0.5
 # Testing aid: seconds each builder sleeps after each batch (a slow teacher).
 BATCH_DELAY_ENV = "YT8M_CACHE_BATCH_DELAY"
 
@@ -258,7 +261,7 @@ class Leases(object):
     if not _create(self.path(index), self._text()):
       return None
     if not file_io.is_local(self.path(index)):
-      time.sleep(min(1.0, self.seconds / 10))  # a racing writer's lease lands meanwhile
+      time.sleep(min(SETTLE_SECONDS, self.seconds / 10))  # a racer's write lands
       if (self.read(index)[0] or {}).get("holder") != self.holder:
         return None
     return previous
@@ -475,9 +478,10 @@ class TeacherCache(object):
                                              leases.holder), flush=True)
     count = progress.Progress(progress_every_secs)
     delay = float(os.environ.get(BATCH_DELAY_ENV) or 0)
-    built = 0
+    built, busy = 0, 0.0  # shards this builder computed, and the seconds it took
     with model.session(self.teacher.checkpoint, bf16, "the teacher checkpoint") as sess:
       for index, left in self._scheduled(missing, leases):
+        start = time.time()
         final = self.shard(index)
         # A name of its own: a builder whose lease expired may be writing it too.
         temporary = file_io.temporary_name(final)
@@ -495,11 +499,11 @@ class TeacherCache(object):
               if delay:
                 time.sleep(delay)
           file_io.replace_file(temporary, final)
-        built += 1
+        built, busy = built + 1, busy + time.time() - start
         print("Teacher cache: built %s as %s" % (os.path.basename(final),
                                                  leases.holder), flush=True)
     print("Teacher cache: %d videos in %d shards, %.1f videos/s"
-          % (count.done, built, count.rate()), flush=True)
+          % (count.done, built, count.done / max(busy, 1e-9)), flush=True)
 
   def _scheduled(self, missing, leases):
     """Yields (index, shards not complete yet) of each shard this builder takes, until
