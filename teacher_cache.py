@@ -74,7 +74,7 @@ NO_ENTRY_MARKER = "teacher cache: a training record has no cached entry"
 LEASE_SECONDS = 120.0
 LEASE_ENV = "YT8M_CACHE_LEASE_SECONDS"  # overrides LEASE_SECONDS (a testing aid)
 # On an object store, how long a builder waits after writing a lease before reading it
-# back to see whether a racing builder's write replaced it (longer than one write takes).
+# back to see whether a racing builder's write replaced it (longer than a write takes).
 SETTLE_SECONDS = 0.5
 # Testing aid: seconds each builder sleeps after each batch (a slow teacher).
 BATCH_DELAY_ENV = "YT8M_CACHE_BATCH_DELAY"
@@ -271,7 +271,7 @@ class Leases(object):
     changed it meanwhile (renewed or taken over: theirs is kept)."""
     path = self.path(index)
     if not file_io.is_local(path):
-      tf.io.gfile.remove(path)  # (no compare-and-delete: a racing taker may lose its own)
+      tf.io.gfile.remove(path)  # no compare-and-delete: a racer may lose its lease
       return True
     tomb = file_io.temporary_name(path, ".expired")
     try:

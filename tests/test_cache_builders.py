@@ -171,11 +171,30 @@ def test_a_cache_moved_with_its_data_serves_the_same_values(setup, tmp_path):
 def test_bf16_is_part_of_the_fingerprint(setup):
   stored = json.load(open(os.path.join(setup["reference"], "fingerprint.json")))
   assert stored["fingerprint"]["bf16"] is False
-  assert teacher_cache.digest(dict(stored["fingerprint"], bf16=True)) != stored["digest"]
+  with_bf16 = dict(stored["fingerprint"], bf16=True)
+  assert teacher_cache.digest(with_bf16) != stored["digest"]
   process = _build(setup, setup["reference"], "--bf16", check=False)
   assert process.returncode == 2
   assert ("holds teacher outputs computed without --bf16, this run with it"
           in helpers.user_error_line(process))
+
+
+def test_leases(tmp_path):
+  first = teacher_cache.Leases(str(tmp_path), seconds=0.5)
+  second = teacher_cache.Leases(str(tmp_path), seconds=0.5)
+  assert first.take(0) == "" and second.take(0) is None and second.take(1) == ""
+  assert first.renew(0) and not second.renew(0)
+  time.sleep(0.6)  # first's lease expires unrenewed: second takes it over
+  assert second.take(0) == first.holder and not first.renew(0)
+  first.release(0)  # not first's any more: second's stays
+  assert second.read(0)[0]["holder"] == second.holder
+  second.release(0)
+  assert second.read(0) == (None, None)
+  assert first.take(2) == ""
+  with first.held(2):  # renewed while held, released after
+    time.sleep(0.7)
+    assert second.take(2) is None
+  assert first.read(2) == (None, None)
 
 
 def test_names_relative_to_the_files_directory():
@@ -205,6 +224,10 @@ def test_a_cache_of_the_earlier_format_is_served_and_its_runs_resume(setup, tmp_
   out = helpers.run_cli("train.py", _kd(setup, legacy) + [
       "--max_steps=3", "--train_dir=" + run]).stdout
   assert "Starting at step 2 (resumed)" in out
+  # The same run with a cache of today's format is refused: it needs the one it read.
+  process = helpers.run_cli("train.py", _kd(setup, setup["reference"]) + [
+      "--max_steps=4", "--train_dir=" + run], check=False)
+  assert "(fingerprint format 2) -> digest" in helpers.user_error_line(process)
   # Its files moved: one line saying to build it again.
   moved = str(tmp_path / "data")
   shutil.copytree(os.path.dirname(setup["train"]), moved)
