@@ -1,5 +1,5 @@
 """A teacher cache built by several builders at once, moved with its data, and the
-settings its fingerprint holds (train.py --teacher_cache, teacher_cache.Leases)."""
+settings its fingerprint holds (train.py --teacher_cache, shard_leases.Leases)."""
 import glob
 import json
 import os
@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import shard_leases
 import teacher_cache
 from tests import helpers
 
@@ -89,11 +90,11 @@ def test_two_builders_share_the_shards(setup, tmp_path):
   cache = str(tmp_path / "cache")
   # The first builder's teacher is slow (1 s a batch, 3 s a shard); the second starts
   # once the first holds its first lease. Leases (30 s) never expire here.
-  slow = {teacher_cache.LEASE_ENV: "30", teacher_cache.BATCH_DELAY_ENV: "1"}
+  slow = {shard_leases.LEASE_ENV: "30", teacher_cache.BATCH_DELAY_ENV: "1"}
   first_log, second_log = str(tmp_path / "first.log"), str(tmp_path / "second.log")
   first = _start_builder(setup, cache, first_log, slow)
   _wait_for(lambda: glob.glob(os.path.join(cache, ".lease-*.json")))
-  second = _start_builder(setup, cache, second_log, {teacher_cache.LEASE_ENV: "30"})
+  second = _start_builder(setup, cache, second_log, {shard_leases.LEASE_ENV: "30"})
   first_out, second_out = _finished(first, first_log), _finished(second, second_log)
   by_first, by_second = ([name for name, _ in BUILT.findall(out)]
                          for out in (first_out, second_out))
@@ -109,7 +110,7 @@ def test_two_builders_share_the_shards(setup, tmp_path):
 
 def test_a_killed_builders_shard_is_taken_over_when_its_lease_expires(setup, tmp_path):
   cache = str(tmp_path / "cache")
-  lease = {teacher_cache.LEASE_ENV: "3"}
+  lease = {shard_leases.LEASE_ENV: "3"}
   log = str(tmp_path / "killed.log")
   killed = _start_builder(setup, cache, log,
                           dict(lease, **{teacher_cache.BATCH_DELAY_ENV: "1"}))
@@ -180,8 +181,8 @@ def test_bf16_is_part_of_the_fingerprint(setup):
 
 
 def test_leases(tmp_path):
-  first = teacher_cache.Leases(str(tmp_path), seconds=0.5)
-  second = teacher_cache.Leases(str(tmp_path), seconds=0.5)
+  first = shard_leases.Leases(str(tmp_path), seconds=0.5)
+  second = shard_leases.Leases(str(tmp_path), seconds=0.5)
   assert first.take(0) == "" and second.take(0) is None and second.take(1) == ""
   assert first.renew(0) and not second.renew(0)
   time.sleep(0.6)  # first's lease expires unrenewed: second takes it over
