@@ -16,6 +16,7 @@ import tensorflow as tf
 import cli
 import frame_level_models
 import graph_flags
+import kd_options
 import preprocessing
 import registry
 import utils
@@ -141,19 +142,8 @@ class GraphConfig(ModelConfig):
     self._validate()
 
   def kd_share_values(self):
-    """(L_CE, L_pred, L_rep) shares of --kd_shares, floats >= 0 summing to 1.
-
-    Raises:
-      UsageError naming --kd_shares.
-    """
-    try:
-      shares = tuple(float(share) for share in str(self.kd_shares).split(","))
-    except ValueError:
-      shares = ()
-    if (len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6):
-      raise cli.UsageError("--kd_shares=%s: give the shares of L_CE, L_pred and L_rep, "
-                           "three numbers >= 0 that sum to 1" % self.kd_shares)
-    return shares
+    """(L_CE, L_pred, L_rep) shares of --kd_shares (kd_options.shares)."""
+    return kd_options.shares(self.kd_shares)
 
   def _validate(self):
     """Cross-field checks; UsageError naming the flag (absl checks single flags)."""
@@ -183,23 +173,9 @@ class GraphConfig(ModelConfig):
             "--model=MixNeXtVladModel mixes its branches' logits: it needs "
             "--video_level_classifier_model=%s, not %s" % (
                 " or ".join(LOGIT_CLASSIFIERS), model.video_level_classifier_model))
-    self._validate_kd_options()
+    kd_options.check(self)
     if not isinstance(self.preprocessing, preprocessing.Preprocessing):
       raise cli.UsageError("unknown preprocessing %r" % (self.preprocessing,))
-
-  def _validate_kd_options(self):
-    """The KD loss options that only mean something together."""
-    if not self.kd_temperature > 0:
-      raise cli.UsageError("--kd_temperature must be positive, got %g"
-                           % self.kd_temperature)
-    if self.kd_temperature != 1 and self.kd_pred_loss != "logits_kl":
-      raise cli.UsageError(
-          "--kd_temperature=%g softens logits: it needs --kd_pred_loss=logits_kl (%s "
-          "compares probabilities)" % (self.kd_temperature, self.kd_pred_loss))
-    if (self.kd_weights == "balanced" and self.kd_rep_loss == "none" and
-        self.kd_share_values()[2] > 0):
-      raise cli.UsageError("--kd_shares=%s gives L_rep a share but --kd_rep_loss=none "
-                           "turns it off: give it share 0" % self.kd_shares)
 
   def replace(self, **changes):
     """A copy with some fields changed (validated again)."""
@@ -334,40 +310,9 @@ def from_flags(flag_values=FLAGS):
   values = {name: _checked(flag_values, name, flag_values[name].value)
             for name in FIELDS if name not in RESOLVED}
   if not values["frame_features"]:
-    _refuse_frame_level_flags(flag_values)
+    graph_flags.refuse_frame_level_flags(flag_values)
   values["preprocessing"] = preprocessing_from_flags(flag_values)
   return _from_values(values)
-
-
-# Flags about frames, which video-level records (--frame_features=False) do not have:
-# {flag: why it means nothing there}. Given there (on the command line, or set to
-# another value than the default), each is refused rather than silently ignored.
-FRAME_LEVEL_FLAGS = {
-    "k_frame": "a video-level student reads the whole record, as its teacher does",
-    "frame_sampling": "there are no frames to pick",
-    "max_frames": "there are no frames to keep",
-    "segment_size": "there are no frames to cut into segments",
-    "frame_packing": "there are no per-frame layers",
-    "video_level_classifier_model": "--model is the video-level model itself",
-}
-
-
-def _refuse_frame_level_flags(flag_values):
-  """UsageError naming the first frame-level flag given with video-level features, or
-  a nonzero --kd_rep_weight given there (L_rep is identically zero at video level)."""
-  given = lambda name: (flag_values[name].present or
-                        flag_values[name].value != flag_values[name].default)
-  for name, why in FRAME_LEVEL_FLAGS.items():
-    if given(name):
-      raise cli.UsageError(
-          "--%s=%s means nothing with video-level features (--frame_features=False): "
-          "%s; leave it out" % (name, flag_values[name].value, why))
-  if (flag_values.model_type == "KD" and given("kd_rep_weight") and
-      flag_values.kd_rep_weight):
-    raise cli.UsageError(
-        "--kd_rep_weight=%s: a video-level model's representation is its input, so "
-        "L_rep is zero with video-level features (--frame_features=False); distil "
-        "with --kd_pred_weight" % flag_values.kd_rep_weight)
 
 
 def private_flags(argv, names=GRAPH_FLAGS):

@@ -7,6 +7,7 @@ their own here, so adding a model adds its flags.
 
 import tensorflow as tf
 
+import cli
 import frame_level_models
 import frame_selection
 import losses
@@ -163,3 +164,34 @@ flags.DEFINE_bool("bf16", False,
                   "Compute in reduced precision through TensorFlow's graph rewrite: "
                   "bfloat16 via oneDNN on CPUs (AVX512_BF16/AMX), the mixed-precision "
                   "rewrite on GPUs. Variables and checkpoints stay float32.")
+
+
+# Flags about frames, which video-level records (--frame_features=False) do not have:
+# {flag: why it means nothing there}. Given there (on the command line, or set to
+# another value than the default), each is refused rather than silently ignored.
+FRAME_LEVEL_FLAGS = {
+    "k_frame": "a video-level student reads the whole record, as its teacher does",
+    "frame_sampling": "there are no frames to pick",
+    "max_frames": "there are no frames to keep",
+    "segment_size": "there are no frames to cut into segments",
+    "frame_packing": "there are no per-frame layers",
+    "video_level_classifier_model": "--model is the video-level model itself",
+}
+
+
+def refuse_frame_level_flags(flag_values):
+  """UsageError naming the first frame-level flag given with video-level features, or
+  a nonzero --kd_rep_weight given there (L_rep is identically zero at video level)."""
+  given = lambda name: (flag_values[name].present or
+                        flag_values[name].value != flag_values[name].default)
+  for name, why in FRAME_LEVEL_FLAGS.items():
+    if given(name):
+      raise cli.UsageError(
+          "--%s=%s means nothing with video-level features (--frame_features=False): "
+          "%s; leave it out" % (name, flag_values[name].value, why))
+  if (flag_values.model_type == "KD" and given("kd_rep_weight") and
+      flag_values.kd_rep_weight):
+    raise cli.UsageError(
+        "--kd_rep_weight=%s: a video-level model's representation is its input, so "
+        "L_rep is zero with video-level features (--frame_features=False); distil "
+        "with --kd_pred_weight" % flag_values.kd_rep_weight)

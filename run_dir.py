@@ -89,9 +89,9 @@ def prepare(run_dir, cfg, start_new_model):
 
 def cache_identity(record):
   """What identifies the teacher cache of a model_flags.json record (its teacher_cache)
-  for a resume: the digest of the teacher, files and dtype (not where the teacher
-  lives). Records of caches written before fingerprints had a format compare by what
-  they share with today's: preprocessing, number of files and dtype."""
+  for a resume: the digest of the teacher, --bf16, files and dtype (not where the
+  teacher lives). Records of caches written before fingerprints had a format compare
+  by what they share with today's: preprocessing, number of files and dtype."""
   if not record:
     return None
   if "format" in record:
@@ -110,9 +110,16 @@ def conflicts(recorded, current):
       if old and new and "format" not in old:  # written by an earlier version
         new = {k: v for k, v in new.items() if k != "format"}
       if cache_identity(old) != cache_identity(new):
-        found.append("--teacher_cache: %s -> %s" % (
-            "digest %s" % old.get("digest") if old else "none (online)",
-            "digest %s" % new.get("digest") if new else "none (online)"))
+        # A cache of another fingerprint format than the run's (built again by a
+        # later version) is named so: the run needs the cache it recorded.
+        formats = old and new and old.get("format") != new.get("format")
+
+        def spell(record):
+          if not record:
+            return "none (online)"
+          return "digest %s%s" % (record.get("digest"), " (fingerprint format %s)"
+                                  % record.get("format") if formats else "")
+        found.append("--teacher_cache: %s -> %s" % (spell(old), spell(new)))
       continue
     if name == "teacher_model" and recorded.get(name) and current.get(name):
       found.extend("--teacher_model: %s %r -> %r" % (key, recorded[name].get(key),

@@ -344,6 +344,8 @@ def main(unused_argv):
   # a usable teacher or cache leaves nothing behind.
   run = training_run.resolve(cfg, train_cfg, train_files, eval_files, options)
   if run.cache:
+    # Every task of a cluster (and any other train.py on the same --teacher_cache)
+    # builds shards the others have not leased; each returns once all are complete.
     run.cache.build(run.cfg, train_cfg.batch_size, train_cfg.skip_corrupt_records,
                     run.cfg.bf16)
     if FLAGS.build_teacher_cache_only:

@@ -84,7 +84,7 @@ def resolve(cfg, train_cfg, train_files, eval_files, options):
     cache = teacher_cache.TeacherCache(
         options.teacher_cache, teacher_cache.fingerprint(
             described, teacher, train_files.paths, options.teacher_cache_dtype),
-        teacher=teacher)
+        teacher=teacher, data_files=train_files.paths)
     cache.claim()
     if kd_model.needs_teacher_logits(cfg):
       cache.check_logits()

@@ -99,7 +99,7 @@ def teacher_cache_of_a_teacher(data_pattern, directory, extra_flags=()):
   cache = teacher_cache.TeacherCache(os.path.join(directory, "cache"),
                                      teacher_cache.fingerprint(kd_cfg, teacher, files,
                                                                "float16"),
-                                     teacher=teacher)
+                                     teacher=teacher, data_files=files)
   cache.claim()
   cache.build(kd_cfg, 80, False, kd_cfg.bf16)
   return cfg.model_json(), cache

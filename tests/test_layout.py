@@ -13,7 +13,8 @@ LAYERS = (
     # 0: plain helpers, the starter's metrics, registries
     ("cli", "file_io", "sessions", "summaries", "gradients", "utils",
      "vocabulary", "record_layout", "frame_selection", "preprocessing", "eval_util",
-     "segment_ranking", "progress", "registry"),
+     "segment_ranking", "progress", "registry", "shard_leases",
+     "kd_options"),
     # 1: layers and models
     ("model_utils", "losses", "video_level_models", "nextvlad", "frame_level_models"),
     # 2: records -> batches
