@@ -6,7 +6,7 @@ calibration of its probabilities, and each KD term's share of the student's loss
       --teacher=MixNeXtVLAD:demo_out/student_runs/mix3_cache_s0:demo_out/student_runs/mix3_s0_full_KD_k_6 \\
       --data_pattern='demo_out/data/frame/train*.tfrecord' --output=demo_out/teacher_diagnosis
 
-Each --teacher is label:cache:KD run. The teacher's outputs are read from its teacher
+Each --teacher is label:cache:KD run (the run may be left empty). The teacher's outputs are read from its teacher
 cache (train.py --teacher_cache), which holds exactly what its students match: its
 predictions and representation for every training video. The labels come from
 --data_pattern's records (the cache's training files). The KD run's event file gives
@@ -177,7 +177,8 @@ def table_lines(results):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--teacher", action="append", default=[],
-                      help="label:teacher cache directory:KD run directory (repeat)")
+                      help="label:teacher cache directory:KD run directory, the run "
+                      "optional (repeat)")
   parser.add_argument("--data_pattern", required=True,
                       help="the caches' training files (their labels)")
   parser.add_argument("--output", required=True, help="writes <output>.md and .json")
