@@ -2,6 +2,7 @@
 segment's 5 frames a classifier needs, alone and distilled.
 
   python tools/segment_table.py --out_dir=demo_out/segments [--seed=0] [--scale=1.0]
+      [--paired_seeds=1,2,3,4,5 --options=recipe,NAME]
 
 Generates shards with 2019-style ratings (tools/make_synthetic_yt8m.py
 --segments_per_video), then trains with the demo's model and training flags
@@ -13,9 +14,16 @@ of each rated segment, the starter's segment metrics) and the
 2019 challenge's metric (inference.py --segment_labels ranks every segment of the
 validation videos per class, tools/segment_eval_inference.py scores that CSV at
 100,000). Writes results.md (the table, also printed) and commands.txt under --out_dir.
+
+With --paired_seeds, the 2-frame student is also trained alone and distilled with each
+of --options (tools/kd_table.py's option names) from the same teacher cache on each
+of those seeds, and a second table gives each option's paired GAP difference over the
+student alone (same seed: mean and standard error), eval.py's GAP on the rated
+classes. Writes it to paired.md and paired.json.
 """
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -26,6 +34,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from tools import demo  # noqa: E402
+from tools import kd_table  # noqa: E402
 
 NUM_CLASSES = 200
 TRAIN_VIDEOS, VALIDATE_VIDEOS, SEGMENTS_PER_VIDEO = 1500, 300, 8
@@ -77,7 +86,14 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--scale", type=float, default=1.0,
                       help="multiplies the videos and the steps (tests use a tiny one)")
+  parser.add_argument("--paired_seeds", default="",
+                      help="seeds of the paired comparison (empty: none)")
+  parser.add_argument("--options", default="recipe",
+                      help="tools/kd_table.py options of the paired comparison")
   args = parser.parse_args(argv)
+  options = [o for o in args.options.split(",") if o]
+  for option in options:
+    kd_table.option_flags(option)
   os.makedirs(args.out_dir, exist_ok=True)
   runner = demo.Runner(args.out_dir)
   data = os.path.join(args.out_dir, "data")
@@ -111,7 +127,52 @@ def main(argv=None):
   with open(os.path.join(args.out_dir, "results.md"), "w") as f:
     f.write(table + "\n")
   print(table)
+  if args.paired_seeds:
+    common = model_flags + demo.TRAIN_FLAGS + [
+        "--num_classes=%d" % NUM_CLASSES, "--segment_labels", "--k_frame=2",
+        "--train_data_pattern=" + train, "--max_steps=%d" % steps,
+        "--export_model_steps=%d" % steps, "--start_new_model=True"]
+    paired(runner, args, common, base + "_teacher", cache, validate, options)
   return 0
+
+
+def paired(runner, args, common, teacher, cache, validate, options):
+  """The paired comparison (--paired_seeds): the 2-frame student alone and distilled
+  with each option on each seed; writes paired.md and paired.json."""
+  gaps = {}  # (option or "alone", seed): GAP
+  for seed in [int(s) for s in args.paired_seeds.split(",")]:
+    for option in ["alone"] + options:
+      flags = ["--model_type=student"] if option == "alone" else [
+          "--model_type=KD", "--teacher_checkpoint=" + teacher,
+          "--teacher_cache=" + cache] + kd_table.option_flags(option)
+      base = os.path.join(args.out_dir, "paired_runs", "%s_s%d" % (
+          option.replace("+", "_"), seed))
+      run = base + ("_student_k_2" if option == "alone" else "_KD_k_2")
+      if not os.path.exists(os.path.join(run, "eval.jsonl")):
+        runner.run("train.py", common + flags + ["--train_dir=" + base,
+                                                 "--seed=%d" % seed], quiet=True)
+      gaps[(option, seed)] = demo.evaluate(runner, run, validate)["gap"]
+      print("  paired: %s seed %d GAP %.4f" % (option, seed, gaps[(option, seed)]),
+            flush=True)
+  seeds = sorted({seed for _, seed in gaps})
+  alone = {s: gaps[("alone", s)] for s in seeds}
+  lines = ["| 2-frame student | GAP (mean of %d seeds) | paired gain over alone |"
+           % len(seeds), "|---|---|---|",
+           "| alone | %.4f | |" % (sum(alone.values()) / len(seeds))]
+  results = {"gaps": [{"option": o, "seed": s, "gap": g} for (o, s), g in gaps.items()],
+             "paired": {}}
+  for option in options:
+    kd = {s: gaps[(option, s)] for s in seeds}
+    results["paired"][option] = kd_table.paired(kd, alone)
+    lines.append("| distilled, %s | %.4f | %s |" % (
+        option, sum(kd.values()) / len(seeds),
+        kd_table.format_paired(results["paired"][option])))
+  text = "\n".join(lines)
+  with open(os.path.join(args.out_dir, "paired.md"), "w") as f:
+    f.write(text + "\n")
+  with open(os.path.join(args.out_dir, "paired.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  print(text)
 
 
 def demo_table(rows, steps, args):
