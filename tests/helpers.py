@@ -190,14 +190,21 @@ def csv_predictions(path, num_classes):
 def record_labels(pattern, num_classes):
   """{video id: 0/1 labels [num_classes]} of the records of a file pattern, read with
   protocol buffers alone (frame-level SequenceExamples)."""
-  import glob
-  import numpy as np
   import tensorflow as tf
-  found = {}
-  for path in sorted(glob.glob(pattern)):
-    for serialized in tf.compat.v1.io.tf_record_iterator(path):
-      context = tf.train.SequenceExample.FromString(serialized).context.feature
-      labels = np.zeros(num_classes, np.float32)
-      labels[list(context["labels"].int64_list.value)] = 1
-      found[context["id"].bytes_list.value[0].decode()] = labels
-  return found
+  from tools import teacher_diagnosis
+  return {video_id.decode(): labels for video_id, labels in
+          teacher_diagnosis.labels_of(tf, pattern, num_classes).items()}
+
+
+def record_role_models(monkeypatch):
+  """Records every create_role_model call's (role, outputs)."""
+  import kd_model
+  calls = []
+  create = kd_model.create_role_model
+
+  def recording_create(cfg, role, *args, **kwargs):
+    outputs = create(cfg, role, *args, **kwargs)
+    calls.append((role, outputs))
+    return outputs
+  monkeypatch.setattr(kd_model, "create_role_model", recording_create)
+  return calls

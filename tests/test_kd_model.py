@@ -22,6 +22,7 @@ import losses
 import preprocessing
 import run_dir
 import utils
+from tests import helpers
 
 tf1 = tf.compat.v1
 FLAGS = tf1.flags.FLAGS
@@ -497,19 +498,6 @@ def _teacher_model(**changes):
   return dict(_cfg().model_json(), **changes)
 
 
-def _recording(monkeypatch):
-  """Records every create_role_model call's (role, outputs)."""
-  calls = []
-  create = kd_model.create_role_model
-
-  def recording_create(cfg, role, *args, **kwargs):
-    outputs = create(cfg, role, *args, **kwargs)
-    calls.append((role, outputs))
-    return outputs
-  monkeypatch.setattr(kd_model, "create_role_model", recording_create)
-  return calls
-
-
 def test_each_role_builds_its_own_model_and_l_rep_goes_through_a_projection(
     tiny, monkeypatch):
   tiny(model_type="KD", k_frame=4, nextvlad_hidden_size=4, drop_rate=0.0)
@@ -517,7 +505,7 @@ def test_each_role_builds_its_own_model_and_l_rep_goes_through_a_projection(
       model="MixNeXtVladModel", mix_number=2, nextvlad_hidden_size=8))
   assert cfg.model_config("teacher").model == "MixNeXtVladModel"
   assert cfg.model_config("student").model == "NeXtVLADModel"
-  calls = _recording(monkeypatch)
+  calls = helpers.record_role_models(monkeypatch)
   model = _build_training(seed=5, cfg=cfg)
   (_, teacher), (_, student) = calls
   with model.graph.as_default():

@@ -135,15 +135,7 @@ def _batch(seed, size=6):
 def _training_graph(cfg, monkeypatch=None, towers=1):
   """`towers` KD towers on placeholders, an Adam step and UPDATE_OPS (as TrainGraph);
   the outputs each create_role_model gave (with monkeypatch)."""
-  created = []
-  if monkeypatch:
-    create = kd_model.create_role_model
-
-    def recording(cfg_, role, *args, **kwargs):
-      outputs = create(cfg_, role, *args, **kwargs)
-      created.append((role, outputs))
-      return outputs
-    monkeypatch.setattr(kd_model, "create_role_model", recording)
+  created = helpers.record_role_models(monkeypatch) if monkeypatch else []
   graph = tf.Graph()
   task = kd_model.training_task(cfg)
   with graph.as_default():
