@@ -118,12 +118,14 @@ def restore_checked(session, saver, variables, checkpoint, what="checkpoint"):
   run_dir.restore_checkpoint(saver, session, checkpoint)
 
 
-def role_outputs(cfg, batch, role, reuse=False):
+def role_outputs(cfg, batch, role, reuse=False, with_logits=False):
   """The role's model in inference mode on a reader batch -> what a teacher cache keeps.
 
   Returns:
     dict of tensors: video_ids [B] string, predictions [B, C] and representation
-    [B, H] float32, logits [B, C] when the model defines them; a segment batch adds
+    [B, H] float32, logits [B, C] when asked (with_logits) and the model defines them
+    (fetching them may change how the graph fuses the classifier, and so the
+    predictions' last bits: only a cache that stores them asks); a segment batch adds
     segment_start_times [B], record_index [B] (the record of the batch each segment
     came from) and, when the batch has them, record_ids [R] (the ids of the batch's
     records).
@@ -131,7 +133,7 @@ def role_outputs(cfg, batch, role, reuse=False):
   outputs = kd_model.inference_outputs(cfg, batch, role, reuse=reuse)
   fetched = {"video_ids": batch["video_ids"], "predictions": outputs["predictions"],
              "representation": outputs["representation"]}
-  if outputs.get("logits") is not None:
+  if with_logits and outputs.get("logits") is not None:
     fetched["logits"] = outputs["logits"]
   for name in ("segment_start_times", "record_index", "record_ids"):
     if name in batch:
@@ -177,12 +179,13 @@ class InferenceGraph(object):
 
   def __init__(self, cfg, role, files, batch_size, num_readers, top_k=None,
                with_labels=False, skip_corrupt_records=False, classes=None,
-               require_labels=None, teacher=None, served=None):
+               require_labels=None, teacher=None, served=None, with_logits=False):
     """require_labels: records must have labels (default: with_labels);
     teacher: with role TEACHER, the kd_model.Teacher whose checkpoint session() gets
     (its variables may have another scope there: a student's run teaching); served: a
     tflite_model.TFLiteModel computing the predictions in place of the role's model
-    (top_k only; session() then restores nothing)."""
+    (top_k only; session() then restores nothing); with_logits: without top_k, fetch
+    the role's logits too (role_outputs)."""
     self.graph = tf.Graph()
     self.files = files
     self._one_file_at_a_time = files is None
@@ -203,7 +206,7 @@ class InferenceGraph(object):
             cfg, role, files, batch_size, num_readers, require_labels=require_labels,
             skipped=self.skipped)
       if top_k is None:
-        self.fetches = role_outputs(cfg, batch, role)
+        self.fetches = role_outputs(cfg, batch, role, with_logits=with_logits)
       else:
         self.fetches = top_k_outputs(
             cfg, batch, role, top_k, with_labels, classes=classes,

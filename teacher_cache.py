@@ -12,8 +12,8 @@ Layout of a cache directory:
                      their sizes: the same files seen elsewhere (another mount point, a
                      copy, a gs:// bucket against a local mirror) are the same data.
                      Beside it, `logits`: whether the entries hold the teacher's logits
-                     (false: its model defines none; absent: built before caches stored
-                     logits)
+                     (false: its model defines none; absent: not stored, as a cache
+                     built for runs that compare no logits)
   teacher-00000.tfrecord ...  one shard per training file (in sorted file order), its
                      records in the same order as the file's (valid) records; each is a
                      tf.train.Example with `id` (the video id), `predictions` [C],
@@ -24,9 +24,9 @@ Layout of a cache directory:
                      `segment_start_times` (int64) beside them
   .lease-00000.json  while a builder computes shard 00000: its claim (holder, expiry)
 A shard appears under its final name only when complete (written to a hidden temporary
-file, then renamed), so a killed build resumes with the shards still missing; what a
-killed build leaves behind is a hidden `.teacher-NNNNN.tfrecord.<random>.tmp`, safe to
-delete. The directory may be on any TensorFlow file system (gs://, ...).
+file, then renamed): a killed build resumes with the shards still missing, and leaves a
+hidden `.teacher-NNNNN.tfrecord.<random>.tmp`, safe to delete. Any TensorFlow file
+system (gs://, ...) may hold the directory.
 
 Several builders (processes, machines, the workers of a TF_CONFIG cluster) may build
 one directory at once: each takes a shard with a lease (shard_leases: renewed while it
@@ -184,9 +184,9 @@ class TeacherCache(object):
   fingerprint: dict
   teacher: kd_model.Teacher = None
   representation_width: int = 0
-  # Whether the entries hold the teacher's logits: True; False (its model defines
-  # none); UNRECORDED (built before caches stored logits); None (not built yet: the
-  # build stores them when the teacher defines them).
+  # Whether entries hold the teacher's logits: True; False (its model defines none);
+  # UNRECORDED (not stored: built for runs comparing no logits, or by older code);
+  # None (not built yet: the build stores them if its run compares logits).
   logits: object = None
   data_files: tuple = None
   _index_of: dict = dataclasses.field(default=None, repr=False, compare=False)
@@ -278,8 +278,9 @@ class TeacherCache(object):
     """
     if self.logits == UNRECORDED:
       raise cli.UsageError("--teacher_cache=%s was built without the teacher's logits "
-                           "(--kd_pred_loss=logits_kl needs them); build it again in "
-                           "another directory" % self.directory)
+                           "(--kd_pred_loss=logits_kl needs them; a cache stores them "
+                           "when the run that builds it compares them); build it again "
+                           "in another directory" % self.directory)
 
   def _fingerprint_json(self):
     """fingerprint.json's contents for this cache."""
@@ -320,10 +321,12 @@ class TeacherCache(object):
     model = inference_graph.InferenceGraph(
         cfg, kd_model.TEACHER, None, batch_size, 1,
         require_labels=True, skip_corrupt_records=skip_corrupt_records,
-        teacher=self.teacher)
+        teacher=self.teacher, with_logits=self.logits is None and
+        kd_model.needs_teacher_logits(cfg))
     self.representation_width = int(model.fetches["representation"].shape[-1])
-    if self.logits is None:  # a new cache (shards of an old one stay without)
-      self.logits = "logits" in model.fetches
+    if self.logits is None:  # a new cache: logits only if its run compares them
+      self.logits = (("logits" in model.fetches) if kd_model.needs_teacher_logits(cfg)
+                     else UNRECORDED)
     self._write_fingerprint()
     leases = shard_leases.Leases(self.directory)
     print("Teacher cache: computing %d of %d shards into %s (builder %s, sharing them "
@@ -390,7 +393,6 @@ class TeacherCache(object):
           print("Teacher cache: waiting for %d shards other builders hold (or for "
                 "their leases to expire)" % waiting, flush=True)
         time.sleep(poll)
-    return
 
   def joined(self, batch):
     """A training batch read beside this cache (readers.make_dataset's teacher_cache)

@@ -346,24 +346,17 @@ def test_a_cache_holds_the_teachers_logits_and_serves_logits_kl(setup):
   assert _weights_at(run, 2)[3] == 1.0
 
 
-def test_an_old_cache_without_logits_serves_mse_and_refuses_logits_kl(setup):
-  """A cache as written before entries held logits: no `logits` beside the fingerprint,
-  entries of predictions and representation only."""
+def test_a_cache_without_logits_serves_mse_and_refuses_logits_kl(setup):
+  """A cache built for a run that compares no logits (the recipe), as every cache
+  written before entries could hold logits: no `logits` beside the fingerprint,
+  entries of predictions and representation only (fetching the logits would move the
+  teacher's predictions in their last bits)."""
   cache = str(setup["root"] / "old_cache")
   _kd(setup, "builder", "--max_steps=1", "--teacher_cache=" + cache)
   path = os.path.join(cache, "fingerprint.json")
-  stored = json.load(open(path))
-  del stored["logits"]
-  json.dump(stored, open(path, "w"))
-  for name in os.listdir(cache):
-    if name.startswith("teacher-"):
-      shard = os.path.join(cache, name)
-      records = list(tf1.io.tf_record_iterator(shard))
-      with tf.io.TFRecordWriter(shard) as writer:
-        for record in records:
-          example = tf.train.Example.FromString(record)
-          del example.features.feature["logits"]
-          writer.write(example.SerializeToString())
+  assert "logits" not in json.load(open(path))
+  assert all(set(feature) == {"id", "predictions", "representation"}
+             for feature in _entries(cache))
   process, run = _kd(setup, "old_offline", "--max_steps=2", "--teacher_cache=" + cache)
   assert "Teacher cache" not in process.stdout
   assert "logits" not in json.load(open(path))
@@ -379,8 +372,8 @@ def test_an_old_cache_without_logits_serves_mse_and_refuses_logits_kl(setup):
                    "--kd_pred_loss=logits_kl", check=False)
   assert helpers.user_error_line(process).endswith(
       "--teacher_cache=%s was built without the teacher's logits "
-      "(--kd_pred_loss=logits_kl needs them); build it again in another directory"
-      % cache)
+      "(--kd_pred_loss=logits_kl needs them; a cache stores them when the run that "
+      "builds it compares them); build it again in another directory" % cache)
   assert not os.path.exists(str(setup["root"] / "old_logits_KD_k_4"))
 
 

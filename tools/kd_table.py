@@ -92,6 +92,13 @@ def option_flags(name):
   return [flag for part in name.split("+") for flag in OPTIONS[part][1]]
 
 
+def cache_for(cache, option):
+  """The teacher cache directory an option's runs use: `cache`, or beside it one that
+  stores the teacher's logits for an option comparing them (a cache holds them only
+  when the run building it compares them)."""
+  return cache + "_logits" if "--kd_pred_loss=logits_kl" in option_flags(option) else cache
+
+
 def paired(kd, alone):
   """Mean and standard error of kd[seed] - alone[seed] over the seeds both have, and
   their number. kd, alone: {seed: GAP}."""
@@ -170,7 +177,8 @@ class Study(object):
       base = os.path.join(self.runs_dir, "%s_%s_%s_s%d" % (
           student, teacher, option.replace("+", "_"), seed))
       flags = flags + ["--model_type=KD", "--teacher_checkpoint=" + teacher_dir,
-                       "--teacher_cache=" + cache] + option_flags(option)
+                       "--teacher_cache=" + cache_for(cache, option)]
+      flags += option_flags(option)
       suffix, steps = "_KD_k_%d" % K, self.steps["KD"]
     record = demo.train_and_evaluate(self.runner, self.data_dir, base, suffix, flags,
                                      seed, steps, self.model_flags)

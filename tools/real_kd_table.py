@@ -127,7 +127,8 @@ def main(argv=None):
         flags.append("--model_type=student")  # under student/: the KD student's start
       else:
         flags += ["--model_type=KD", "--teacher_checkpoint=" + teacher_dir,
-                  "--teacher_cache=" + cache] + kd_table.option_flags(kind)
+                  "--teacher_cache=" + kd_table.cache_for(cache, kind)] + \
+            kd_table.option_flags(kind)
       _, record = train(runner, os.path.join(runs, "logistic_%s_s%d" % (
           kind.replace("+", "_"), seed)), flags, seed, extra, patterns["train"],
           patterns["held_out"])

@@ -144,7 +144,8 @@ def paired(runner, args, common, teacher, cache, validate, options):
     for option in ["alone"] + options:
       flags = ["--model_type=student"] if option == "alone" else [
           "--model_type=KD", "--teacher_checkpoint=" + teacher,
-          "--teacher_cache=" + cache] + kd_table.option_flags(option)
+          "--teacher_cache=" + kd_table.cache_for(cache, option)] + \
+          kd_table.option_flags(option)
       base = os.path.join(args.out_dir, "paired_runs", "%s_s%d" % (
           option.replace("+", "_"), seed))
       run = base + ("_student_k_2" if option == "alone" else "_KD_k_2")
