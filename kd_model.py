@@ -388,15 +388,13 @@ WEIGHTED_TERMS = ("label_loss", "pred_loss", "rep_loss")
 
 
 def kd_terms(cfg):
-  """The distillation terms a KD tower computes, of "pred_loss" and "rep_loss": those
-  with a nonzero weight (--kd_weights=recipe) or share (balanced), L_rep unless
-  --kd_rep_loss=none."""
-  if cfg.kd_weights == "balanced":
-    _, pred, rep = cfg.kd_share_values()
-  else:
-    pred, rep = cfg.kd_pred_weight, cfg.kd_rep_weight
-  rep = rep and cfg.distils_representation()
-  return tuple(name for name, counts in (("pred_loss", pred), ("rep_loss", rep))
+  """The distillation terms a KD tower computes, of "pred_loss" and "rep_loss": L_pred
+  with a nonzero weight (--kd_weights=recipe) or share (balanced), L_rep where
+  GraphConfig.distils_representation holds (the same test for its weight or share)."""
+  pred = (cfg.kd_share_values()[1] if cfg.kd_weights == "balanced"
+          else cfg.kd_pred_weight)
+  return tuple(name for name, counts in (("pred_loss", pred),
+                                         ("rep_loss", cfg.distils_representation()))
                if counts)
 
 
