@@ -19,27 +19,62 @@ def test_the_real_kd_table_at_tiny_size(tmp_path, monkeypatch):
   assert real_kd_table.main([
       "--data_dir=" + DATA, "--out_dir=" + str(out), "--train_shards=validate019[67]*",
       "--tune_shards=validate0198*", "--held_out_shards=validate0199*", "--seeds=0,1",
-      "--mixtures=2", "--option=logits_t2",
-      "--train_flags=--max_steps=3 --batch_size=64"]) == 0
+      "--mixtures=2", "--select=pred_x3,logits_t2", "--select_seeds=0,1",
+      "--option=pred_kl+pred_x1", "--train_flags=--max_steps=3 --batch_size=64"]) == 0
   results = json.load(open(str(out / "real_kd_table.json")))
-  gaps = {(g["kind"], g["seed"]): g["gap"] for g in results["gaps"]}
-  assert set(gaps) == {(k, s) for k in ("alone", "recipe", "logits_t2") for s in (0, 1)}
-  held_out = os.path.join(DATA, "validate0199.tfrecord")
-  for kind, seed in gaps:  # each GAP is its run's eval.py record on the held-out shard
-    run, = (out / "runs").glob("logistic_%s_s%d_*" % (kind, seed))
-    record = [json.loads(l) for l in open(str(run / "eval.jsonl"))][-1]
-    assert record["gap"] == gaps[(kind, seed)]
-    assert record["data"].endswith("validate0199*")
+
+  def records(kind, seed):
+    run, = (out / "runs").glob("logistic_%s_s%d_*" % (kind.replace("+", "_"), seed))
     flags = json.load(open(str(run / "model_flags.json")))
     assert flags["model"] == "LogisticModel" and not flags["frame_features"]
-    if kind == "logits_t2":
-      assert (flags["kd_pred_loss"], flags["kd_temperature"]) == ("logits_kl", 2.0)
-  for kind in ("recipe", "logits_t2"):
+    return flags, {os.path.basename(r["data"]): r["gap"]
+                   for r in map(json.loads, open(str(run / "eval.jsonl")))}
+
+  # The selection: each screened option's paired gain on the tune shard, the best chosen.
+  selection = results["selection"]
+  assert set(selection) == {"recipe", "pred_x3", "logits_t2"}
+  for kind, (mean, se, n) in selection.items():
+    tune = [records(kind, s)[1] for s in (0, 1)]
+    alone = [records("alone", s)[1] for s in (0, 1)]
+    differences = [kd["validate0198*"] - a["validate0198*"] for kd, a in zip(tune, alone)]
+    assert n == 2 and mean == pytest.approx(sum(differences) / 2, abs=1e-12)
+  assert results["chosen"] == max(selection, key=lambda kind: selection[kind][0])
+  # The held-out table: the recipe, the choice and --option, each run's held-out record.
+  reported = {"recipe", results["chosen"], "pred_kl+pred_x1"}
+  gaps = {(g["kind"], g["seed"]): g["gap"] for g in results["gaps"]}
+  assert set(gaps) == {(k, s) for k in reported | {"alone"} for s in (0, 1)}
+  for kind, seed in gaps:
+    flags, by_split = records(kind, seed)
+    assert by_split["validate0199*"] == gaps[(kind, seed)]
+    if kind == "pred_kl+pred_x1":
+      assert (flags["kd_pred_loss"], flags["kd_weights"], flags["kd_shares"]) == (
+          "kl", "balanced", "0.5,0.5,0.0")
+  for kind in reported:
     mean, se, n = results["paired"][kind]
     differences = [gaps[(kind, s)] - gaps[("alone", s)] for s in (0, 1)]
     assert n == 2 and mean == pytest.approx(sum(differences) / 2, abs=1e-12)
   # The teacher was chosen on the tune shard and reported on the held-out one.
   assert [t["mixtures"] for t in results["teacher"]["tune"]] == [2]
   table = (out / "real_kd_table.md").read_text()
-  assert table.startswith("Held-out split validate0199*; teacher MoeModel (2 mixtures")
-  assert os.path.exists(held_out)
+  assert table.startswith("Held-out split validate0199*; teacher MoeModel (2 mixtures, "
+                          "trained on validate019[67]*")
+  assert "chosen: %s" % results["chosen"] in table
+  # Its runs are not reused for other splits.
+  with pytest.raises(SystemExit, match="holds runs with --train_shards=validate019"):
+    real_kd_table.main(["--data_dir=" + DATA, "--out_dir=" + str(out),
+                        "--train_shards=validate0196*", "--tune_shards=validate0198*",
+                        "--held_out_shards=validate0199*"])
+
+
+def test_an_unknown_option_is_refused_before_anything_runs(tmp_path):
+  with pytest.raises(SystemExit, match="unknown option 'pred_x7'"):
+    real_kd_table.main(["--data_dir=" + DATA, "--out_dir=" + str(tmp_path / "real"),
+                        "--select=pred_x7"])
+  assert not (tmp_path / "real").exists()
+
+
+def test_a_teacher_split_must_not_overlap_the_students(tmp_path):
+  with pytest.raises(SystemExit, match="is in both the train and the teacher split"):
+    real_kd_table.main(["--data_dir=" + DATA, "--out_dir=" + str(tmp_path / "real"),
+                        "--train_shards=validate019[67]*", "--tune_shards=validate0198*",
+                        "--held_out_shards=validate0199*", "--teacher_shards=validate0197*"])

@@ -143,6 +143,14 @@ def generate_data(runner, data_dir, scale):
       "--no_video_level"] + DATA_FLAGS)
 
 
+def write_atomically(path, text):
+  """Writes text to path through a temporary file and a rename: never half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def read_jsonl(path):
   """Records of a JSON-lines file (none when it does not exist)."""
   if not os.path.exists(path):
@@ -205,16 +213,18 @@ def run_config(run_dir):
 
 def evaluate(runner, run_dir, validate_pattern):
   """eval.py --run_once on the run's latest checkpoint; returns its eval.jsonl record
-  (the one already there when that checkpoint was evaluated on these data)."""
+  (the newest one already there when that checkpoint was evaluated on these data, so a
+  run scored on two splits is evaluated once on each)."""
   path = os.path.join(run_dir, "eval.jsonl")
   records = read_jsonl(path)
   if records:
     cfg, run_dirs = run_config(run_dir)
     checkpoint = run_dirs.find_checkpoint(run_dir)
-    if (checkpoint and records[-1].get("checkpoint") == os.path.basename(checkpoint) and
-        records[-1].get("data") == validate_pattern and not records[-1].get("bf16") and
-        records[-1].get("role") == cfg.role()):
-      return records[-1]
+    for record in reversed(records):
+      if (checkpoint and record.get("checkpoint") == os.path.basename(checkpoint) and
+          record.get("data") == validate_pattern and not record.get("bf16") and
+          record.get("role") == cfg.role()):
+        return record
   runner.run("eval.py", ["--train_dir=" + run_dir, "--eval_data_pattern=" +
                          validate_pattern, "--run_once", "--batch_size=100"])
   return read_jsonl(path)[-1]

@@ -92,11 +92,11 @@ def option_flags(name):
   return [flag for part in name.split("+") for flag in OPTIONS[part][1]]
 
 
-def cache_for(cache, option):
-  """The teacher cache directory an option's runs use: `cache`, or beside it one that
-  stores the teacher's logits for an option comparing them (a cache holds them only
-  when the run building it compares them)."""
-  return cache + "_logits" if "--kd_pred_loss=logits_kl" in option_flags(option) else cache
+def cache_for(cache, flags):
+  """The teacher cache directory of runs with these train.py flags: `cache`, or beside
+  it one that stores the teacher's logits for runs comparing them (a cache holds them
+  only when the run building it compares them)."""
+  return cache + "_logits" if "--kd_pred_loss=logits_kl" in flags else cache
 
 
 def paired(kd, alone):
@@ -176,9 +176,9 @@ class Study(object):
       teacher_dir, cache = self.teacher(teacher)
       base = os.path.join(self.runs_dir, "%s_%s_%s_s%d" % (
           student, teacher, option.replace("+", "_"), seed))
+      kd_flags = option_flags(option)
       flags = flags + ["--model_type=KD", "--teacher_checkpoint=" + teacher_dir,
-                       "--teacher_cache=" + cache_for(cache, option)]
-      flags += option_flags(option)
+                       "--teacher_cache=" + cache_for(cache, kd_flags)] + kd_flags
       suffix, steps = "_KD_k_%d" % K, self.steps["KD"]
     record = demo.train_and_evaluate(self.runner, self.data_dir, base, suffix, flags,
                                      seed, steps, self.model_flags)
@@ -338,13 +338,12 @@ def main(argv=None):
     records += [dict(r, phase="confirm") for r in study.records]
   lines = table_lines(chosen, gains, rows, mix_vs_single, teachers)
   text = "\n".join(lines)
-  with open(os.path.join(args.demo_dir, "kd_table.md"), "w") as f:
-    f.write(text + "\n")
-  with open(os.path.join(args.demo_dir, "kd_table.json"), "w") as f:
-    json.dump({"chosen": chosen, "selection": gains, "records": records,
-               "confirmation": [{"student": r[0], "teacher": r[1], "option": r[2],
-                                 "paired_gain": r[5]} for r in rows],
-               "mix_minus_single": mix_vs_single}, f, indent=1)
+  demo.write_atomically(os.path.join(args.demo_dir, "kd_table.md"), text + "\n")
+  demo.write_atomically(os.path.join(args.demo_dir, "kd_table.json"), json.dumps(
+      {"chosen": chosen, "selection": gains, "records": records,
+       "confirmation": [{"student": r[0], "teacher": r[1], "option": r[2],
+                         "paired_gain": r[5]} for r in rows],
+       "mix_minus_single": mix_vs_single}, indent=1))
   print(text)
   return 0
 

@@ -124,8 +124,7 @@ def main(argv=None):
     print("  %s: GAP %.4f, mAP %.4f, 2019 mAP@100000 %.4f"
           % (label, gap, labelled_map, segment_map), flush=True)
   table = demo_table(rows, steps, args)
-  with open(os.path.join(args.out_dir, "results.md"), "w") as f:
-    f.write(table + "\n")
+  demo.write_atomically(os.path.join(args.out_dir, "results.md"), table + "\n")
   print(table)
   if args.paired_seeds:
     common = model_flags + demo.TRAIN_FLAGS + [
@@ -142,10 +141,10 @@ def paired(runner, args, common, teacher, cache, validate, options):
   gaps = {}  # (option or "alone", seed): GAP
   for seed in [int(s) for s in args.paired_seeds.split(",")]:
     for option in ["alone"] + options:
+      kd_flags = [] if option == "alone" else kd_table.option_flags(option)
       flags = ["--model_type=student"] if option == "alone" else [
           "--model_type=KD", "--teacher_checkpoint=" + teacher,
-          "--teacher_cache=" + kd_table.cache_for(cache, option)] + \
-          kd_table.option_flags(option)
+          "--teacher_cache=" + kd_table.cache_for(cache, kd_flags)] + kd_flags
       base = os.path.join(args.out_dir, "paired_runs", "%s_s%d" % (
           option.replace("+", "_"), seed))
       run = base + ("_student_k_2" if option == "alone" else "_KD_k_2")
@@ -169,10 +168,9 @@ def paired(runner, args, common, teacher, cache, validate, options):
         option, sum(kd.values()) / len(seeds),
         kd_table.format_paired(results["paired"][option])))
   text = "\n".join(lines)
-  with open(os.path.join(args.out_dir, "paired.md"), "w") as f:
-    f.write(text + "\n")
-  with open(os.path.join(args.out_dir, "paired.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  demo.write_atomically(os.path.join(args.out_dir, "paired.md"), text + "\n")
+  demo.write_atomically(os.path.join(args.out_dir, "paired.json"),
+                        json.dumps(results, indent=1))
   print(text)
 
 
