@@ -11,7 +11,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	touch $@
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -o tmp_path_retention_policy=failed tests
 
 $(VENV)/.demo-installed: $(VENV)/.installed requirements-demo.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-demo.txt

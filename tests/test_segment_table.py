@@ -8,6 +8,8 @@ from tests import helpers
 from tools import demo as demo_tool
 from tools import segment_table
 
+TINY = "--nextvlad_cluster_size=4 --nextvlad_hidden_size=16 --groups=2 --batch_size=8"
+
 
 def test_the_segment_table_with_paired_seeds(tmp_path, monkeypatch):
   monkeypatch.setattr(demo_tool.Runner, "execute",
@@ -15,7 +17,8 @@ def test_the_segment_table_with_paired_seeds(tmp_path, monkeypatch):
                           script, args, check=False, timeout=600))
   out = tmp_path / "segments"
   assert segment_table.main(["--out_dir=" + str(out), "--scale=0.01",
-                             "--paired_seeds=1,2", "--options=recipe,rep_none"]) == 0
+                             "--paired_seeds=1,2", "--options=recipe,rep_none",
+                             "--model_flags=" + TINY]) == 0
   assert len([l for l in (out / "results.md").read_text().splitlines()
               if l.startswith("| student") or l.startswith("| teacher")]) == 6
   results = json.load(open(str(out / "paired.json")))
@@ -28,6 +31,7 @@ def test_the_segment_table_with_paired_seeds(tmp_path, monkeypatch):
     assert flags["segment_labels"] and flags["k_frame"] == 2
     assert flags["model_type"] == ("student" if option == "alone" else "KD")
     assert flags["kd_rep_loss"] == ("none" if option == "rep_none" else "mse")
+    assert flags["nextvlad_hidden_size"] == 16
   for option in ("recipe", "rep_none"):
     mean, _, n = results["paired"][option]
     assert n == 2 and mean == pytest.approx(

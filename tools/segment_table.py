@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,6 +91,9 @@ def main(argv=None):
                       help="seeds of the paired comparison (empty: none)")
   parser.add_argument("--options", default="recipe",
                       help="tools/kd_table.py options of the paired comparison")
+  parser.add_argument("--model_flags", default="",
+                      help="train.py flags that override the demo's model and training "
+                      "flags (tests use a tiny model)")
   args = parser.parse_args(argv)
   options = [o for o in args.options.split(",") if o]
   for option in options:
@@ -107,11 +111,12 @@ def main(argv=None):
   cache = os.path.join(args.out_dir, "teacher_cache_s%d" % args.seed)
   steps = max(int(STEPS * args.scale), 2)
   model_flags = [f for f in demo.MODEL_FLAGS if not f.startswith("--num_classes")]
+  train_flags = demo.TRAIN_FLAGS + shlex.split(args.model_flags)
   rows = []
   for label, kind_flags, suffix in RUNS:
     extra = ["--teacher_cache=" + cache] if "--model_type=KD" in kind_flags else []
     print("train: %s (%d steps)" % (label, steps), flush=True)
-    runner.run("train.py", model_flags + demo.TRAIN_FLAGS + kind_flags + extra + [
+    runner.run("train.py", model_flags + train_flags + kind_flags + extra + [
         "--num_classes=%d" % NUM_CLASSES, "--segment_labels",
         "--train_data_pattern=" + train, "--train_dir=" + base, "--seed=%d" % args.seed,
         "--max_steps=%d" % steps, "--export_model_steps=%d" % steps,
@@ -127,7 +132,7 @@ def main(argv=None):
   demo.write_atomically(os.path.join(args.out_dir, "results.md"), table + "\n")
   print(table)
   if args.paired_seeds:
-    common = model_flags + demo.TRAIN_FLAGS + [
+    common = model_flags + train_flags + [
         "--num_classes=%d" % NUM_CLASSES, "--segment_labels", "--k_frame=2",
         "--train_data_pattern=" + train, "--max_steps=%d" % steps,
         "--export_model_steps=%d" % steps, "--start_new_model=True"]
@@ -185,6 +190,8 @@ def demo_table(rows, steps, args):
                                          int(TRAIN_VIDEOS * args.scale),
                                          int(VALIDATE_VIDEOS * args.scale),
                                          SEGMENTS_PER_VIDEO, NUM_CLASSES, steps))
+  if args.model_flags:
+    lines.append("Model and training flags overridden by: %s" % args.model_flags)
   return "\n".join(lines)
 
 
