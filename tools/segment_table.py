@@ -2,7 +2,7 @@
 segment's 5 frames a classifier needs, alone and distilled.
 
   python tools/segment_table.py --out_dir=demo_out/segments [--seed=0] [--scale=1.0]
-      [--paired_seeds=1,2,3,4,5 --options=recipe,NAME]
+      [--paired_seeds=1,2,3,4,5 --options=recipe,NAME] [--model_flags=...]
 
 Generates shards with 2019-style ratings (tools/make_synthetic_yt8m.py
 --segments_per_video), then trains with the demo's model and training flags
