@@ -59,11 +59,14 @@ def test_the_real_kd_table_at_tiny_size(tmp_path, monkeypatch):
   assert table.startswith("Held-out split validate0199*; teacher MoeModel (2 mixtures, "
                           "trained on validate019[67]*")
   assert "chosen: %s" % results["chosen"] in table
-  # Its runs are not reused for other splits.
-  with pytest.raises(SystemExit, match="holds runs with --train_shards=validate019"):
-    real_kd_table.main(["--data_dir=" + DATA, "--out_dir=" + str(out),
-                        "--train_shards=validate0196*", "--tune_shards=validate0198*",
-                        "--held_out_shards=validate0199*"])
+  # Its runs are not reused for other splits or training flags.
+  same = ["--data_dir=" + DATA, "--out_dir=" + str(out), "--tune_shards=validate0198*",
+          "--held_out_shards=validate0199*"]
+  with pytest.raises(SystemExit, match=r"holds runs with --train_shards=validate019\[67\]"):
+    real_kd_table.main(same + ["--train_shards=validate0196*",
+                               "--train_flags=--max_steps=3 --batch_size=64"])
+  with pytest.raises(SystemExit, match="holds runs with --train_flags=--max_steps=3 "):
+    real_kd_table.main(same + ["--train_shards=validate019[67]*"])
 
 
 def test_an_unknown_option_is_refused_before_anything_runs(tmp_path):

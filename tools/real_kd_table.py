@@ -28,7 +28,8 @@ then gives the recipe, the chosen option and --option (if given) on every seed o
 the same seed (mean and standard error). A video-level model's representation is its
 input, the same for teacher and student, so L_rep is zero and only L_pred distils.
 Runs finished before are reused, and each is evaluated once per split. Writes
-<out_dir>/real_kd_table.md and real_kd_table.json.
+<out_dir>/real_kd_table.md and real_kd_table.json (and study.json: the splits and
+--train_flags its runs were trained with).
 """
 
 import argparse
@@ -89,21 +90,23 @@ def split_patterns(data_dir, args):
 
 
 def check_out_dir(out_dir, args):
-  """Records the splits in <out_dir>/splits.json; refuses an --out_dir whose runs were
-  trained on other splits (they would be reused)."""
-  splits = {name: getattr(args, name + "_shards") for name in list(SPLITS) + ["teacher"]}
-  path = os.path.join(out_dir, "splits.json")
+  """Records the splits and --train_flags in <out_dir>/study.json; refuses an --out_dir
+  whose runs were trained with others (they would be reused)."""
+  study = {flag: getattr(args, flag) for flag in
+           [name + "_shards" for name in list(SPLITS) + ["teacher"]] + ["train_flags"]}
+  path = os.path.join(out_dir, "study.json")
   if os.path.exists(path):
     with open(path) as f:
       stored = json.load(f)
-    if stored != splits:
-      changed = sorted(name for name in splits if stored.get(name) != splits[name])[0]
-      raise SystemExit("real_kd_table: --out_dir=%s holds runs with --%s_shards=%s, not "
-                       "%s: give another --out_dir" % (out_dir, changed,
-                                                        stored.get(changed), splits[changed]))
+    changed = sorted(flag for flag in study if stored.get(flag) != study[flag])
+    if changed:
+      raise SystemExit("real_kd_table: --out_dir=%s holds runs with --%s=%s, not %s: "
+                       "give another --out_dir" % (out_dir, changed[0],
+                                                   stored.get(changed[0]),
+                                                   study[changed[0]]))
   else:
     os.makedirs(out_dir, exist_ok=True)
-    demo.write_atomically(path, json.dumps(splits, indent=1))
+    demo.write_atomically(path, json.dumps(study, indent=1))
 
 
 def option_flags(name):
