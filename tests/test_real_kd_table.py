@@ -54,14 +54,14 @@ def test_the_real_kd_table_at_tiny_size(tmp_path, monkeypatch):
     differences = [gaps[(kind, s)] - gaps[("alone", s)] for s in (0, 1)]
     assert n == 2 and mean == pytest.approx(sum(differences) / 2, abs=1e-12)
   # The teacher was chosen on the tune shard and reported on the held-out one.
-  assert [t["mixtures"] for t in results["teacher"]["tune"]] == [2]
+  assert [t["name"] for t in results["teacher"]["tune"]] == ["moe2"]
   table = (out / "real_kd_table.md").read_text()
-  assert table.startswith("Held-out split validate0199*; teacher MoeModel (2 mixtures, "
-                          "trained on validate019[67]*")
+  assert table.startswith("Held-out split validate0199*; teacher moe2 (trained on "
+                          "validate019[67]*")
   assert "chosen: %s" % results["chosen"] in table
   # Its runs are not reused for other splits or training flags.
   same = ["--data_dir=" + DATA, "--out_dir=" + str(out), "--tune_shards=validate0198*",
-          "--held_out_shards=validate0199*"]
+          "--held_out_shards=validate0199*", "--mixtures=2"]
   with pytest.raises(SystemExit, match=r"holds runs with --train_shards=validate019\[67\]"):
     real_kd_table.main(same + ["--train_shards=validate0196*",
                                "--train_flags=--max_steps=3 --batch_size=64"])
@@ -81,3 +81,10 @@ def test_a_teacher_split_must_not_overlap_the_students(tmp_path):
     real_kd_table.main(["--data_dir=" + DATA, "--out_dir=" + str(tmp_path / "real"),
                         "--train_shards=validate019[67]*", "--tune_shards=validate0198*",
                         "--held_out_shards=validate0199*", "--teacher_shards=validate0197*"])
+
+
+def test_the_starter_l2_penalty_is_the_models():
+  import video_level_models
+  assert real_kd_table.STARTER_L2 == video_level_models.L2_PENALTY
+  assert real_kd_table.teacher_name(8, 1e-8) == "moe8"  # the runs measured before
+  assert real_kd_table.teacher_name(8, 1e-5) == "moe8_l2_1e-05"

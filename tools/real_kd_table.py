@@ -2,14 +2,14 @@
 official YouTube-8M video-level records.
 
   python tools/real_kd_table.py --data_dir=../shared/data/yt8m2018_video_sample \\
-      --out_dir=real_kd_out [--seeds=0,1,2,3,4] [--mixtures=2,4,8]
+      --out_dir=real_kd_out [--seeds=0,1,2,3,4] [--mixtures=2,4,8] [--l2_penalties=1e-8]
       [--select=NAME,... --select_seeds=0,1,2] [--option=NAME]
 
 The shards are split by index, once, before anything is trained (--train_shards,
 --tune_shards, --held_out_shards; globs relative to --data_dir):
   train     validate0000-0059: every model trains on these;
-  tune      validate0060-0069: the teacher's size (MoeModel, each of --mixtures) is
-            chosen on these, and nothing else is;
+  tune      validate0060-0069: the teacher (MoeModel: each of --mixtures with each of
+            --l2_penalties) and the distillation option are chosen on these;
   held out  validate0120-0149: reported only, never trained or tuned on.
 --teacher_shards trains the teachers on shards of their own instead, so that their
 outputs on the students' training videos are predictions, not recollections of labels
@@ -28,8 +28,8 @@ then gives the recipe, the chosen option and --option (if given) on every seed o
 the same seed (mean and standard error). A video-level model's representation is its
 input, the same for teacher and student, so L_rep is zero and only L_pred distils.
 Runs finished before are reused, and each is evaluated once per split. Writes
-<out_dir>/real_kd_table.md and real_kd_table.json (and study.json: the splits and
---train_flags its runs were trained with).
+<out_dir>/real_kd_table.md and real_kd_table.json (and study.json: the splits, the
+teachers' grid and --train_flags its runs were trained with).
 """
 
 import argparse
@@ -62,6 +62,7 @@ SHARE_OPTIONS = {
     "pred_x9": ("balanced, L_pred starting at 9 times L_CE",
                 ["--kd_weights=balanced", "--kd_shares=0.1,0.9,0"]),
 }
+STARTER_L2 = 1e-8  # video_level_models.L2_PENALTY, without importing TensorFlow here
 SELECT = "balanced,pred_x1,pred_x3,pred_x9,pred_kl+pred_x1,logits_t2+pred_x1"
 SPLITS = {"train": "validate00[0-5][0-9].tfrecord",
           "tune": "validate006[0-9].tfrecord",
@@ -90,10 +91,11 @@ def split_patterns(data_dir, args):
 
 
 def check_out_dir(out_dir, args):
-  """Records the splits and --train_flags in <out_dir>/study.json; refuses an --out_dir
-  whose runs were trained with others (they would be reused)."""
+  """Records the splits, the teachers' grid and --train_flags in <out_dir>/study.json;
+  refuses an --out_dir whose runs were trained with others (they would be reused)."""
   study = {flag: getattr(args, flag) for flag in
-           [name + "_shards" for name in list(SPLITS) + ["teacher"]] + ["train_flags"]}
+           [name + "_shards" for name in list(SPLITS) + ["teacher"]] +
+           ["mixtures", "l2_penalties", "train_flags"]}
   path = os.path.join(out_dir, "study.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -107,6 +109,14 @@ def check_out_dir(out_dir, args):
   else:
     os.makedirs(out_dir, exist_ok=True)
     demo.write_atomically(path, json.dumps(study, indent=1))
+
+
+def teacher_name(mixtures, l2):
+  """A teacher's run and cache name: moe<mixtures>, with _l2_<value> unless the
+  starter's L2 penalty."""
+  if l2 == STARTER_L2:
+    return "moe%d" % mixtures
+  return "moe%d_l2_%g" % (mixtures, l2)
 
 
 def option_flags(name):
@@ -142,6 +152,9 @@ def main(argv=None):
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--mixtures", default="2,4,8",
                       help="MoeModel sizes the teacher is chosen from, on the tune split")
+  parser.add_argument("--l2_penalties", default=repr(STARTER_L2),
+                      help="the teacher's --l2_penalty values it is chosen from, on the "
+                      "tune split (the starter's 1e-8 by default)")
   parser.add_argument("--select", default=SELECT,
                       help="options screened against the recipe on the tune split "
                       "(empty: none)")
@@ -167,17 +180,17 @@ def main(argv=None):
 
   teachers = []
   for mixtures in [int(m) for m in args.mixtures.split(",")]:
-    run_dir, record = train(runner, os.path.join(runs, "moe%d_s0" % mixtures), [
-        "--model=MoeModel", "--moe_num_mixtures=%d" % mixtures, "--model_type=teacher"],
-        0, extra, patterns["teacher"], patterns["tune"])
-    teachers.append((record["gap"], mixtures, run_dir))
-    print("teacher MoeModel %d mixtures: tune GAP %.4f" % (mixtures, record["gap"]),
-          flush=True)
-  _, mixtures, teacher_dir = max(teachers)
+    for l2 in [float(v) for v in args.l2_penalties.split(",")]:
+      name = teacher_name(mixtures, l2)
+      run_dir, record = train(runner, os.path.join(runs, name + "_s0"), [
+          "--model=MoeModel", "--moe_num_mixtures=%d" % mixtures, "--l2_penalty=%r" % l2,
+          "--model_type=teacher"], 0, extra, patterns["teacher"], patterns["tune"])
+      teachers.append((record["gap"], name, run_dir))
+      print("teacher %s: tune GAP %.4f" % (name, record["gap"]), flush=True)
+  _, teacher, teacher_dir = max(teachers)
   teacher_record = demo.evaluate(runner, teacher_dir, patterns["held_out"])
-  print("teacher: MoeModel %d mixtures, held-out GAP %.4f" % (
-      mixtures, teacher_record["gap"]), flush=True)
-  cache = os.path.join(args.out_dir, "teacher_cache_moe%d" % mixtures)
+  print("teacher: %s, held-out GAP %.4f" % (teacher, teacher_record["gap"]), flush=True)
+  cache = os.path.join(args.out_dir, "teacher_cache_" + teacher)
 
   def student(kind, seed, split):
     """The LogisticModel's GAP on a split, trained alone or distilled with option kind."""
@@ -210,10 +223,11 @@ def main(argv=None):
   for seed in seeds:
     for kind in ["alone"] + reported:
       gaps[(kind, seed)] = student(kind, seed, "held_out")
-  lines = ["Held-out split %s; teacher MoeModel (%d mixtures, trained on %s, chosen on "
-           "%s among %s): GAP %.4f; students trained on %s" % (
-               args.held_out_shards, mixtures, args.teacher_shards or args.train_shards,
-               args.tune_shards, args.mixtures, teacher_record["gap"], args.train_shards)]
+  lines = ["Held-out split %s; teacher %s (trained on %s, chosen on %s among %s): GAP "
+           "%.4f; students trained on %s" % (
+               args.held_out_shards, teacher, args.teacher_shards or args.train_shards,
+               args.tune_shards, ", ".join(name for _, name, _ in teachers),
+               teacher_record["gap"], args.train_shards)]
   if selection:
     lines += ["", "Selection on the tune split %s, seeds %s (chosen: %s):" % (
         args.tune_shards, args.select_seeds, chosen), "",
@@ -224,8 +238,8 @@ def main(argv=None):
   lines += ["", "| student | held-out GAP (mean over %d seeds) | paired gain over "
             "alone |" % len(seeds), "|---|---|---|",
             "| LogisticModel alone | %.4f | |" % (sum(alone.values()) / len(alone))]
-  results = {"teacher": {"mixtures": mixtures, "held_out_gap": teacher_record["gap"],
-                         "tune": [{"mixtures": m, "gap": g} for g, m, _ in teachers]},
+  results = {"teacher": {"name": teacher, "held_out_gap": teacher_record["gap"],
+                         "tune": [{"name": n, "gap": g} for g, n, _ in teachers]},
              "splits": {name: getattr(args, name + "_shards")
                         for name in list(SPLITS) + ["teacher"]},
              "selection": selection, "chosen": chosen,
