@@ -88,3 +88,11 @@ def test_the_starter_l2_penalty_is_the_models():
   assert real_kd_table.STARTER_L2 == video_level_models.L2_PENALTY
   assert real_kd_table.teacher_name(8, 1e-8) == "moe8"  # the runs measured before
   assert real_kd_table.teacher_name(8, 1e-5) == "moe8_l2_1e-05"
+
+
+def test_a_bad_teacher_grid_is_refused_in_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    real_kd_table.main(["--data_dir=" + DATA, "--out_dir=" + str(tmp_path / "real"),
+                        "--l2_penalties=1e-3,lots"])
+  assert "--l2_penalties numbers" in capsys.readouterr().err
+  assert not (tmp_path / "real").exists()

@@ -167,6 +167,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if not os.path.isdir(args.data_dir):
     parser.error("--data_dir=%s is not a directory" % args.data_dir)
+  try:
+    grid = [(int(m), float(v)) for m in args.mixtures.split(",")
+            for v in args.l2_penalties.split(",")]
+  except ValueError:
+    parser.error("--mixtures takes integers and --l2_penalties numbers, comma-separated")
   screened = ["recipe"] + [o for o in args.select.split(",") if o and o != "recipe"]
   for name in screened + ([args.option] if args.option else []):
     option_flags(name)
@@ -179,14 +184,13 @@ def main(argv=None):
   runs = os.path.join(args.out_dir, "runs")
 
   teachers = []
-  for mixtures in [int(m) for m in args.mixtures.split(",")]:
-    for l2 in [float(v) for v in args.l2_penalties.split(",")]:
-      name = teacher_name(mixtures, l2)
-      run_dir, record = train(runner, os.path.join(runs, name + "_s0"), [
-          "--model=MoeModel", "--moe_num_mixtures=%d" % mixtures, "--l2_penalty=%r" % l2,
-          "--model_type=teacher"], 0, extra, patterns["teacher"], patterns["tune"])
-      teachers.append((record["gap"], name, run_dir))
-      print("teacher %s: tune GAP %.4f" % (name, record["gap"]), flush=True)
+  for mixtures, l2 in grid:
+    name = teacher_name(mixtures, l2)
+    run_dir, record = train(runner, os.path.join(runs, name + "_s0"), [
+        "--model=MoeModel", "--moe_num_mixtures=%d" % mixtures, "--l2_penalty=%r" % l2,
+        "--model_type=teacher"], 0, extra, patterns["teacher"], patterns["tune"])
+    teachers.append((record["gap"], name, run_dir))
+    print("teacher %s: tune GAP %.4f" % (name, record["gap"]), flush=True)
   _, teacher, teacher_dir = max(teachers)
   teacher_record = demo.evaluate(runner, teacher_dir, patterns["held_out"])
   print("teacher: %s, held-out GAP %.4f" % (teacher, teacher_record["gap"]), flush=True)
