@@ -144,11 +144,11 @@ def generate_data(runner, data_dir, scale):
 
 
 def write_atomically(path, text):
-  """Writes text to path through a temporary file and a rename: never half a file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  """Writes text to path through file_io.atomic_output: never half a file."""
+  import_tensorflow_quietly()  # file_io imports TensorFlow
+  import file_io
+  with file_io.atomic_output(path) as f:
     f.write(text)
-  os.replace(tmp, path)
 
 
 def read_jsonl(path):
